@@ -1,0 +1,24 @@
+//! Crust's on-disk contract, in code.
+//!
+//! This crate holds what the image builder and the host's PID 1 must agree on, and nothing
+//! else: the signed manifest and its signature, the partition layout and how partition UUIDs
+//! derive from the root hash, the dm-verity parameters and superblock, the names of unified
+//! kernel images (with boot counters), the paths inside the initramfs, and the console line
+//! format the init prints. `docs/FORMAT.md` is the prose version of the same contract; the
+//! two change together.
+//!
+//! The crate is deliberately small (no I/O, no allocation-heavy dependencies) so that the
+//! static init can link it without growing.
+
+pub mod boot_entry;
+pub mod digest;
+pub mod initrd;
+pub mod layout;
+pub mod manifest;
+pub mod phase;
+pub mod signature;
+pub mod verity;
+pub mod version;
+
+pub use digest::Digest;
+pub use manifest::Manifest;

@@ -1,1 +1,26 @@
-//! placeholder
+//! The Crust image builder: a TOML profile in, a signed, verified A/B GPT disk image out.
+//!
+//! The pipeline follows the data (see `docs/ARCHITECTURE.md`):
+//! [`profile`] → [`lock`] → [`fetch`] (through [`apt`]) → [`deb`] into a [`tree`] →
+//! [`rootfs`] → [`verity`] → [`sign`] → [`initramfs`] (with [`kernel`] modules) → [`uki`] →
+//! [`esp`] (on [`fat`]) → [`disk`]. [`build`] drives the steps; [`report`] tells the user.
+//!
+//! Everything is built from files in user space (no loop devices, mounts or root
+//! privileges) and deterministically: the same profile, lock, key, init binary and
+//! `SOURCE_DATE_EPOCH` give a bit-identical image.
+
+pub mod apt;
+pub mod deb;
+pub mod fat;
+pub mod fetch;
+pub mod initramfs;
+pub mod kernel;
+pub mod lock;
+pub mod output;
+pub mod profile;
+pub mod report;
+pub mod rootfs;
+pub mod sign;
+pub mod tree;
+pub mod uki;
+pub mod verity;

@@ -149,15 +149,15 @@ impl Superblock {
 /// Number of hash blocks (excluding the superblock) a tree over `data_blocks` needs.
 pub fn hash_blocks(data_blocks: u64) -> u64 {
     let per_block = u64::from(BLOCK_SIZE) / 32;
+    // Levels are added until one block remains; a single data block needs no tree at all
+    // (its salted hash is the root hash).
     let mut total = 0;
     let mut level = data_blocks;
-    loop {
+    while level > 1 {
         level = level.div_ceil(per_block);
         total += level;
-        if level <= 1 {
-            return total;
-        }
     }
+    total
 }
 
 #[cfg(test)]
@@ -196,7 +196,8 @@ mod tests {
 
     #[test]
     fn hash_block_count_follows_the_tree_shape() {
-        assert_eq!(hash_blocks(1), 1);
+        assert_eq!(hash_blocks(1), 0);
+        assert_eq!(hash_blocks(2), 1);
         assert_eq!(hash_blocks(128), 1);
         assert_eq!(hash_blocks(129), 3); // two leaves, one root block
         assert_eq!(hash_blocks(128 * 128 + 1), 129 + 2 + 1);

@@ -1,0 +1,288 @@
+//! Debian packages: reading a `.deb` (an `ar` archive holding `data.tar.{xz,zst}`) and
+//! unpacking it into a [`Tree`] the way Crust's root wants it.
+//!
+//! Unpacking is data-only: no maintainer scripts run and no dpkg database is written (the
+//! root is read-only and has no package manager). Two things dpkg-on-Debian-12 would do are
+//! done here instead: the merged-`/usr` layout (`/bin`, `/sbin`, `/lib*` are symlinks into
+//! `/usr`, and files packaged under them land in `/usr`), and dropping what a host without
+//! people logged in never reads (documentation but each package's copyright file, manual
+//! pages, info pages, translations, bug-report and lintian data).
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::tree::{Entry, Node, Tree};
+
+/// The kind of a packaged path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Hard link to an earlier path of the same archive.
+    HardLink,
+    /// Character device.
+    CharDevice,
+    /// Block device.
+    BlockDevice,
+    /// Named pipe.
+    Fifo,
+}
+
+/// Metadata of one path in a package's data archive.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// What it is.
+    pub kind: Kind,
+    /// Permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Target of a symlink or hard link (hard links: a path in the archive).
+    pub link: Option<String>,
+    /// Device numbers.
+    pub device: (u32, u32),
+}
+
+/// Calls `visit` for every path of the package's data archive, in archive order, with a
+/// reader over the file's bytes (empty for non-files). Paths are normalised (`usr/bin/x`).
+pub fn walk_data(
+    deb: &Path,
+    mut visit: impl FnMut(&str, &Meta, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
+    let file =
+        std::fs::File::open(deb).with_context(|| format!("cannot open {}", deb.display()))?;
+    let mut archive = ar::Archive::new(std::io::BufReader::new(file));
+    while let Some(member) = archive.next_entry() {
+        let member =
+            member.with_context(|| format!("{} is not a Debian package", deb.display()))?;
+        let name = String::from_utf8_lossy(member.header().identifier()).into_owned();
+        let decoder: Box<dyn Read + '_> = match name.as_str() {
+            "data.tar.xz" => Box::new(liblzma::read::XzDecoder::new(member)),
+            "data.tar.zst" => Box::new(zstd::stream::read::Decoder::new(member)?),
+            "data.tar" => Box::new(member),
+            n if n.starts_with("data.tar") => {
+                bail!(
+                    "{}: {n} uses a compression Crust does not read (xz and zstd are supported)",
+                    deb.display()
+                )
+            }
+            _ => continue,
+        };
+        let mut tar = tar::Archive::new(decoder);
+        for entry in tar
+            .entries()
+            .with_context(|| format!("{}: bad data archive", deb.display()))?
+        {
+            let mut entry =
+                entry.with_context(|| format!("{}: bad data archive", deb.display()))?;
+            let header = entry.header();
+            let kind = match header.entry_type() {
+                tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+                tar::EntryType::Directory => Kind::Dir,
+                tar::EntryType::Symlink => Kind::Symlink,
+                tar::EntryType::Link => Kind::HardLink,
+                tar::EntryType::Char => Kind::CharDevice,
+                tar::EntryType::Block => Kind::BlockDevice,
+                tar::EntryType::Fifo => Kind::Fifo,
+                other => bail!("{}: unsupported tar entry type {other:?}", deb.display()),
+            };
+            let raw_path = entry.path()?.to_string_lossy().into_owned();
+            let Ok(path) = crate::tree::normalize(&raw_path) else {
+                continue; // "./" itself
+            };
+            let meta = Meta {
+                kind,
+                mode: header.mode()? & 0o7777,
+                uid: header.uid()? as u32,
+                gid: header.gid()? as u32,
+                link: entry.link_name()?.map(|l| l.to_string_lossy().into_owned()),
+                device: (
+                    header.device_major()?.unwrap_or(0),
+                    header.device_minor()?.unwrap_or(0),
+                ),
+            };
+            visit(&path, &meta, &mut entry)
+                .with_context(|| format!("{}: {path}", deb.display()))?;
+        }
+        return Ok(());
+    }
+    bail!("{} has no data archive", deb.display())
+}
+
+/// Path prefixes never unpacked into the root.
+const EXCLUDED: &[&str] = &[
+    "usr/share/doc/",
+    "usr/share/doc-base/",
+    "usr/share/man/",
+    "usr/share/info/",
+    "usr/share/locale/",
+    "usr/share/lintian/",
+    "usr/share/bug/",
+    "usr/share/bash-completion/",
+    "usr/share/zsh/",
+    "usr/share/fish/",
+];
+
+/// Top-level directories that merged-`/usr` folds into `/usr`.
+const MERGED: &[&str] = &["bin", "sbin", "lib", "lib32", "lib64", "libx32"];
+
+/// What to leave out when unpacking: the built-in list plus the profile's prefixes.
+#[derive(Debug, Clone, Default)]
+pub struct Excludes {
+    extra: Vec<String>,
+}
+
+impl Excludes {
+    /// Adds profile prefixes such as `/usr/share/zoneinfo`.
+    pub fn new(extra: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            extra: extra
+                .into_iter()
+                .filter_map(|p| crate::tree::normalize(&p).ok())
+                .collect(),
+        }
+    }
+
+    /// True if `path` (normalised) is left out.
+    pub fn excludes(&self, path: &str) -> bool {
+        // Licences travel with the binaries: keep each package's copyright file.
+        if path.starts_with("usr/share/doc/") && path.ends_with("/copyright") {
+            return false;
+        }
+        let dir = format!("{path}/");
+        EXCLUDED.iter().any(|p| path.starts_with(p) || dir == *p)
+            || self
+                .extra
+                .iter()
+                .any(|p| path == p || path.starts_with(&format!("{p}/")))
+    }
+}
+
+/// Maps a packaged path to its merged-`/usr` place (`lib/x` -> `usr/lib/x`).
+pub fn merged_usr(path: &str) -> String {
+    let top = path.split('/').next().unwrap_or(path);
+    if MERGED.contains(&top) {
+        format!("usr/{path}")
+    } else {
+        path.to_owned()
+    }
+}
+
+/// Adds the merged-`/usr` symlinks (`bin -> usr/bin`, …) for the folded directories that
+/// exist under `usr`.
+pub fn add_merged_usr_links(tree: &mut Tree) -> Result<()> {
+    for top in MERGED {
+        let target = format!("usr/{top}");
+        let always = matches!(*top, "bin" | "sbin" | "lib");
+        if always || tree.get(&target).is_some() {
+            if tree.get(&target).is_none() {
+                tree.insert(&target, Entry::dir(0o755))?;
+            }
+            tree.insert(top, Entry::symlink(target))?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks a package's data into `tree` (merged-`/usr`, exclusions applied). Returns the
+/// bytes of files added.
+pub fn unpack(tree: &mut Tree, deb: &Path, excludes: &Excludes) -> Result<u64> {
+    let mut added = 0u64;
+    walk_data(deb, |path, meta, data| {
+        let path = merged_usr(path);
+        if excludes.excludes(&path) {
+            return Ok(());
+        }
+        let node = match meta.kind {
+            Kind::Dir => Node::Dir,
+            Kind::File => {
+                let mut buf = Vec::new();
+                data.read_to_end(&mut buf)?;
+                added += buf.len() as u64;
+                Node::File(buf.into())
+            }
+            Kind::Symlink => Node::Symlink(meta.link.clone().unwrap_or_default()),
+            Kind::HardLink => {
+                // The image formats have no hard links to offer (backhand writes none), so a
+                // hard link becomes a copy; the file systems deduplicate the data.
+                let target =
+                    merged_usr(&crate::tree::normalize(meta.link.as_deref().unwrap_or(""))?);
+                match tree.get(&target).map(|e| &e.node) {
+                    Some(Node::File(d)) => Node::File(d.clone()),
+                    _ => return Ok(()), // target excluded: so is the link
+                }
+            }
+            Kind::CharDevice => Node::CharDevice {
+                major: meta.device.0,
+                minor: meta.device.1,
+            },
+            Kind::BlockDevice => Node::BlockDevice {
+                major: meta.device.0,
+                minor: meta.device.1,
+            },
+            Kind::Fifo => Node::Fifo,
+        };
+        tree.insert(
+            &path,
+            Entry {
+                node,
+                mode: meta.mode,
+                uid: meta.uid,
+                gid: meta.gid,
+            },
+        )?;
+        Ok(())
+    })?;
+    Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn excludes_docs_but_keeps_copyright() {
+        let ex = Excludes::new(["/usr/share/zoneinfo".to_string()]);
+        assert!(ex.excludes("usr/share/doc/crun/changelog.gz"));
+        assert!(ex.excludes("usr/share/doc"));
+        assert!(!ex.excludes("usr/share/doc/crun/copyright"));
+        assert!(ex.excludes("usr/share/man/man1/crun.1.gz"));
+        assert!(ex.excludes("usr/share/zoneinfo/UTC"));
+        assert!(!ex.excludes("usr/share/zoneinfo-extra"));
+        assert!(!ex.excludes("usr/bin/crun"));
+    }
+
+    #[test]
+    fn merged_usr_folds_top_level_dirs() {
+        assert_eq!(
+            merged_usr("lib/x86_64-linux-gnu/libc.so.6"),
+            "usr/lib/x86_64-linux-gnu/libc.so.6"
+        );
+        assert_eq!(merged_usr("lib64"), "usr/lib64");
+        assert_eq!(merged_usr("library/x"), "library/x");
+        let mut t = Tree::new();
+        t.insert(
+            "usr/lib64/ld-linux-x86-64.so.2",
+            Entry::symlink("../lib/x86_64-linux-gnu/ld.so"),
+        )
+        .unwrap();
+        add_merged_usr_links(&mut t).unwrap();
+        assert_eq!(
+            t.get("lib64").unwrap().node,
+            Node::Symlink("usr/lib64".into())
+        );
+        assert_eq!(
+            t.get("sbin").unwrap().node,
+            Node::Symlink("usr/sbin".into())
+        );
+        assert!(t.get("lib32").is_none());
+    }
+}

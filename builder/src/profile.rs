@@ -1,0 +1,1175 @@
+//! Profiles: the TOML files that describe an image, their `include` chain, and validation.
+//!
+//! A profile is read in three steps. Each file is parsed on its own into a [`Layer`], with
+//! every value remembering the file and line it came from (unknown keys and wrong types are
+//! refused here by the TOML deserializer, which reports the line). Layers are then merged
+//! base first: tables merge key by key, a later value replaces an earlier one, and lists
+//! extend (so a variant adds packages or modules without restating its base's). Finally the
+//! merged layer is resolved into a [`Profile`]: defaults filled in, sizes and names checked,
+//! relative paths made absolute, and every problem reported as `file:line: field: what to do`.
+//!
+//! `docs/PROFILES.md` documents the schema for people; this module is its implementation.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crust_format::manifest::Filesystem;
+use crust_format::version::{check_name, check_version};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where a value was written: file and 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The profile file.
+    pub file: Arc<Path>,
+    /// The line in it.
+    pub line: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+/// A value together with the place it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where it came from.
+    pub at: Origin,
+}
+
+impl<T> std::ops::Deref for Located<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+/// A profile that cannot be used, with the place and field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    /// The file cannot be read.
+    #[error("{path}: cannot read profile: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Invalid TOML, an unknown key or a wrong type (the message carries the line).
+    #[error("{path}: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The deserializer's message, with line, column and the offending text.
+        message: String,
+    },
+    /// A value that parses but cannot work.
+    #[error("{at}: {field}: {message}")]
+    Invalid {
+        /// Where the value was written.
+        at: Origin,
+        /// The field, dotted (`disk.root`).
+        field: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A required field that no file of the chain sets.
+    #[error("{path}: {field} is not set (set it in this profile or in a profile it includes)")]
+    Missing {
+        /// The profile that was asked for.
+        path: PathBuf,
+        /// The field, dotted.
+        field: &'static str,
+    },
+    /// `include` goes round in a circle or too deep.
+    #[error("{at}: include: {message}")]
+    Include {
+        /// The include line.
+        at: Origin,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Where the kernel comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelSource {
+    /// A Debian package (a metapackage such as `linux-image-cloud-amd64` is followed to the
+    /// versioned image package it depends on).
+    Package(String),
+    /// A kernel image and its module tree on this machine (`modules.dep` from `depmod`).
+    Local {
+        /// The bzImage (`/boot/vmlinuz-…`).
+        image: PathBuf,
+        /// The module tree (`/lib/modules/<release>`).
+        modules: PathBuf,
+    },
+}
+
+/// A file copied into the root file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSpec {
+    /// The file on this machine (relative paths are relative to the profile that names it).
+    pub source: PathBuf,
+    /// Absolute path in the image.
+    pub path: String,
+    /// Permission bits.
+    pub mode: u32,
+    /// Where it was declared.
+    pub at: Origin,
+}
+
+/// Output formats of a build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// A sparse raw disk image, `image.raw`.
+    Raw,
+}
+
+/// A resolved profile: everything a build needs to know, checked.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Profile name (file stem, e.g. `qemu`).
+    pub name: String,
+    /// The profile file asked for.
+    pub path: PathBuf,
+    /// Every file read, the asked-for profile first.
+    pub files: Vec<PathBuf>,
+    /// Image name.
+    pub image_name: Located<String>,
+    /// Image version.
+    pub image_version: Located<String>,
+    /// Debian suite (e.g. `bookworm`).
+    pub suite: Located<String>,
+    /// Debian mirror for the main archive.
+    pub mirror: Located<String>,
+    /// Debian mirror for security updates; `None` to leave them out.
+    pub security_mirror: Option<Located<String>>,
+    /// Archive components.
+    pub components: Vec<Located<String>>,
+    /// The kernel.
+    pub kernel: Located<KernelSource>,
+    /// Kernel modules wanted by name (their dependencies are added).
+    pub modules: Vec<Located<String>>,
+    /// Extra kernel command line words.
+    pub cmdline: Vec<Located<String>>,
+    /// Seconds the kernel waits after a panic before rebooting.
+    pub panic_reboot: Located<u32>,
+    /// The Debian package providing systemd-boot and its UKI stub.
+    pub boot_package: Located<String>,
+    /// Debian packages of the root file system (dependencies are added).
+    pub packages: Vec<Located<String>>,
+    /// Files copied into the root file system.
+    pub files_in_root: Vec<FileSpec>,
+    /// Extra path patterns left out of the root (besides docs, man pages and locales).
+    pub exclude: Vec<Located<String>>,
+    /// Root file system type.
+    pub filesystem: Located<Filesystem>,
+    /// zstd level for the root file system.
+    pub compression_level: Located<i32>,
+    /// ESP size in bytes.
+    pub esp_size: Located<u64>,
+    /// Root partition size (per slot) in bytes.
+    pub root_size: Located<u64>,
+    /// Verity partition size (per slot) in bytes.
+    pub verity_size: Located<u64>,
+    /// Initial state partition size in bytes (it grows to fill the disk on first boot).
+    pub state_size: Located<u64>,
+    /// The signing key (PKCS#8 PEM); `None` means the development key.
+    pub signing_key: Option<Located<PathBuf>>,
+    /// Output formats.
+    pub outputs: Vec<Located<OutputFormat>>,
+}
+
+impl Profile {
+    /// Reads the profile at `path`, following its includes.
+    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        let mut chain = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut next = Some((path.to_path_buf(), None::<Origin>));
+        while let Some((file, included_at)) = next.take() {
+            let canonical = file.canonicalize().map_err(|source| ProfileError::Read {
+                path: file.clone(),
+                source,
+            })?;
+            if let Some(at) = &included_at {
+                if !seen.insert(canonical.clone()) {
+                    return Err(ProfileError::Include {
+                        at: at.clone(),
+                        message: format!("{} is already part of this chain", file.display()),
+                    });
+                }
+                if chain.len() >= 8 {
+                    return Err(ProfileError::Include {
+                        at: at.clone(),
+                        message: "more than 8 levels of include".into(),
+                    });
+                }
+            } else {
+                seen.insert(canonical);
+            }
+            let layer = Layer::read(&file)?;
+            if let Some(include) = &layer.include {
+                let base_dir = file.parent().unwrap_or(Path::new("."));
+                next = Some((base_dir.join(&include.value), Some(include.at.clone())));
+            }
+            chain.push(layer);
+        }
+        let files = chain.iter().map(|l| l.path.clone()).collect();
+        // Merge base first: the last file of the chain is the root of the inheritance.
+        let mut merged = Layer::default();
+        for layer in chain.into_iter().rev() {
+            merged = merged.merge(layer);
+        }
+        resolve(path, files, merged)
+    }
+
+    /// The lock file that pins this profile's packages: `<dir>/<name>.lock`.
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.with_extension("lock")
+    }
+
+    /// The directory holding the profile.
+    pub fn dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// The kernel command line: Crust's fixed part, then the profile's words.
+    pub fn kernel_cmdline(&self) -> String {
+        let mut words = vec![format!("panic={}", self.panic_reboot.value)];
+        words.extend(self.cmdline.iter().map(|w| w.value.clone()));
+        words.join(" ")
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Layers: one file, every leaf located.
+
+/// One parsed profile file.
+#[derive(Debug, Default)]
+struct Layer {
+    path: PathBuf,
+    include: Option<Located<String>>,
+    image: ImageLayer,
+    debian: DebianLayer,
+    kernel: KernelLayer,
+    boot: BootLayer,
+    root: RootLayer,
+    disk: DiskLayer,
+    signing: SigningLayer,
+    output: OutputLayer,
+}
+
+type Opt<T> = Option<Located<T>>;
+type List<T> = Vec<Located<T>>;
+
+#[derive(Debug, Default)]
+struct ImageLayer {
+    name: Opt<String>,
+    version: Opt<String>,
+}
+
+#[derive(Debug, Default)]
+struct DebianLayer {
+    suite: Opt<String>,
+    mirror: Opt<String>,
+    security_mirror: Opt<String>,
+    components: List<String>,
+}
+
+#[derive(Debug, Default)]
+struct KernelLayer {
+    package: Opt<String>,
+    image: Opt<PathBuf>,
+    modules_dir: Opt<PathBuf>,
+    modules: List<String>,
+    cmdline: List<String>,
+    panic_reboot: Opt<u32>,
+}
+
+#[derive(Debug, Default)]
+struct BootLayer {
+    package: Opt<String>,
+}
+
+#[derive(Debug, Default)]
+struct RootLayer {
+    packages: List<String>,
+    files: Vec<FileSpec>,
+    exclude: List<String>,
+    filesystem: Opt<String>,
+    compression_level: Opt<i32>,
+}
+
+#[derive(Debug, Default)]
+struct DiskLayer {
+    esp: Opt<u64>,
+    root: Opt<u64>,
+    verity: Opt<u64>,
+    state: Opt<u64>,
+}
+
+#[derive(Debug, Default)]
+struct SigningLayer {
+    key: Opt<PathBuf>,
+}
+
+#[derive(Debug, Default)]
+struct OutputLayer {
+    formats: List<OutputFormat>,
+}
+
+// The serde shapes of a file. Every leaf is `Spanned` so its line can be reported.
+mod raw {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct File {
+        pub include: Option<Spanned<String>>,
+        #[serde(default)]
+        pub image: Image,
+        #[serde(default)]
+        pub debian: Debian,
+        #[serde(default)]
+        pub kernel: Kernel,
+        #[serde(default)]
+        pub boot: Boot,
+        #[serde(default)]
+        pub root: Root,
+        #[serde(default)]
+        pub disk: Disk,
+        #[serde(default)]
+        pub signing: Signing,
+        #[serde(default)]
+        pub output: Output,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Image {
+        pub name: Option<Spanned<String>>,
+        pub version: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct Debian {
+        pub suite: Option<Spanned<String>>,
+        pub mirror: Option<Spanned<String>>,
+        pub security_mirror: Option<Spanned<String>>,
+        #[serde(default)]
+        pub components: Vec<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct Kernel {
+        pub package: Option<Spanned<String>>,
+        pub image: Option<Spanned<PathBuf>>,
+        pub modules_dir: Option<Spanned<PathBuf>>,
+        #[serde(default)]
+        pub modules: Vec<Spanned<String>>,
+        #[serde(default)]
+        pub cmdline: Vec<Spanned<String>>,
+        pub panic_reboot: Option<Spanned<u32>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Boot {
+        pub package: Option<Spanned<String>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct Root {
+        #[serde(default)]
+        pub packages: Vec<Spanned<String>>,
+        #[serde(default)]
+        pub files: Vec<Spanned<FileEntry>>,
+        #[serde(default)]
+        pub exclude: Vec<Spanned<String>>,
+        pub filesystem: Option<Spanned<String>>,
+        pub compression_level: Option<Spanned<i32>>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FileEntry {
+        pub source: PathBuf,
+        pub path: String,
+        pub mode: Option<String>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Disk {
+        pub esp: Option<Spanned<Size>>,
+        pub root: Option<Spanned<Size>>,
+        pub verity: Option<Spanned<Size>>,
+        pub state: Option<Spanned<Size>>,
+    }
+
+    /// A size: a byte count, or a string such as `"512MiB"`.
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Signing {
+        pub key: Option<Spanned<PathBuf>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Output {
+        #[serde(default)]
+        pub formats: Vec<Spanned<OutputFormat>>,
+    }
+}
+
+/// Turns byte offsets into line numbers for one file.
+struct Locator {
+    file: Arc<Path>,
+    line_starts: Vec<usize>,
+}
+
+impl Locator {
+    fn new(file: Arc<Path>, text: &str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { file, line_starts }
+    }
+
+    fn origin(&self, offset: usize) -> Origin {
+        let line = match self.line_starts.binary_search(&offset) {
+            Ok(i) => i + 1,
+            Err(i) => i,
+        };
+        Origin {
+            file: self.file.clone(),
+            line,
+        }
+    }
+
+    fn locate<T>(&self, s: Spanned<T>) -> Located<T> {
+        let at = self.origin(s.span().start);
+        Located {
+            value: s.into_inner(),
+            at,
+        }
+    }
+
+    fn opt<T>(&self, s: Option<Spanned<T>>) -> Opt<T> {
+        s.map(|s| self.locate(s))
+    }
+
+    fn list<T>(&self, v: Vec<Spanned<T>>) -> List<T> {
+        v.into_iter().map(|s| self.locate(s)).collect()
+    }
+}
+
+impl Layer {
+    fn read(path: &Path) -> Result<Self, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let raw: raw::File = toml::from_str(&text).map_err(|e| ProfileError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let file: Arc<Path> = Arc::from(path);
+        let loc = Locator::new(file.clone(), &text);
+        let base_dir = path.parent().unwrap_or(Path::new("."));
+
+        let size = |field: &str, s: Option<Spanned<raw::Size>>| -> Result<Opt<u64>, ProfileError> {
+            let Some(s) = s else { return Ok(None) };
+            let s = loc.locate(s);
+            let bytes = match &s.value {
+                raw::Size::Bytes(n) => *n,
+                raw::Size::Text(t) => parse_size(t).map_err(|message| ProfileError::Invalid {
+                    at: s.at.clone(),
+                    field: format!("disk.{field}"),
+                    message,
+                })?,
+            };
+            Ok(Some(Located {
+                value: bytes,
+                at: s.at,
+            }))
+        };
+        let relative = |p: Opt<PathBuf>| {
+            p.map(|p| Located {
+                value: base_dir.join(&p.value),
+                at: p.at,
+            })
+        };
+
+        let mut files = Vec::new();
+        for entry in raw.root.files {
+            let entry = loc.locate(entry);
+            let mode = match &entry.value.mode {
+                None => 0o644,
+                Some(m) => u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| ProfileError::Invalid {
+                        at: entry.at.clone(),
+                        field: "root.files.mode".into(),
+                        message: format!("{m:?} is not an octal mode such as \"0644\""),
+                    })?,
+            };
+            files.push(FileSpec {
+                source: base_dir.join(&entry.value.source),
+                path: entry.value.path.clone(),
+                mode,
+                at: entry.at,
+            });
+        }
+
+        Ok(Layer {
+            path: path.to_path_buf(),
+            include: loc.opt(raw.include),
+            image: ImageLayer {
+                name: loc.opt(raw.image.name),
+                version: loc.opt(raw.image.version),
+            },
+            debian: DebianLayer {
+                suite: loc.opt(raw.debian.suite),
+                mirror: loc.opt(raw.debian.mirror),
+                security_mirror: loc.opt(raw.debian.security_mirror),
+                components: loc.list(raw.debian.components),
+            },
+            kernel: KernelLayer {
+                package: loc.opt(raw.kernel.package),
+                image: relative(loc.opt(raw.kernel.image)),
+                modules_dir: relative(loc.opt(raw.kernel.modules_dir)),
+                modules: loc.list(raw.kernel.modules),
+                cmdline: loc.list(raw.kernel.cmdline),
+                panic_reboot: loc.opt(raw.kernel.panic_reboot),
+            },
+            boot: BootLayer {
+                package: loc.opt(raw.boot.package),
+            },
+            root: RootLayer {
+                packages: loc.list(raw.root.packages),
+                files,
+                exclude: loc.list(raw.root.exclude),
+                filesystem: loc.opt(raw.root.filesystem),
+                compression_level: loc.opt(raw.root.compression_level),
+            },
+            disk: DiskLayer {
+                esp: size("esp", raw.disk.esp)?,
+                root: size("root", raw.disk.root)?,
+                verity: size("verity", raw.disk.verity)?,
+                state: size("state", raw.disk.state)?,
+            },
+            signing: SigningLayer {
+                key: relative(loc.opt(raw.signing.key)),
+            },
+            output: OutputLayer {
+                formats: loc.list(raw.output.formats),
+            },
+        })
+    }
+
+    /// `self` is the base, `over` the including file.
+    fn merge(self, over: Layer) -> Layer {
+        fn list<T>(mut base: Vec<T>, more: Vec<T>) -> Vec<T> {
+            base.extend(more);
+            base
+        }
+        // A kernel given as a local tree replaces a package from the base, and vice versa.
+        let (package, image, modules_dir) = if over.kernel.package.is_some() {
+            (over.kernel.package, None, None)
+        } else if over.kernel.image.is_some() || over.kernel.modules_dir.is_some() {
+            (None, over.kernel.image, over.kernel.modules_dir)
+        } else {
+            (
+                self.kernel.package,
+                self.kernel.image,
+                self.kernel.modules_dir,
+            )
+        };
+        Layer {
+            path: over.path,
+            include: None,
+            image: ImageLayer {
+                name: over.image.name.or(self.image.name),
+                version: over.image.version.or(self.image.version),
+            },
+            debian: DebianLayer {
+                suite: over.debian.suite.or(self.debian.suite),
+                mirror: over.debian.mirror.or(self.debian.mirror),
+                security_mirror: over.debian.security_mirror.or(self.debian.security_mirror),
+                components: list(self.debian.components, over.debian.components),
+            },
+            kernel: KernelLayer {
+                package,
+                image,
+                modules_dir,
+                modules: list(self.kernel.modules, over.kernel.modules),
+                cmdline: list(self.kernel.cmdline, over.kernel.cmdline),
+                panic_reboot: over.kernel.panic_reboot.or(self.kernel.panic_reboot),
+            },
+            boot: BootLayer {
+                package: over.boot.package.or(self.boot.package),
+            },
+            root: RootLayer {
+                packages: list(self.root.packages, over.root.packages),
+                files: list(self.root.files, over.root.files),
+                exclude: list(self.root.exclude, over.root.exclude),
+                filesystem: over.root.filesystem.or(self.root.filesystem),
+                compression_level: over.root.compression_level.or(self.root.compression_level),
+            },
+            disk: DiskLayer {
+                esp: over.disk.esp.or(self.disk.esp),
+                root: over.disk.root.or(self.disk.root),
+                verity: over.disk.verity.or(self.disk.verity),
+                state: over.disk.state.or(self.disk.state),
+            },
+            signing: SigningLayer {
+                key: over.signing.key.or(self.signing.key),
+            },
+            output: OutputLayer {
+                formats: list(self.output.formats, over.output.formats),
+            },
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Resolution: defaults and checks.
+
+const MIB: u64 = 1 << 20;
+/// Smallest ESP: FAT32 needs 65525 clusters, about 33 MiB with 512-byte clusters.
+const MIN_ESP: u64 = 40 * MIB;
+/// Largest ESP the FAT32 writer supports.
+const MAX_ESP: u64 = 32 << 30;
+
+fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, ProfileError> {
+    let top: Arc<Path> = Arc::from(path);
+    let default_at = Origin {
+        file: top.clone(),
+        line: 1,
+    };
+    fn located<T>(value: T, at: &Origin) -> Located<T> {
+        Located {
+            value,
+            at: at.clone(),
+        }
+    }
+    let invalid = |at: &Origin, field: &str, message: String| ProfileError::Invalid {
+        at: at.clone(),
+        field: field.to_owned(),
+        message,
+    };
+    let missing = |field| ProfileError::Missing {
+        path: path.to_path_buf(),
+        field,
+    };
+
+    let image_name = l.image.name.ok_or_else(|| missing("image.name"))?;
+    check_name(&image_name).map_err(|e| invalid(&image_name.at, "image.name", e.to_string()))?;
+    let image_version = l.image.version.ok_or_else(|| missing("image.version"))?;
+    check_version(&image_version)
+        .map_err(|e| invalid(&image_version.at, "image.version", e.to_string()))?;
+
+    let kernel = match (l.kernel.package, l.kernel.image, l.kernel.modules_dir) {
+        (Some(p), _, _) => {
+            check_package_name(&p, "kernel.package")?;
+            Located {
+                value: KernelSource::Package(p.value),
+                at: p.at,
+            }
+        }
+        (None, Some(image), Some(modules)) => {
+            for (what, p) in [("kernel.image", &image), ("kernel.modules-dir", &modules)] {
+                if !p.exists() {
+                    return Err(invalid(
+                        &p.at,
+                        what,
+                        format!(
+                            "{} does not exist; point it at an existing path",
+                            p.display()
+                        ),
+                    ));
+                }
+            }
+            Located {
+                value: KernelSource::Local {
+                    image: image.value,
+                    modules: modules.value,
+                },
+                at: image.at,
+            }
+        }
+        (None, Some(p), None) | (None, None, Some(p)) => {
+            return Err(invalid(
+                &p.at,
+                "kernel",
+                "a local kernel needs both `image` and `modules-dir`".into(),
+            ));
+        }
+        (None, None, None) => return Err(missing("kernel.package")),
+    };
+    for m in &l.kernel.modules {
+        if m.is_empty()
+            || !m
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(invalid(
+                &m.at,
+                "kernel.modules",
+                format!("{:?} is not a module name", m.value),
+            ));
+        }
+    }
+    for w in &l.kernel.cmdline {
+        if w.is_empty() || w.contains(char::is_whitespace) {
+            return Err(invalid(
+                &w.at,
+                "kernel.cmdline",
+                format!(
+                    "{:?} must be one word without spaces (one list item per word)",
+                    w.value
+                ),
+            ));
+        }
+        if w.starts_with("panic=") {
+            return Err(invalid(
+                &w.at,
+                "kernel.cmdline",
+                "set kernel.panic-reboot instead of panic=".into(),
+            ));
+        }
+    }
+    let panic_reboot = l
+        .kernel
+        .panic_reboot
+        .unwrap_or_else(|| located(10, &default_at));
+    if panic_reboot.value == 0 {
+        return Err(invalid(
+            &panic_reboot.at,
+            "kernel.panic-reboot",
+            "0 would leave a panicked machine hanging; use 1 or more seconds".into(),
+        ));
+    }
+
+    let boot_package = l
+        .boot
+        .package
+        .unwrap_or_else(|| located("systemd-boot-efi".into(), &default_at));
+    check_package_name(&boot_package, "boot.package")?;
+    for p in &l.root.packages {
+        check_package_name(p, "root.packages")?;
+    }
+    let mut packages: Vec<Located<String>> = Vec::new();
+    for p in l.root.packages {
+        if !packages.iter().any(|q| q.value == p.value) {
+            packages.push(p);
+        }
+    }
+
+    for f in &l.root.files {
+        if !f.path.starts_with('/') || f.path.split('/').any(|c| c == ".." || c == ".") {
+            return Err(invalid(
+                &f.at,
+                "root.files.path",
+                format!("{:?} must be an absolute path without . or ..", f.path),
+            ));
+        }
+        if !f.source.is_file() {
+            return Err(invalid(
+                &f.at,
+                "root.files.source",
+                format!(
+                    "{} is not a file; paths are relative to the profile that names them",
+                    f.source.display()
+                ),
+            ));
+        }
+    }
+
+    let filesystem = match l.root.filesystem {
+        None => located(Filesystem::Squashfs, &default_at),
+        Some(f) => match f.value.as_str() {
+            "squashfs" => Located {
+                value: Filesystem::Squashfs,
+                at: f.at,
+            },
+            other => {
+                return Err(invalid(
+                    &f.at,
+                    "root.filesystem",
+                    format!("{other:?} is not supported; use \"squashfs\""),
+                ));
+            }
+        },
+    };
+    let compression_level = l
+        .root
+        .compression_level
+        .unwrap_or_else(|| located(15, &default_at));
+    if !(1..=22).contains(&compression_level.value) {
+        return Err(invalid(
+            &compression_level.at,
+            "root.compression-level",
+            format!(
+                "{} is not a zstd level; use 1 to 22",
+                compression_level.value
+            ),
+        ));
+    }
+
+    let size = |v: Opt<u64>, default: u64, field: &str, min: u64, max: u64| {
+        let v = v.unwrap_or_else(|| located(default, &default_at));
+        if v.value % MIB != 0 {
+            return Err(invalid(
+                &v.at,
+                field,
+                format!(
+                    "{} bytes is not a whole number of MiB (partitions are 1 MiB aligned)",
+                    v.value
+                ),
+            ));
+        }
+        if v.value < min || v.value > max {
+            return Err(invalid(
+                &v.at,
+                field,
+                format!(
+                    "{} is outside {} to {}",
+                    show_size(v.value),
+                    show_size(min),
+                    show_size(max)
+                ),
+            ));
+        }
+        Ok(v)
+    };
+    let esp_size = size(l.disk.esp, 512 * MIB, "disk.esp", MIN_ESP, MAX_ESP)?;
+    let root_size = size(l.disk.root, 1024 * MIB, "disk.root", 8 * MIB, 1 << 40)?;
+    let verity_size = size(l.disk.verity, 64 * MIB, "disk.verity", MIB, 1 << 36)?;
+    let state_size = size(l.disk.state, 256 * MIB, "disk.state", 16 * MIB, 1 << 40)?;
+    // The tree over a full root partition must fit the verity partition, or an update that
+    // fills its root partition could never be installed.
+    let blocks = root_size.value / u64::from(crust_format::verity::BLOCK_SIZE);
+    let tree = (crust_format::verity::hash_blocks(blocks) + 1)
+        * u64::from(crust_format::verity::BLOCK_SIZE);
+    if tree > verity_size.value {
+        return Err(invalid(
+            &verity_size.at,
+            "disk.verity",
+            format!(
+                "{} cannot hold the hash tree of a full {} root partition ({}); raise it",
+                show_size(verity_size.value),
+                show_size(root_size.value),
+                show_size(tree)
+            ),
+        ));
+    }
+
+    if let Some(key) = &l.signing.key {
+        if !key.is_file() {
+            return Err(invalid(
+                &key.at,
+                "signing.key",
+                format!(
+                    "{} does not exist; make a key with `cargo xtask keygen` or remove the line to use the development key",
+                    key.display()
+                ),
+            ));
+        }
+    }
+
+    let mut outputs: Vec<Located<OutputFormat>> = Vec::new();
+    for o in l.output.formats {
+        if !outputs.iter().any(|p| p.value == o.value) {
+            outputs.push(o);
+        }
+    }
+    if outputs.is_empty() {
+        outputs.push(located(OutputFormat::Raw, &default_at));
+    }
+
+    let mirror = l
+        .debian
+        .mirror
+        .unwrap_or_else(|| located("http://deb.debian.org/debian".into(), &default_at));
+    for m in [Some(&mirror), l.debian.security_mirror.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if !(m.starts_with("http://") || m.starts_with("https://")) {
+            return Err(invalid(
+                &m.at,
+                "debian.mirror",
+                format!("{:?} is not an http(s) URL", m.value),
+            ));
+        }
+    }
+    let mut components = l.debian.components;
+    if components.is_empty() {
+        components.push(located("main".into(), &default_at));
+    }
+
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("profile")
+        .to_owned();
+    Ok(Profile {
+        name,
+        path: path.to_path_buf(),
+        files,
+        image_name,
+        image_version,
+        suite: l
+            .debian
+            .suite
+            .unwrap_or_else(|| located("bookworm".into(), &default_at)),
+        mirror,
+        security_mirror: l.debian.security_mirror,
+        components,
+        kernel,
+        modules: l.kernel.modules,
+        cmdline: l.kernel.cmdline,
+        panic_reboot,
+        boot_package,
+        packages,
+        files_in_root: l.root.files,
+        exclude: l.root.exclude,
+        filesystem,
+        compression_level,
+        esp_size,
+        root_size,
+        verity_size,
+        state_size,
+        signing_key: l.signing.key,
+        outputs,
+    })
+}
+
+fn check_package_name(p: &Located<String>, field: &str) -> Result<(), ProfileError> {
+    // Debian policy 5.6.1: lowercase letters, digits, '+', '-', '.'; at least two characters,
+    // starting with an alphanumeric.
+    let ok = p.len() >= 2
+        && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProfileError::Invalid {
+            at: p.at.clone(),
+            field: field.to_owned(),
+            message: format!("{:?} is not a Debian package name", p.value),
+        })
+    }
+}
+
+/// Parses sizes such as `512MiB`, `1 GiB`, `64M` (binary units; bare numbers are bytes).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as \"512MiB\" or \"1GiB\""))?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        other => {
+            return Err(format!(
+                "unit {other:?} in {text:?} is not one of B, KiB, MiB, GiB, TiB (binary units)"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// Formats a byte count in binary units, for messages.
+pub fn show_size(bytes: u64) -> String {
+    bytesize::ByteSize::b(bytes).display().iec().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const BASE: &str = r#"
+[image]
+name = "crust"
+version = "0.1.0"
+
+[kernel]
+package = "linux-image-cloud-amd64"
+modules = ["virtio_blk"]
+cmdline = ["quiet"]
+
+[root]
+packages = ["crun"]
+"#;
+
+    #[test]
+    fn include_merges_tables_and_extends_lists() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "base.toml", BASE);
+        let p = write(
+            dir.path(),
+            "qemu.toml",
+            "include = \"base.toml\"\n[kernel]\nmodules = [\"virtio_net\"]\ncmdline = [\"console=ttyS0\"]\n[image]\nversion = \"0.2.0\"\n[disk]\nesp = \"64MiB\"\n",
+        );
+        let profile = Profile::load(&p).unwrap();
+        assert_eq!(profile.name, "qemu");
+        assert_eq!(profile.image_name.value, "crust");
+        assert_eq!(profile.image_version.value, "0.2.0");
+        assert_eq!(profile.image_version.at.line, 6);
+        let modules: Vec<_> = profile.modules.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(modules, ["virtio_blk", "virtio_net"]);
+        assert_eq!(profile.kernel_cmdline(), "panic=10 quiet console=ttyS0");
+        assert_eq!(profile.esp_size.value, 64 * MIB);
+        assert_eq!(profile.root_size.value, 1024 * MIB);
+        assert_eq!(profile.files.len(), 2);
+        assert_eq!(profile.lock_path(), dir.path().join("qemu.lock"));
+    }
+
+    #[test]
+    fn unknown_keys_name_file_line_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "bad.toml",
+            &format!("{BASE}\n[root]\npakages = [\"x\"]\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        // Either the duplicate [root] table or the unknown key: both name the file and line.
+        assert!(err.contains("bad.toml"), "{err}");
+        assert!(err.contains("line"), "{err}");
+
+        let p = write(
+            dir.path(),
+            "bad2.toml",
+            "[image]\nname = \"crust\"\ncolour = \"red\"\n",
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("bad2.toml") && err.contains("line 3") && err.contains("colour"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_impossible_sizes_are_refused_with_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "t.toml",
+            &format!("{BASE}\n[disk]\nroot = true\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(err.contains("t.toml") && err.contains("line 15"), "{err}");
+
+        let p = write(
+            dir.path(),
+            "s.toml",
+            &format!("{BASE}\n[disk]\nesp = \"10MiB\"\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(err.contains("s.toml:15: disk.esp"), "{err}");
+
+        let p = write(
+            dir.path(),
+            "u.toml",
+            &format!("{BASE}\n[disk]\nroot = \"1 parsec\"\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("u.toml:15: disk.root") && err.contains("parsec"),
+            "{err}"
+        );
+
+        let p = write(
+            dir.path(),
+            "v.toml",
+            &format!("{BASE}\n[disk]\nroot = \"4GiB\"\nverity = \"1MiB\"\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("v.toml:16: disk.verity") && err.contains("hash tree"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_inputs_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "k.toml",
+            &format!("{BASE}\n[signing]\nkey = \"nope.key\"\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("k.toml:15: signing.key") && err.contains("keygen"),
+            "{err}"
+        );
+
+        let p = write(
+            dir.path(),
+            "f.toml",
+            &format!("{BASE}\n[[root.files]]\nsource = \"motd\"\npath = \"/etc/motd\"\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(err.contains("f.toml:14: root.files.source"), "{err}");
+
+        let p = write(
+            dir.path(),
+            "n.toml",
+            "[kernel]\npackage = \"linux-image-amd64\"\n",
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(err.contains("image.name is not set"), "{err}");
+
+        let p = write(dir.path(), "i.toml", "include = \"i.toml\"\n");
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(err.contains("i.toml:1: include"), "{err}");
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_units() {
+        assert_eq!(parse_size("512MiB"), Ok(512 * MIB));
+        assert_eq!(parse_size("1 GiB"), Ok(1024 * MIB));
+        assert_eq!(parse_size("64M"), Ok(64 * MIB));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1.5GiB").is_err());
+        assert!(parse_size("1MB").is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! Stage 2, PID 1 in the verified root: prove that `/` is verified, then supervise —
+//! reap orphans, and turn signals and the power button into a clean power-off or reboot.
+
+use std::convert::Infallible;
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use crust_format::Manifest;
+use crust_format::initrd;
+use crust_format::phase::Phase;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::reboot::set_cad_enabled;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::bootinfo::BootInfo;
+use crate::error::{Advise, Context, Error, Result};
+use crate::mounts::{self, MountEntry};
+use crate::power::{self, PowerButton};
+use crate::shutdown::{self, Action};
+use crate::stage1::DM_UUID_PREFIX;
+use crate::{cmdline, console, manifest};
+
+/// How long to keep looking for a power button that is not there at start (the `button`
+/// driver may still be probing).
+const BUTTON_RESCAN: Duration = Duration::from_secs(10);
+
+/// The signals PID 1 handles, all through a signalfd.
+const SIGNALS: [Signal; 7] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGCHLD,
+    Signal::SIGHUP,
+    Signal::SIGPWR,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Runs stage 2; returns only on failure (a shutdown never returns).
+pub fn run() -> Result<Infallible> {
+    let options = cmdline::Options::read();
+    crate::set_reboot_delay(options.reboot_delay);
+    let boot = std::fs::read_to_string(initrd::RUN_BOOT)
+        .map(|text| BootInfo::parse(&text))
+        .context("stage2", || format!("cannot read {}", initrd::RUN_BOOT))
+        .advise("stage 2 must be started by stage 1 in the initramfs; boot the UKI")?;
+    let manifest = manifest::load_from_run()?;
+
+    let mut mask = SigSet::empty();
+    for signal in SIGNALS {
+        mask.add(signal);
+    }
+    // Blocked signals are queued even for PID 1 (which the kernel otherwise spares from
+    // signals it has no handler for), and the signalfd hands them over in the main loop.
+    mask.thread_block()
+        .context("stage2", || "cannot block signals".into())?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("stage2", || "cannot create a signalfd".into())?;
+    // Ctrl-alt-del then reaches PID 1 as SIGINT instead of rebooting on the spot.
+    set_cad_enabled(false).context("stage2", || "cannot take over ctrl-alt-del".into())?;
+    let stage1_took = boot
+        .get("phase.switch-root")
+        .map(|s| format!(", stage 1 done at {s} s"))
+        .unwrap_or_default();
+    console::phase(
+        Phase::Stage2,
+        &format!(
+            "crust-init {} in the verified root, slot {} on {}{stage1_took}",
+            crate::VERSION,
+            boot.get("slot").unwrap_or("?"),
+            boot.get("disk").unwrap_or("?"),
+        ),
+    );
+
+    let buttons = power::find_power_buttons();
+
+    let root = verified_root(&manifest)?;
+    let button_note = if buttons.is_empty() {
+        "no power button yet".to_owned()
+    } else {
+        let names: Vec<&str> = buttons.iter().map(|b| b.name.as_str()).collect();
+        format!("power button on {}", names.join(" "))
+    };
+    console::phase(
+        Phase::Ready,
+        &format!(
+            "{} {}, slot {}, / is {} on {} (dm-verity root {}); {button_note}",
+            manifest.name,
+            manifest.version,
+            boot.get("slot").unwrap_or("?"),
+            root.fstype,
+            root.device,
+            manifest.verity.root_hash.short(12),
+        ),
+    );
+
+    supervise(&signals, buttons)
+}
+
+/// What proves that `/` is the verified image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRoot {
+    /// File system type of `/`.
+    pub fstype: String,
+    /// Kernel name of the device under `/`, such as `dm-0`.
+    pub device: String,
+}
+
+/// Checks that `/` is mounted from the dm-verity device stage 1 made for this manifest.
+fn verified_root(manifest: &Manifest) -> Result<VerifiedRoot> {
+    let entries = mounts::read_mountinfo()
+        .context("ready", || format!("cannot read {}", mounts::MOUNTINFO))?;
+    let root = mounts::root_mount(&entries)
+        .ok_or_else(|| Error::new("ready", "no mount on / in mountinfo"))?;
+    let expected_uuid = format!("{DM_UUID_PREFIX}{}", manifest.verity.root_hash);
+    prove_root(
+        root,
+        |device, attr| {
+            std::fs::read_to_string(format!("/sys/block/{device}/dm/{attr}"))
+                .ok()
+                .map(|s| s.trim().to_owned())
+        },
+        &expected_uuid,
+        manifest.filesystem.as_str(),
+    )
+}
+
+/// The pure part of [`verified_root`]: `dm_attr(device, "uuid")` reads sysfs.
+fn prove_root(
+    root: &MountEntry,
+    dm_attr: impl Fn(&str, &str) -> Option<String>,
+    expected_uuid: &str,
+    fstype: &str,
+) -> Result<VerifiedRoot> {
+    let unverified = |why: String| {
+        Error::new("ready", format!("/ is not the verified root: {why}"))
+            .advice("stage 1 did not set up this root; boot the image's UKI")
+    };
+    let device = root
+        .source
+        .strip_prefix("/dev/")
+        .filter(|d| d.starts_with("dm-"))
+        .ok_or_else(|| unverified(format!("it is mounted from {}", root.source)))?;
+    match dm_attr(device, "uuid") {
+        Some(uuid) if uuid == expected_uuid => {}
+        Some(uuid) if uuid.starts_with(DM_UUID_PREFIX) => {
+            return Err(unverified(format!(
+                "{device} verifies another root hash ({uuid})"
+            )));
+        }
+        other => {
+            return Err(unverified(format!(
+                "{device} is not Crust's dm-verity device (uuid {other:?})"
+            )));
+        }
+    }
+    if root.fstype != fstype {
+        return Err(unverified(format!(
+            "it is {} but the manifest says {fstype}",
+            root.fstype
+        )));
+    }
+    Ok(VerifiedRoot {
+        fstype: root.fstype.clone(),
+        device: device.to_owned(),
+    })
+}
+
+/// The main loop: never returns; ends in [`shutdown::shutdown`].
+fn supervise(signals: &SignalFd, mut buttons: Vec<PowerButton>) -> ! {
+    let rescan_until = Instant::now() + BUTTON_RESCAN;
+    let mut warned_no_button = false;
+    loop {
+        let rescanning = buttons.is_empty() && Instant::now() < rescan_until;
+        let timeout = if rescanning {
+            PollTimeout::from(1000u16)
+        } else {
+            PollTimeout::NONE
+        };
+        let ready: Vec<bool> = {
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+            fds.extend(
+                buttons
+                    .iter()
+                    .map(|b| PollFd::new(b.file.as_fd(), PollFlags::POLLIN)),
+            );
+            match poll(&mut fds, timeout) {
+                Ok(_) => fds
+                    .iter()
+                    .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    // Nothing to wait on is fatal for a supervisor; do not spin.
+                    console::warning(&format!("poll failed: {}", e.desc()));
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        };
+
+        if ready[0] {
+            drain_signals(signals);
+        }
+        let mut gone = Vec::new();
+        for (i, button) in buttons.iter_mut().enumerate() {
+            if !ready[i + 1] {
+                continue;
+            }
+            match button.pressed() {
+                Ok(true) => shutdown::shutdown(Action::PowerOff, "power button pressed"),
+                Ok(false) => {}
+                Err(_) => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            buttons.remove(i);
+        }
+
+        if buttons.is_empty() {
+            if Instant::now() < rescan_until {
+                buttons = power::find_power_buttons();
+            } else if !warned_no_button {
+                warned_no_button = true;
+                console::warning(
+                    "no power button found: ACPI power-off requests are ignored \
+                     (are button and evdev in the module list?)",
+                );
+            }
+        }
+    }
+}
+
+fn drain_signals(signals: &SignalFd) {
+    loop {
+        let info = match signals.read_signal() {
+            Ok(Some(info)) => info,
+            Ok(None) => return,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return,
+        };
+        let Some(signal) = i32::try_from(info.ssi_signo)
+            .ok()
+            .and_then(|n| Signal::try_from(n).ok())
+        else {
+            continue;
+        };
+        match signal {
+            Signal::SIGCHLD => {
+                shutdown::reap();
+            }
+            Signal::SIGTERM => shutdown::shutdown(Action::PowerOff, "SIGTERM"),
+            Signal::SIGPWR => shutdown::shutdown(Action::PowerOff, "SIGPWR (power failure)"),
+            Signal::SIGINT => shutdown::shutdown(Action::Reboot, "ctrl-alt-del"),
+            other => console::warning(&format!("ignoring {other}: nothing handles it yet")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "CRUST-VERITY-abcd";
+
+    fn root(source: &str, fstype: &str) -> MountEntry {
+        MountEntry {
+            mount_point: "/".into(),
+            fstype: fstype.into(),
+            source: source.into(),
+        }
+    }
+
+    fn sysfs(device: &str, attr: &str) -> Option<String> {
+        match (device, attr) {
+            ("dm-0", "uuid") => Some(HASH.into()),
+            ("dm-1", "uuid") => Some("CRUST-VERITY-ffff".into()),
+            ("dm-2", "uuid") => Some("CRYPT-LUKS2-1234".into()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn accepts_the_verity_device_of_this_manifest() {
+        let proof = prove_root(&root("/dev/dm-0", "squashfs"), sysfs, HASH, "squashfs").unwrap();
+        assert_eq!(proof.device, "dm-0");
+        assert_eq!(proof.fstype, "squashfs");
+    }
+
+    #[test]
+    fn refuses_anything_else() {
+        for (source, fstype) in [
+            ("/dev/vda2", "squashfs"),
+            ("/dev/dm-1", "squashfs"),
+            ("/dev/dm-2", "squashfs"),
+            ("/dev/dm-9", "squashfs"),
+            ("/dev/dm-0", "erofs"),
+            ("rootfs", "rootfs"),
+        ] {
+            let err = prove_root(&root(source, fstype), sysfs, HASH, "squashfs").unwrap_err();
+            assert_eq!(err.check, "ready", "{source} {fstype}");
+        }
+    }
+}

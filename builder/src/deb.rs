@@ -104,10 +104,15 @@ pub fn walk_data(
                 uid: header.uid()? as u32,
                 gid: header.gid()? as u32,
                 link: entry.link_name()?.map(|l| l.to_string_lossy().into_owned()),
-                device: (
-                    header.device_major()?.unwrap_or(0),
-                    header.device_minor()?.unwrap_or(0),
-                ),
+                // Only device entries carry numbers; other headers may leave the fields blank.
+                device: if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+                    (
+                        header.device_major()?.unwrap_or(0),
+                        header.device_minor()?.unwrap_or(0),
+                    )
+                } else {
+                    (0, 0)
+                },
             };
             visit(&path, &meta, &mut entry)
                 .with_context(|| format!("{}: {path}", deb.display()))?;

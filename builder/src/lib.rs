@@ -10,7 +10,10 @@
 //! `SOURCE_DATE_EPOCH` give a bit-identical image.
 
 pub mod apt;
+pub mod build;
 pub mod deb;
+pub mod disk;
+pub mod esp;
 pub mod fat;
 pub mod fetch;
 pub mod initramfs;

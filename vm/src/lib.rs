@@ -1,1 +1,18 @@
-//! placeholder
+//! Runs Crust images in QEMU and watches them, for `cargo xtask qemu` and the end-to-end
+//! tests.
+//!
+//! The crate owns everything about the virtual machine: which accelerator works on this
+//! host ([`accel`]: KVM only after a probe boot proves it, TCG otherwise), the UEFI firmware
+//! and its writable variable store ([`firmware`]), the QEMU command line ([`machine`]), the
+//! serial console as a stream of lines checked for kernel and init failures ([`console`]),
+//! and the QMP control socket for ACPI power events ([`qmp`]).
+
+pub mod accel;
+pub mod console;
+pub mod firmware;
+pub mod machine;
+pub mod overlay;
+pub mod qmp;
+
+pub use accel::Accel;
+pub use machine::{Config, DiskBus, Vm};

@@ -1,0 +1,591 @@
+//! The pipeline: a profile in, an image out, one step per module.
+//!
+//! [`build`] loads the profile, brings the lock up to date (or refuses to, with `--locked`),
+//! fetches the pinned packages, and then assembles root file system, verity tree, signed
+//! manifest, initramfs, UKI, ESP and disk, checking each part against its partition before
+//! anything is written. The image is written under a temporary name in the output folder
+//! and renamed into place last: a failed build leaves the previous image (or none), never
+//! half of one. A build whose inputs did not change since the last one returns at once.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use crust_format::boot_entry::BootEntryName;
+use crust_format::layout::{LAYOUT_VERSION, Role, Slot};
+use crust_format::{Digest, Manifest};
+
+use crate::apt::{Apt, AptError};
+use crate::deb::{self, Excludes};
+use crate::disk::{self, Sizes};
+use crate::fat::{self, FatError, FatOptions};
+use crate::fetch::{self, Cache, Deb};
+use crate::kernel::Kernel;
+use crate::lock::{Inputs, Lock, Role as PackageRole};
+use crate::profile::{KernelSource, Located, Profile, ProfileError, show_size};
+use crate::sign::{KeyKind, SigningKey};
+use crate::tree::{Entry, Tree};
+use crate::{esp, initramfs, output, report, rootfs, uki, verity};
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// The profile file.
+    pub profile: PathBuf,
+    /// The static init binary.
+    pub init: PathBuf,
+    /// The output folder (`target/crust/<profile>`).
+    pub out_dir: PathBuf,
+    /// Where the development key lives (used when the profile names no key).
+    pub dev_key_dir: PathBuf,
+    /// The package cache.
+    pub cache: Cache,
+    /// Refuse to update an out-of-date lock file (for CI).
+    pub locked: bool,
+    /// Overrides the lock's `source-date-epoch` (from `SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: Option<u64>,
+}
+
+/// File names in the output folder.
+pub mod outputs {
+    /// The disk image.
+    pub const IMAGE: &str = "image.raw";
+    /// The manifest (also inside the UKI).
+    pub const MANIFEST: &str = "manifest";
+    /// Its signature.
+    pub const SIGNATURE: &str = "manifest.sig";
+    /// The build id of the image in the folder; an unchanged build compares against it.
+    pub const BUILD_ID: &str = "build-id";
+    /// The kernel in the UKI, for direct-kernel boots (the KVM probe, the benchmark floor).
+    pub const KERNEL: &str = "vmlinuz";
+}
+
+/// Sizes of what went into the image, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Breakdown {
+    /// The kernel image.
+    pub kernel: u64,
+    /// Kernel modules in the initramfs (uncompressed).
+    pub modules: u64,
+    /// The compressed initramfs.
+    pub initramfs: u64,
+    /// The init binary.
+    pub init: u64,
+    /// The whole UKI.
+    pub uki: u64,
+    /// The squashfs root.
+    pub root: u64,
+    /// The verity partition content.
+    pub verity: u64,
+    /// Bytes actually allocated by the sparse image file.
+    pub allocated: u64,
+}
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    /// The image file.
+    pub image: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// True if nothing changed and the previous image was kept.
+    pub fresh: bool,
+    /// Whether the image is signed with the development key.
+    pub key: KeyKind,
+    /// Sizes (zero for a fresh build, which computes nothing).
+    pub breakdown: Breakdown,
+    /// Duration of each step.
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+struct Steps(Vec<(&'static str, Duration)>, Instant);
+
+impl Steps {
+    fn done(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.0.push((name, now - self.1));
+        self.1 = now;
+    }
+}
+
+/// Builds the image a profile describes.
+pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
+    let mut steps = Steps(Vec::new(), Instant::now());
+    let profile = Profile::load(&req.profile)?;
+    let key = signing_key(&profile, &req.dev_key_dir)?;
+    let lock = ensure_lock(&profile, &req.cache, req.locked)?;
+    let epoch = req.source_date_epoch.unwrap_or(lock.source_date_epoch);
+    let init = std::fs::read(&req.init)
+        .with_context(|| format!("cannot read the init binary {}", req.init.display()))?;
+    check_static(&init).with_context(|| format!("{} cannot be PID 1", req.init.display()))?;
+    let build_id = build_id(&profile, &lock, &init, &key, epoch)?;
+    steps.done("inputs");
+
+    let image_path = req.out_dir.join(outputs::IMAGE);
+    if let Some(manifest) = fresh_output(&req.out_dir, &build_id) {
+        return Ok(BuildOutcome {
+            image: image_path,
+            manifest,
+            fresh: true,
+            key: key.kind,
+            breakdown: Breakdown::default(),
+            steps: steps.0,
+        });
+    }
+    report::status(
+        "Building",
+        format!(
+            "{} {} ({} profile)",
+            profile.image_name.value, profile.image_version.value, profile.name
+        ),
+    );
+
+    let apt = Apt::new(req.cache.root(), &profile)?;
+    let debs = fetch::fetch(&req.cache, &apt, &lock)?;
+    steps.done("fetch");
+
+    let kernel = match &profile.kernel.value {
+        KernelSource::Package(_) => {
+            Kernel::from_package(&req.cache, package(&debs, PackageRole::Kernel)?)?
+        }
+        KernelSource::Local { image, modules } => Kernel::from_local(image, modules)?,
+    };
+    let modules = kernel.module_closure(&profile.modules)?;
+    let vmlinuz = std::fs::read(&kernel.image)
+        .with_context(|| format!("cannot read the kernel {}", kernel.image.display()))?;
+    let (stub, systemd_boot) = boot_files(package(&debs, PackageRole::Boot)?)?;
+    steps.done("kernel");
+
+    let os_release = os_release(&profile, &build_id);
+    let root_tree = root_tree(&profile, &debs, &init, &os_release)?;
+    let root = rootfs::squashfs(&root_tree, epoch, profile.compression_level.value)?;
+    fits(
+        Role::Root(Slot::A),
+        root.len() as u64,
+        &profile.root_size,
+        "disk.root",
+    )?;
+    steps.done("rootfs");
+
+    let (verity_params, hash_tree) = verity::build(&root, verity::salt_for(&root));
+    fits(
+        Role::Verity(Slot::A),
+        hash_tree.len() as u64,
+        &profile.verity_size,
+        "disk.verity",
+    )?;
+    let manifest = Manifest {
+        layout: LAYOUT_VERSION,
+        name: profile.image_name.value.clone(),
+        version: profile.image_version.value.clone(),
+        build_id,
+        filesystem: profile.filesystem.value,
+        verity: verity_params,
+        kernel_release: kernel.release.clone(),
+        kernel_sha256: Digest::of(&vmlinuz),
+    };
+    let manifest_text = manifest.to_text();
+    let signature = key.sign(manifest_text.as_bytes());
+    steps.done("verity");
+
+    let module_bytes: u64 = modules
+        .modules
+        .iter()
+        .map(|m| std::fs::metadata(kernel.modules_dir.join(&m.path)).map_or(0, |md| md.len()))
+        .sum();
+    let initrd = initramfs::build(
+        &initramfs::Contents {
+            init: &init,
+            manifest: manifest_text.as_bytes(),
+            signature: &signature,
+            public_key: &key.public_key().to_bytes(),
+            kernel: &kernel,
+            modules: &modules,
+            os_release: &os_release,
+        },
+        epoch,
+    )?;
+    let cmdline = profile.kernel_cmdline();
+    let uki = uki::assemble(
+        &stub,
+        &uki::Parts {
+            os_release: &os_release,
+            cmdline: &cmdline,
+            uname: &kernel.release,
+            initrd: &initrd,
+            linux: &vmlinuz,
+        },
+    )?;
+    steps.done("uki");
+
+    let entry = BootEntryName::new(&manifest.name, &manifest.version, None);
+    let esp_tree = esp::tree(systemd_boot.into(), &[(entry, Arc::from(uki.as_slice()))])?;
+    let sizes = Sizes {
+        esp: profile.esp_size.value,
+        root: profile.root_size.value,
+        verity: profile.verity_size.value,
+        state: profile.state_size.value,
+    };
+    let layout = disk::plan(sizes, &manifest.verity.root_hash, &build_id);
+    std::fs::create_dir_all(&req.out_dir)
+        .with_context(|| format!("cannot create {}", req.out_dir.display()))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".image.raw.")
+        .tempfile_in(&req.out_dir)
+        .with_context(|| {
+            format!(
+                "cannot create a temporary image in {}",
+                req.out_dir.display()
+            )
+        })?;
+    let fat_options = FatOptions {
+        volume_id: u32::from_le_bytes(build_id.0[..4].try_into()?),
+        label: "CRUST-ESP".into(),
+        timestamp: epoch,
+        hidden_sectors: u32::try_from(layout.get(Role::Esp).offset / 512)?,
+    };
+    disk::write(tmp.as_file_mut(), &layout, |part, window| {
+        use std::io::Write;
+        match part.role {
+            Role::Esp => match fat::write_volume(window, part.size, &fat_options, &esp_tree) {
+                Err(FatError::TooLarge { needed, available }) => Err(too_large(
+                    "ESP content",
+                    needed,
+                    available,
+                    &profile.esp_size,
+                    "disk.esp",
+                )),
+                other => other.map(|_| ()).map_err(Into::into),
+            },
+            Role::Root(Slot::A) => Ok(window.write_all(&root)?),
+            Role::Verity(Slot::A) => Ok(window.write_all(&hash_tree)?),
+            // Slot B stays empty until the first update; state gets its file system on
+            // first boot.
+            _ => Ok(()),
+        }
+    })?;
+    steps.done("disk");
+
+    // Publish: manifest files first, the image last, so a folder holding image.raw holds
+    // the matching manifest.
+    std::fs::remove_file(req.out_dir.join(outputs::BUILD_ID)).ok();
+    output::write_atomic(
+        &req.out_dir.join(outputs::MANIFEST),
+        manifest_text.as_bytes(),
+    )?;
+    output::write_atomic(&req.out_dir.join(outputs::SIGNATURE), &signature)?;
+    output::link_or_copy(&kernel.image, &req.out_dir.join(outputs::KERNEL))?;
+    output::make_public(tmp.as_file())?;
+    let allocated = {
+        use std::os::unix::fs::MetadataExt;
+        tmp.as_file().metadata()?.blocks() * 512
+    };
+    tmp.persist(&image_path)
+        .with_context(|| format!("cannot move the image to {}", image_path.display()))?;
+    output::write_atomic(
+        &req.out_dir.join(outputs::BUILD_ID),
+        build_id.to_hex().as_bytes(),
+    )?;
+    steps.done("publish");
+
+    Ok(BuildOutcome {
+        image: image_path,
+        manifest,
+        fresh: false,
+        key: key.kind,
+        breakdown: Breakdown {
+            kernel: vmlinuz.len() as u64,
+            modules: module_bytes,
+            initramfs: initrd.len() as u64,
+            init: init.len() as u64,
+            uki: uki.len() as u64,
+            root: root.len() as u64,
+            verity: hash_tree.len() as u64,
+            allocated,
+        },
+        steps: steps.0,
+    })
+}
+
+/// Refreshes a profile's lock file from the archive, keeping its epoch if the resolved
+/// packages did not change.
+pub fn lock(profile_path: &Path, cache: &Cache) -> Result<Lock> {
+    let profile = Profile::load(profile_path)?;
+    let old = Lock::read(&profile.lock_path())?;
+    let lock = resolve(&profile, cache, old.as_ref())?;
+    lock.write(&profile.lock_path())?;
+    Ok(lock)
+}
+
+fn resolve(profile: &Profile, cache: &Cache, old: Option<&Lock>) -> Result<Lock> {
+    let apt = Apt::new(cache.root(), profile)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut lock =
+        fetch::resolve(&apt, profile, now).map_err(|e| name_unknown_package(profile, e))?;
+    if let Some(old) = old.filter(|o| o.packages == lock.packages) {
+        lock.source_date_epoch = old.source_date_epoch;
+    }
+    Ok(lock)
+}
+
+/// Reads the lock, refreshing it when the profile asks for other packages (unless `locked`).
+fn ensure_lock(profile: &Profile, cache: &Cache, locked: bool) -> Result<Lock> {
+    let path = profile.lock_path();
+    let inputs = Inputs::of(profile);
+    let old = match Lock::read(&path)? {
+        Some(lock) if lock.inputs == inputs => return Ok(lock),
+        other => other,
+    };
+    match &old {
+        Some(lock) if locked => bail!(
+            "{} is out of date for {} ({}); run `cargo xtask lock --profile {}`",
+            path.display(),
+            profile.path.display(),
+            inputs.describe_change(&lock.inputs),
+            profile.name
+        ),
+        None if locked => bail!(
+            "{} does not exist; run `cargo xtask lock --profile {}`",
+            path.display(),
+            profile.name
+        ),
+        _ => {}
+    }
+    report::status(
+        "Locking",
+        format!(
+            "{} packages against Debian {}",
+            profile.name, profile.suite.value
+        ),
+    );
+    let lock = resolve(profile, cache, old.as_ref())?;
+    lock.write(&path)?;
+    Ok(lock)
+}
+
+/// Turns apt's "no such package" into an error at the profile line that asked for it.
+fn name_unknown_package(profile: &Profile, err: anyhow::Error) -> anyhow::Error {
+    let Some(AptError::UnknownPackage { suite, name }) = err.downcast_ref::<AptError>() else {
+        return err;
+    };
+    let message = format!(
+        "Debian {suite} has no package {name:?}; check the name (`apt-cache search`) or remove it"
+    );
+    let located = profile
+        .packages
+        .iter()
+        .map(|p| (p, "root.packages"))
+        .chain(std::iter::once((&profile.boot_package, "boot.package")))
+        .find(|(p, _)| p.value == *name);
+    match (located, &profile.kernel.value) {
+        (Some((p, field)), _) => ProfileError::Invalid {
+            at: p.at.clone(),
+            field: field.into(),
+            message,
+        }
+        .into(),
+        (None, KernelSource::Package(k)) if k == name => ProfileError::Invalid {
+            at: profile.kernel.at.clone(),
+            field: "kernel.package".into(),
+            message,
+        }
+        .into(),
+        _ => anyhow!(message),
+    }
+}
+
+fn signing_key(profile: &Profile, dev_key_dir: &Path) -> Result<SigningKey> {
+    match &profile.signing_key {
+        Some(path) => SigningKey::load(path).with_context(|| format!("{}: signing.key", path.at)),
+        None => {
+            let key = SigningKey::development(dev_key_dir)?;
+            report::warn(format!(
+                "signing with the DEVELOPMENT key {} ({}): this image is for testing only. \
+                 Make a real key with `cargo xtask keygen` and set signing.key in {}",
+                key.path.display(),
+                key.public_key().fingerprint(),
+                profile.path.display()
+            ));
+            Ok(key)
+        }
+    }
+}
+
+/// Everything that determines the image, hashed: profile files, lock, init, public key,
+/// epoch, and this builder's version.
+fn build_id(
+    profile: &Profile,
+    lock: &Lock,
+    init: &[u8],
+    key: &SigningKey,
+    epoch: u64,
+) -> Result<Digest> {
+    let mut parts: Vec<Vec<u8>> = vec![
+        b"crust build v1".to_vec(),
+        env!("CARGO_PKG_VERSION").as_bytes().to_vec(),
+        toml::to_string(lock)?.into_bytes(),
+        Digest::of(init).0.to_vec(),
+        key.public_key().to_bytes().to_vec(),
+        epoch.to_le_bytes().to_vec(),
+    ];
+    for file in &profile.files {
+        parts.push(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);
+    }
+    for f in &profile.files_in_root {
+        parts.push(f.path.as_bytes().to_vec());
+        parts.push(
+            std::fs::read(&f.source)
+                .with_context(|| format!("cannot read {}", f.source.display()))?,
+        );
+    }
+    if let KernelSource::Local { image, modules } = &profile.kernel.value {
+        // A local kernel is an input the lock does not pin: hash what the build reads.
+        parts.push(std::fs::read(image)?);
+        parts.push(std::fs::read(modules.join("modules.dep"))?);
+    }
+    Ok(Digest::of_parts(parts.iter().map(Vec::as_slice)))
+}
+
+/// The manifest of the image in `out_dir` if it was built from `build_id`.
+fn fresh_output(out_dir: &Path, build_id: &Digest) -> Option<Manifest> {
+    let recorded = std::fs::read_to_string(out_dir.join(outputs::BUILD_ID)).ok()?;
+    if recorded.trim() != build_id.to_hex() || !out_dir.join(outputs::IMAGE).is_file() {
+        return None;
+    }
+    Manifest::parse(&std::fs::read(out_dir.join(outputs::MANIFEST)).ok()?).ok()
+}
+
+/// Refuses an init that needs a dynamic loader: there is none in the initramfs.
+fn check_static(init: &[u8]) -> Result<()> {
+    use object::read::elf::{ElfFile64, ProgramHeader};
+    let elf =
+        ElfFile64::<object::Endianness>::parse(init).context("not an x86-64 ELF executable")?;
+    let endian = elf.endian();
+    let dynamic = elf
+        .elf_program_headers()
+        .iter()
+        .any(|p| p.p_type(endian) == object::elf::PT_INTERP);
+    if dynamic {
+        bail!("it is dynamically linked; build it static (musl, or glibc with +crt-static)");
+    }
+    Ok(())
+}
+
+fn package(debs: &[Deb], role: PackageRole) -> Result<&Deb> {
+    debs.iter()
+        .find(|d| d.package.role == role)
+        .ok_or_else(|| anyhow!("the lock file has no {role:?} package; run `cargo xtask lock`"))
+}
+
+/// The UKI stub and systemd-boot from the boot package.
+fn boot_files(deb: &Deb) -> Result<(Vec<u8>, Vec<u8>)> {
+    let (mut stub, mut boot) = (None, None);
+    deb::walk_data(&deb.path, |path, _, data| {
+        let slot = match path {
+            uki::STUB_PATH => &mut stub,
+            uki::BOOT_PATH => &mut boot,
+            _ => return Ok(()),
+        };
+        let mut buf = Vec::new();
+        data.read_to_end(&mut buf)?;
+        *slot = Some(buf);
+        Ok(())
+    })?;
+    match (stub, boot) {
+        (Some(s), Some(b)) => Ok((s, b)),
+        _ => bail!(
+            "{} lacks {} or {}: is it systemd-boot-efi?",
+            deb.package,
+            uki::STUB_PATH,
+            uki::BOOT_PATH
+        ),
+    }
+}
+
+fn os_release(profile: &Profile, build_id: &Digest) -> String {
+    let (name, version) = (&profile.image_name.value, &profile.image_version.value);
+    format!(
+        "NAME=\"Crust\"\n\
+         ID=crust\n\
+         PRETTY_NAME=\"Crust {version} ({name}, {variant})\"\n\
+         VERSION=\"{version}\"\n\
+         VERSION_ID={version}\n\
+         IMAGE_ID={name}\n\
+         IMAGE_VERSION={version}\n\
+         VARIANT_ID={variant}\n\
+         BUILD_ID={build}\n",
+        variant = profile.name,
+        build = build_id.short(12),
+    )
+}
+
+/// The root file system: the profile's packages (merged `/usr`), the init, os-release, the
+/// mount points the init needs, and the profile's files.
+fn root_tree(profile: &Profile, debs: &[Deb], init: &[u8], os_release: &str) -> Result<Tree> {
+    let mut tree = Tree::new();
+    let excludes = Excludes::new(profile.exclude.iter().map(|e| e.value.clone()));
+    for deb in debs.iter().filter(|d| d.package.role == PackageRole::Root) {
+        deb::unpack(&mut tree, &deb.path, &excludes)
+            .with_context(|| format!("cannot unpack {}", deb.package))?;
+    }
+    deb::add_merged_usr_links(&mut tree)?;
+    for dir in [
+        "dev", "proc", "sys", "run", "var", "etc", "usr/lib", "usr/sbin",
+    ] {
+        tree.insert(dir, Entry::dir(0o755))?;
+    }
+    tree.insert("tmp", Entry::dir(0o1777))?;
+    tree.insert("root", Entry::dir(0o700))?;
+    tree.insert("usr/sbin/init", Entry::file(init.to_vec(), 0o755))?;
+    tree.insert(
+        "usr/lib/os-release",
+        Entry::file(os_release.as_bytes().to_vec(), 0o644),
+    )?;
+    tree.insert("etc/os-release", Entry::symlink("../usr/lib/os-release"))?;
+    for f in &profile.files_in_root {
+        let data = std::fs::read(&f.source)
+            .with_context(|| format!("{}: cannot read {}", f.at, f.source.display()))?;
+        tree.insert(&f.path, Entry::file(data, f.mode))
+            .with_context(|| format!("{}: root.files", f.at))?;
+    }
+    Ok(tree)
+}
+
+fn fits(role: Role, len: u64, size: &Located<u64>, field: &str) -> Result<()> {
+    if len > size.value {
+        return Err(too_large(
+            match role {
+                Role::Root(_) => "root file system",
+                _ => "verity hash tree",
+            },
+            len,
+            size.value,
+            size,
+            field,
+        ));
+    }
+    Ok(())
+}
+
+fn too_large(
+    what: &str,
+    needed: u64,
+    available: u64,
+    at: &Located<u64>,
+    field: &str,
+) -> anyhow::Error {
+    ProfileError::Invalid {
+        at: at.at.clone(),
+        field: field.to_owned(),
+        message: format!(
+            "the {what} needs {} but the partition holds {}; raise {field} (nothing was written)",
+            show_size(needed),
+            show_size(available)
+        ),
+    }
+    .into()
+}

@@ -1,0 +1,248 @@
+//! One virtual machine: the QEMU command line for a Crust image, and a handle to watch and
+//! control the running machine.
+//!
+//! The machine is a q35 PC with OVMF, the image on a virtio or NVMe disk, user-mode
+//! networking with optional port forwards, the serial console on QEMU's stdio, and a QMP
+//! socket. `-nodefaults` keeps the firmware from trying a CD-ROM and network boot first, and
+//! the NIC carries no option ROM, which saves seconds of firmware time under TCG.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use crust_format::phase::{self, Phase, PhaseLine};
+
+use crate::Accel;
+use crate::console::{Console, WaitError};
+use crate::firmware::Firmware;
+use crate::qmp::Qmp;
+
+/// How the boot disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskBus {
+    /// virtio-blk (`/dev/vda`).
+    Virtio,
+    /// NVMe (`/dev/nvme0n1`).
+    Nvme,
+}
+
+/// A machine to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The disk image (raw, or qcow2 by extension).
+    pub disk: PathBuf,
+    /// The disk's bus.
+    pub bus: DiskBus,
+    /// The accelerator.
+    pub accel: Accel,
+    /// Firmware and variable store.
+    pub firmware: Firmware,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// TCP port forwards, host port to guest port.
+    pub forwards: Vec<(u16, u16)>,
+    /// Where QEMU listens for QMP.
+    pub qmp_socket: Option<PathBuf>,
+    /// Exit instead of rebooting (tests that must see a reboot as the end).
+    pub no_reboot: bool,
+}
+
+impl Config {
+    /// A machine with defaults: virtio disk, 1 GiB, 2 CPUs, no forwards.
+    pub fn new(disk: &Path, accel: Accel, firmware: Firmware) -> Self {
+        Self {
+            disk: disk.to_path_buf(),
+            bus: DiskBus::Virtio,
+            accel,
+            firmware,
+            memory_mib: 1024,
+            cpus: 2,
+            forwards: Vec::new(),
+            qmp_socket: None,
+            no_reboot: false,
+        }
+    }
+
+    /// The QEMU command; `interactive` puts the serial console and QEMU's monitor on the
+    /// terminal (Ctrl-A X quits), otherwise the console goes to stdout for capture.
+    pub fn command(&self, interactive: bool) -> Command {
+        let mut cmd = Command::new("qemu-system-x86_64");
+        let machine = format!("q35,accel={}", self.accel);
+        cmd.args(["-machine", &machine]);
+        if self.accel == Accel::Kvm {
+            cmd.args(["-cpu", "host"]);
+        }
+        cmd.args([
+            "-m",
+            &self.memory_mib.to_string(),
+            "-smp",
+            &self.cpus.to_string(),
+        ]);
+        cmd.args(["-nodefaults", "-no-user-config", "-display", "none"]);
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={}",
+            self.firmware.code.display()
+        ));
+        cmd.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            self.firmware.vars.display()
+        ));
+        let format = if self.disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        cmd.arg("-drive").arg(format!(
+            "if=none,id=disk0,format={format},file={}",
+            self.disk.display()
+        ));
+        match self.bus {
+            DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]),
+            DiskBus::Nvme => cmd.args(["-device", "nvme,serial=crust0,drive=disk0,bootindex=0"]),
+        };
+        let mut netdev = "user,id=net0".to_owned();
+        for (host, guest) in &self.forwards {
+            netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        cmd.args([
+            "-netdev",
+            &netdev,
+            "-device",
+            "virtio-net-pci,netdev=net0,romfile=",
+        ]);
+        cmd.args(["-serial", if interactive { "mon:stdio" } else { "stdio" }]);
+        if let Some(qmp) = &self.qmp_socket {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
+        if self.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        cmd
+    }
+
+    /// Runs the machine attached to this terminal until QEMU exits.
+    pub fn run_interactive(&self) -> Result<ExitStatus> {
+        self.command(true)
+            .status()
+            .context("cannot run qemu-system-x86_64 (install qemu-system-x86)")
+    }
+}
+
+/// A running machine whose console is being read.
+#[derive(Debug)]
+pub struct Vm {
+    child: Child,
+    console: Console,
+    qmp_socket: Option<PathBuf>,
+    started: Instant,
+}
+
+impl Vm {
+    /// Starts the machine; its console is logged to `log` and echoed to stderr if `echo`.
+    pub fn start(config: &Config, log: Option<&Path>, echo: bool) -> Result<Self> {
+        if let Some(sock) = &config.qmp_socket {
+            let _ = std::fs::remove_file(sock);
+        }
+        let mut child = config
+            .command(false)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot run qemu-system-x86_64 (install qemu-system-x86)")?;
+        let stdout = child.stdout.take().context("QEMU has no stdout")?;
+        Ok(Self {
+            child,
+            console: Console::spawn(stdout, log, echo)?,
+            qmp_socket: config.qmp_socket.clone(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The console.
+    pub fn console(&mut self) -> &mut Console {
+        &mut self.console
+    }
+
+    /// Time since QEMU started.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Waits for a line containing `text`.
+    pub fn wait_for_text(&mut self, text: &str, timeout: Duration) -> Result<String, WaitError> {
+        self.console.wait_for(text, timeout, |l| l.contains(text))
+    }
+
+    /// Waits for the init's line of `phase`.
+    pub fn wait_for_phase(
+        &mut self,
+        phase: Phase,
+        timeout: Duration,
+    ) -> Result<PhaseLine, WaitError> {
+        let line = self
+            .console
+            .wait_for(&format!("crust: {phase}"), timeout, |l| {
+                phase::parse_line(l).is_some_and(|p| p.phase == phase)
+            })?;
+        // The matcher just parsed it.
+        Ok(phase::parse_line(&line).unwrap_or(PhaseLine {
+            at: Duration::ZERO,
+            phase,
+            detail: line,
+        }))
+    }
+
+    /// A QMP session with the machine.
+    pub fn qmp(&self) -> Result<Qmp> {
+        let sock = self
+            .qmp_socket
+            .as_ref()
+            .context("the machine was started without QMP")?;
+        Qmp::connect(sock, Duration::from_secs(10))
+    }
+
+    /// Waits for QEMU to exit on its own, reading (and checking) the rest of the console.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.console.drain(Duration::from_secs(5))?;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "QEMU still running after {timeout:?}\n--- console tail ---\n{}",
+                    self.console.tail(30)
+                );
+            }
+            // Keep the console flowing (and checked) while waiting.
+            match self
+                .console
+                .wait_for("exit", Duration::from_millis(200), |_| false)
+            {
+                Err(WaitError::Timeout { .. }) | Err(WaitError::Closed { .. }) => {}
+                Err(e) => return Err(e.into()),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Stops QEMU at once (the plug pulled).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.kill();
+        }
+    }
+}

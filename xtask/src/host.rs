@@ -1,0 +1,167 @@
+//! What this machine needs, and getting it: Debian packages through apt, the Rust target
+//! for the static init through rustup.
+//!
+//! Each command states what it needs as a list of [`Need`]s. Anything missing is installed
+//! with `apt-get` when running as root (saying so first), or named with the command to run
+//! otherwise. Nothing is ever downloaded from anywhere but Debian's archive and rustup.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+/// A file or command on this machine, and the Debian package that provides it.
+#[derive(Debug, Clone, Copy)]
+pub struct Need {
+    /// A command name (looked up on `PATH`) or an absolute file path.
+    pub what: &'static str,
+    /// The package providing it.
+    pub package: &'static str,
+}
+
+const fn need(what: &'static str, package: &'static str) -> Need {
+    Need { what, package }
+}
+
+/// Building an image: apt and Debian's archive keyring.
+pub const BUILD: &[Need] = &[
+    need("apt-get", "apt"),
+    need(
+        "/usr/share/keyrings/debian-archive-keyring.gpg",
+        "debian-archive-keyring",
+    ),
+];
+
+/// Booting an image.
+pub const QEMU: &[Need] = &[
+    need("qemu-system-x86_64", "qemu-system-x86"),
+    need("qemu-img", "qemu-utils"),
+    need("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+];
+
+/// The test suite's independent checkers.
+pub const TEST: &[Need] = &[
+    need("sgdisk", "gdisk"),
+    need("sfdisk", "fdisk"),
+    need("fsck.fat", "dosfstools"),
+    need("mcopy", "mtools"),
+    need("unsquashfs", "squashfs-tools"),
+    need("veritysetup", "cryptsetup-bin"),
+    need("cpio", "cpio"),
+    need("objdump", "binutils"),
+    need("systemd-dissect", "systemd-container"),
+    need("blkid", "util-linux"),
+    need("openssl", "openssl"),
+    need("depmod", "kmod"),
+    need("zstd", "zstd"),
+    need(
+        "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+        "systemd-boot-efi",
+    ),
+];
+
+fn present(what: &str) -> bool {
+    if what.starts_with('/') {
+        return Path::new(what).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(what).is_file()))
+        || ["/usr/sbin", "/sbin"]
+            .iter()
+            .any(|d| Path::new(d).join(what).is_file())
+}
+
+/// True when running as root (`/proc/self` belongs to the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// Makes sure every need is met, installing missing packages when possible.
+pub fn ensure(needs: &[&[Need]]) -> Result<()> {
+    let mut missing: Vec<&str> = needs
+        .iter()
+        .flat_map(|n| n.iter())
+        .filter(|n| !present(n.what))
+        .map(|n| n.package)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = missing.join(" ");
+    if !is_root() {
+        bail!(
+            "this machine lacks Debian packages {list}; install them with\n    sudo apt-get install --no-install-recommends {list}"
+        );
+    }
+    eprintln!("crust: installing missing host packages with apt-get: {list}");
+    let status = Command::new("apt-get")
+        .args(["-q", "update"])
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("apt-get update failed; install {list} by hand");
+    }
+    let status = Command::new("apt-get")
+        .args(["-q", "-y", "install", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {list} failed");
+    }
+    Ok(())
+}
+
+/// The Rust target the init is built for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitTarget {
+    /// musl, static by default.
+    Musl,
+    /// glibc with `+crt-static`: the fallback that needs no rustup download.
+    GlibcStatic,
+}
+
+impl InitTarget {
+    /// The target triple.
+    pub fn triple(self) -> &'static str {
+        match self {
+            InitTarget::Musl => "x86_64-unknown-linux-musl",
+            InitTarget::GlibcStatic => "x86_64-unknown-linux-gnu",
+        }
+    }
+}
+
+/// The musl target if it is installed or rustup can add it; glibc static otherwise.
+pub fn init_target() -> InitTarget {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "x86_64-unknown-linux-musl")
+        })
+        .unwrap_or(false);
+    if installed {
+        return InitTarget::Musl;
+    }
+    eprintln!(
+        "crust: adding the Rust target x86_64-unknown-linux-musl for the static init (rustup)"
+    );
+    let added = Command::new("rustup")
+        .args(["target", "add", "x86_64-unknown-linux-musl"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if added {
+        InitTarget::Musl
+    } else {
+        eprintln!(
+            "crust: rustup could not add musl; building the init as a static glibc binary instead"
+        );
+        InitTarget::GlibcStatic
+    }
+}

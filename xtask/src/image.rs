@@ -1,0 +1,156 @@
+//! Building: the static init first (with cargo), then the image (with the builder library).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use crust_builder::build::{BuildOutcome, BuildRequest};
+use crust_builder::fetch::Cache;
+use crust_builder::profile::show_size;
+use crust_builder::report;
+use crust_builder::sign::KeyKind;
+
+use crate::host::{self, InitTarget};
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+/// `target/crust`: outputs, the development key, VM state.
+pub fn crust_target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+        .join("crust")
+}
+
+/// The profile file for a name (`qemu`) or a path.
+pub fn profile_path(profile: &str) -> PathBuf {
+    if profile.ends_with(".toml") || profile.contains('/') {
+        PathBuf::from(profile)
+    } else {
+        workspace().join("profiles").join(format!("{profile}.toml"))
+    }
+}
+
+/// The output folder of a profile.
+pub fn out_dir(profile: &Path) -> PathBuf {
+    let name = profile
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    crust_target().join(name)
+}
+
+/// Builds the init as a static executable and returns its path.
+pub fn build_init() -> Result<PathBuf> {
+    let target = host::init_target();
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace())
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "crust-init",
+            "--profile",
+            "init",
+            "--target",
+        ])
+        .arg(target.triple());
+    if target == InitTarget::GlibcStatic {
+        cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    }
+    let status = cmd.status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building the init failed");
+    }
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    Ok(target_dir.join(target.triple()).join("init").join("init"))
+}
+
+fn source_date_epoch() -> Result<Option<u64>> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => Ok(Some(v.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={v:?} is not a number of seconds")
+        })?)),
+        Err(_) => Ok(None),
+    }
+}
+
+/// Builds the init and the image of `profile` into `out` (default: `target/crust/<name>`).
+pub fn build(profile: &str, out: Option<&Path>, locked: bool) -> Result<BuildOutcome> {
+    host::ensure(&[host::BUILD])?;
+    let started = Instant::now();
+    let init = build_init()?;
+    let profile = profile_path(profile);
+    let out_dir = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| out_dir(&profile));
+    let outcome = crust_builder::build::build(&BuildRequest {
+        profile,
+        init,
+        out_dir,
+        dev_key_dir: crust_target().join("keys"),
+        cache: Cache::new(Cache::default_root()),
+        locked,
+        source_date_epoch: source_date_epoch()?,
+    })?;
+    summarize(&outcome, started);
+    Ok(outcome)
+}
+
+fn summarize(outcome: &BuildOutcome, started: Instant) {
+    let shown = outcome
+        .image
+        .strip_prefix(workspace())
+        .unwrap_or(&outcome.image)
+        .display()
+        .to_string();
+    if outcome.fresh {
+        report::status("Fresh", format!("{} (unchanged) {shown}", outcome.manifest));
+        return;
+    }
+    let b = &outcome.breakdown;
+    let image_len = std::fs::metadata(&outcome.image)
+        .map(|m| m.len())
+        .unwrap_or(0);
+    report::status(
+        "Finished",
+        format!(
+            "{} in {:.1}s",
+            outcome.manifest,
+            started.elapsed().as_secs_f64()
+        ),
+    );
+    report::status(
+        "Image",
+        format!(
+            "{shown}: {} ({} allocated)",
+            show_size(image_len),
+            show_size(b.allocated)
+        ),
+    );
+    report::status(
+        "Parts",
+        format!(
+            "UKI {} = kernel {} + initramfs {} (init {}, modules {}); root {}; verity {}",
+            show_size(b.uki),
+            show_size(b.kernel),
+            show_size(b.initramfs),
+            show_size(b.init),
+            show_size(b.modules),
+            show_size(b.root),
+            show_size(b.verity)
+        ),
+    );
+    if outcome.key == KeyKind::Development {
+        report::warn("signed with the development key: for testing only");
+    }
+}

@@ -252,6 +252,64 @@ pub fn unpack(tree: &mut Tree, deb: &Path, excludes: &Excludes) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    /// Builds a real package with dpkg-deb (the reference implementation of the format).
+    fn dpkg_deb(dir: &Path, compression: &str) -> std::path::PathBuf {
+        let root = dir.join(format!("pkg-{compression}"));
+        let write = |path: &str, data: &[u8], mode: u32| {
+            let p = root.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, data).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        write(
+            "DEBIAN/control",
+            b"Package: crust-test\nVersion: 1.0\nArchitecture: amd64\nMaintainer: t <t@t>\nDescription: test\n",
+            0o644,
+        );
+        write("bin/tool", b"#!/bin/true\n", 0o4755);
+        write("usr/lib/x86_64-linux-gnu/libt.so.1", b"ELF", 0o644);
+        write("usr/share/doc/crust-test/copyright", b"MIT", 0o644);
+        write("usr/share/doc/crust-test/changelog.gz", b"log", 0o644);
+        write("usr/share/man/man1/tool.1.gz", b"man", 0o644);
+        std::os::unix::fs::symlink("libt.so.1", root.join("usr/lib/x86_64-linux-gnu/libt.so")).unwrap();
+        std::fs::hard_link(root.join("bin/tool"), root.join("bin/tool-alias")).unwrap();
+        let deb = dir.join(format!("t-{compression}.deb"));
+        let out = Command::new("dpkg-deb")
+            .args(["--root-owner-group", &format!("-Z{compression}"), "--build"])
+            .arg(&root)
+            .arg(&deb)
+            .output()
+            .expect("dpkg-deb is missing: install dpkg");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        deb
+    }
+
+    #[test]
+    fn unpacks_packages_built_by_dpkg_deb() {
+        let dir = tempfile::tempdir().unwrap();
+        for compression in ["xz", "zstd"] {
+            let deb = dpkg_deb(dir.path(), compression);
+            let mut t = Tree::new();
+            let bytes = unpack(&mut t, &deb, &Excludes::default()).unwrap();
+            add_merged_usr_links(&mut t).unwrap();
+            let tool = t.get("usr/bin/tool").expect("bin/ folded into usr/bin");
+            assert_eq!((tool.mode, tool.uid, tool.gid), (0o4755, 0, 0));
+            assert_eq!(tool.data(), Some(&b"#!/bin/true\n"[..]));
+            assert_eq!(t.get("usr/bin/tool-alias").unwrap().data(), tool.data(), "hard link copied");
+            assert_eq!(
+                t.get("usr/lib/x86_64-linux-gnu/libt.so").unwrap().node,
+                Node::Symlink("libt.so.1".into())
+            );
+            assert!(t.get("usr/share/doc/crust-test/copyright").is_some());
+            assert!(t.get("usr/share/doc/crust-test/changelog.gz").is_none());
+            assert!(t.get("usr/share/man").is_none());
+            assert_eq!(t.get("bin").unwrap().node, Node::Symlink("usr/bin".into()));
+            assert!(bytes >= 12 + 3 + 3, "{bytes}");
+        }
+    }
 
     #[test]
     fn excludes_docs_but_keeps_copyright() {

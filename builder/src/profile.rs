@@ -840,7 +840,7 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
 
     let size = |v: Opt<u64>, default: u64, field: &str, min: u64, max: u64| {
         let v = v.unwrap_or_else(|| located(default, &default_at));
-        if v.value % MIB != 0 {
+        if !v.value.is_multiple_of(MIB) {
             return Err(invalid(
                 &v.at,
                 field,
@@ -886,8 +886,8 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         ));
     }
 
-    if let Some(key) = &l.signing.key {
-        if !key.is_file() {
+    if let Some(key) = &l.signing.key
+        && !key.is_file() {
             return Err(invalid(
                 &key.at,
                 "signing.key",
@@ -897,7 +897,6 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
                 ),
             ));
         }
-    }
 
     let mut outputs: Vec<Located<OutputFormat>> = Vec::new();
     for o in l.output.formats {

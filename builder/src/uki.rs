@@ -202,7 +202,7 @@ mod tests {
             assert_eq!(u64::from_str_radix(cols[2], 16).unwrap(), size, "{name}");
             let vma = u64::from_str_radix(cols[3], 16).unwrap();
             assert!(
-                vma >= last_end && vma % 4096 == 0,
+                vma >= last_end && vma.is_multiple_of(4096),
                 "{name} at {vma:#x} overlaps or is unaligned"
             );
             last_end = vma + size;

@@ -56,16 +56,11 @@ pub fn detect(kernel: &Path, cache_dir: &Path) -> Result<Accel> {
     }
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let cache = cache_dir.join("kvm-probe");
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        if let Some((id, answer)) = text.split_once(' ') {
-            if id == boot_id.trim() {
-                return Ok(if answer.trim() == "kvm" {
-                    Accel::Kvm
-                } else {
-                    Accel::Tcg
-                });
-            }
-        }
+    if let Ok(text) = std::fs::read_to_string(&cache)
+        && let Some((id, answer)) = text.split_once(' ')
+        && id == boot_id.trim()
+    {
+        return Ok(if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg });
     }
     let accel = if probe_kvm(kernel)? {
         Accel::Kvm

@@ -141,14 +141,14 @@ impl Console {
             match self.lines.recv_timeout(left) {
                 Ok(line) => {
                     self.history.push(line.clone());
-                    if let Some(pattern) = fatal_in(&line) {
-                        if !self.allowed.iter().any(|a| line.contains(a.as_str())) {
-                            return Err(WaitError::Fatal {
-                                pattern,
-                                line,
-                                tail: self.tail(40),
-                            });
-                        }
+                    if let Some(pattern) = fatal_in(&line)
+                        && !self.allowed.iter().any(|a| line.contains(a.as_str()))
+                    {
+                        return Err(WaitError::Fatal {
+                            pattern,
+                            line,
+                            tail: self.tail(40),
+                        });
                     }
                     if want(&line) {
                         return Ok(line);

@@ -51,7 +51,7 @@ enum Cmd {
         #[arg(long)]
         locked: bool,
     },
-    /// Build the image, then boot it in QEMU.
+    /// Build the image, boot it in QEMU until it is up, then power it off (no terminal needed).
     Run {
         /// Profile name or path.
         #[arg(long, default_value = "qemu")]
@@ -103,17 +103,13 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     ))
 }
 
-fn boot(profile: &str, args: &BootArgs) -> Result<()> {
-    let out = image::out_dir(&image::profile_path(profile));
-    qemu::run(
-        &out,
-        &qemu::QemuOptions {
-            nvme: args.nvme,
-            reset: args.reset,
-            memory_mib: args.memory,
-            forwards: args.forwards.clone(),
-        },
-    )
+fn qemu_options(args: &BootArgs) -> qemu::QemuOptions {
+    qemu::QemuOptions {
+        nvme: args.nvme,
+        reset: args.reset,
+        memory_mib: args.memory,
+        forwards: args.forwards.clone(),
+    }
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -129,13 +125,17 @@ fn run(cli: Cli) -> Result<()> {
             profile,
             boot: args,
         } => {
-            image::build(&profile, None, false)?;
-            boot(&profile, &args)?;
+            let outcome = image::build(&profile, None, false)?;
+            let out = outcome.image.parent().unwrap_or(std::path::Path::new("."));
+            qemu::demonstrate(out, &qemu_options(&args))?;
         }
         Cmd::Qemu {
             profile,
             boot: args,
-        } => boot(&profile, &args)?,
+        } => {
+            let out = image::out_dir(&image::profile_path(&profile));
+            qemu::interactive(&out, &qemu_options(&args))?;
+        }
         Cmd::Lock { profile, all } => {
             host::ensure(&[host::BUILD])?;
             let cache =

@@ -274,7 +274,8 @@ mod tests {
         write("usr/share/doc/crust-test/copyright", b"MIT", 0o644);
         write("usr/share/doc/crust-test/changelog.gz", b"log", 0o644);
         write("usr/share/man/man1/tool.1.gz", b"man", 0o644);
-        std::os::unix::fs::symlink("libt.so.1", root.join("usr/lib/x86_64-linux-gnu/libt.so")).unwrap();
+        std::os::unix::fs::symlink("libt.so.1", root.join("usr/lib/x86_64-linux-gnu/libt.so"))
+            .unwrap();
         std::fs::hard_link(root.join("bin/tool"), root.join("bin/tool-alias")).unwrap();
         let deb = dir.join(format!("t-{compression}.deb"));
         let out = Command::new("dpkg-deb")
@@ -283,7 +284,11 @@ mod tests {
             .arg(&deb)
             .output()
             .expect("dpkg-deb is missing: install dpkg");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         deb
     }
 
@@ -298,7 +303,11 @@ mod tests {
             let tool = t.get("usr/bin/tool").expect("bin/ folded into usr/bin");
             assert_eq!((tool.mode, tool.uid, tool.gid), (0o4755, 0, 0));
             assert_eq!(tool.data(), Some(&b"#!/bin/true\n"[..]));
-            assert_eq!(t.get("usr/bin/tool-alias").unwrap().data(), tool.data(), "hard link copied");
+            assert_eq!(
+                t.get("usr/bin/tool-alias").unwrap().data(),
+                tool.data(),
+                "hard link copied"
+            );
             assert_eq!(
                 t.get("usr/lib/x86_64-linux-gnu/libt.so").unwrap().node,
                 Node::Symlink("libt.so.1".into())

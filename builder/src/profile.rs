@@ -887,16 +887,17 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
     }
 
     if let Some(key) = &l.signing.key
-        && !key.is_file() {
-            return Err(invalid(
-                &key.at,
-                "signing.key",
-                format!(
-                    "{} does not exist; make a key with `cargo xtask keygen` or remove the line to use the development key",
-                    key.display()
-                ),
-            ));
-        }
+        && !key.is_file()
+    {
+        return Err(invalid(
+            &key.at,
+            "signing.key",
+            format!(
+                "{} does not exist; make a key with `cargo xtask keygen` or remove the line to use the development key",
+                key.display()
+            ),
+        ));
+    }
 
     let mut outputs: Vec<Located<OutputFormat>> = Vec::new();
     for o in l.output.formats {

@@ -15,6 +15,13 @@ pub const UKI_DIR: &str = "EFI/Linux";
 pub const BOOT_LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
 /// Path of systemd-boot's configuration on the ESP.
 pub const LOADER_CONF: &str = "loader/loader.conf";
+/// Vendor GUID of systemd-boot's EFI variables (the Boot Loader Interface), e.g.
+/// `LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f`.
+pub const LOADER_VENDOR_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+/// Variable holding the partition UUID of the ESP the loader was started from.
+pub const LOADER_DEVICE_PART_UUID: &str = "LoaderDevicePartUUID";
+/// Variable holding the id (file name) of the boot entry that was started.
+pub const LOADER_ENTRY_SELECTED: &str = "LoaderEntrySelected";
 /// Boot tries a freshly installed update gets.
 pub const DEFAULT_TRIES: u32 = 3;
 

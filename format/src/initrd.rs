@@ -22,6 +22,28 @@ pub const SYSROOT: &str = "/sysroot";
 pub const RUN_DIR: &str = "/run/crust";
 /// The verified manifest, copied for stage 2 and the update agent.
 pub const RUN_MANIFEST: &str = "/run/crust/manifest";
-/// Stage 1's boot facts for stage 2, `key=value` lines: `slot`, `disk`, `root-device`,
-/// `uki`, and `phase.<name>` timestamps in seconds since boot.
+/// Stage 1's boot facts for stage 2 (and the update agent), `key=value` lines with the keys
+/// of [`boot_keys`].
 pub const RUN_BOOT: &str = "/run/crust/boot";
+
+/// Keys of [`RUN_BOOT`].
+pub mod boot_keys {
+    /// The slot booted, `a` or `b`.
+    pub const SLOT: &str = "slot";
+    /// The boot disk's kernel name (`vda`, `nvme0n1`).
+    pub const DISK: &str = "disk";
+    /// The root partition's device node.
+    pub const ROOT_DEVICE: &str = "root-device";
+    /// The verity partition's device node.
+    pub const VERITY_DEVICE: &str = "verity-device";
+    /// The device-mapper device holding `/` (`dm-0`).
+    pub const DM_DEVICE: &str = "dm-device";
+    /// The verified root hash.
+    pub const ROOT_HASH: &str = "root-hash";
+    /// The ESP's partition UUID as the boot loader reported it (absent without one).
+    pub const ESP_PARTUUID: &str = "esp-partuuid";
+    /// The boot entry (UKI file name) the loader started (absent without one).
+    pub const UKI: &str = "uki";
+    /// Prefix of the per-phase keys: `phase.<name>=<seconds since boot>`.
+    pub const PHASE_PREFIX: &str = "phase.";
+}

@@ -35,11 +35,13 @@ pub enum Phase {
     PowerOff,
     /// A check failed; the machine reboots.
     Error,
+    /// Something is off but the boot goes on (not a phase: may appear any number of times).
+    Warning,
 }
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Phase; 12] = [
+    pub const ALL: [Phase; 13] = [
         Phase::Init,
         Phase::Modules,
         Phase::Manifest,
@@ -52,6 +54,7 @@ impl Phase {
         Phase::Shutdown,
         Phase::PowerOff,
         Phase::Error,
+        Phase::Warning,
     ];
 
     /// The name printed on the console.
@@ -69,6 +72,7 @@ impl Phase {
             Phase::Shutdown => "shutdown",
             Phase::PowerOff => "poweroff",
             Phase::Error => "error",
+            Phase::Warning => "warning",
         }
     }
 

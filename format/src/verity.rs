@@ -18,6 +18,17 @@ pub const SUPERBLOCK_SIZE: usize = 512;
 /// The superblock signature.
 pub const SUPERBLOCK_MAGIC: &[u8; 8] = b"verity\0\0";
 
+/// Name of the device-mapper device that holds the verified root.
+pub const DM_NAME: &str = "root";
+/// Prefix of its device-mapper UUID; the root hash follows (`CRUST-VERITY-<hex>`), so the
+/// running system can tell which image `/` is from `/sys/block/dm-N/dm/uuid`.
+pub const DM_UUID_PREFIX: &str = "CRUST-VERITY-";
+
+/// The device-mapper UUID of the verified root with `root_hash`.
+pub fn dm_uuid(root_hash: &Digest) -> String {
+    format!("{DM_UUID_PREFIX}{root_hash}")
+}
+
 /// What the kernel does when a block does not match its hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnCorruption {

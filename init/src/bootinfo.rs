@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+use crust_format::initrd::boot_keys;
+
 use crate::console;
 
 /// Ordered `key=value` facts.
@@ -27,7 +29,10 @@ impl BootInfo {
 
     /// Records when a phase ended.
     pub fn set_phase(&mut self, phase: &str, at: Duration) {
-        self.set(&format!("phase.{phase}"), console::seconds(at));
+        self.set(
+            &format!("{}{phase}", boot_keys::PHASE_PREFIX),
+            console::seconds(at),
+        );
     }
 
     /// The value of `key`.

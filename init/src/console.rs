@@ -36,20 +36,10 @@ pub fn phase_at(at: Duration, phase: Phase, detail: &str) {
     print_line(&format_line(at, phase, detail));
 }
 
-/// Prints a warning: something is off but the boot goes on.
-///
-/// Warnings are not phases (a phase prints exactly one line), so they use the same layout
-/// with the word `warning` where a phase name stands; `phase::parse_line` skips them.
+/// Prints a warning: something is off but the boot goes on. Unlike a phase, a warning
+/// may appear any number of times.
 pub fn warning(detail: &str) {
-    print_line(&warning_line(now(), detail));
-}
-
-fn warning_line(at: Duration, detail: &str) -> String {
-    format!(
-        "[{:5}.{:06}] crust: warning: {detail}",
-        at.as_secs(),
-        at.subsec_micros()
-    )
+    print_line(&format_line(now(), Phase::Warning, detail));
 }
 
 fn print_line(line: &str) {
@@ -71,10 +61,14 @@ mod tests {
     use crust_format::phase::parse_line;
 
     #[test]
-    fn warnings_share_the_layout_but_are_not_phases() {
-        let line = warning_line(Duration::from_micros(1_500_000), "unknown option");
+    fn warnings_share_the_phase_layout() {
+        let line = format_line(
+            Duration::from_micros(1_500_000),
+            Phase::Warning,
+            "unknown option",
+        );
         assert_eq!(line, "[    1.500000] crust: warning: unknown option");
-        assert_eq!(parse_line(&line), None);
+        assert_eq!(parse_line(&line).map(|p| p.phase), Some(Phase::Warning));
     }
 
     #[test]

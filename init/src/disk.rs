@@ -513,6 +513,16 @@ mod tests {
                 verity: 5
             })
         );
+        // Flashed onto a larger disk, the backup header is no longer at the end; the
+        // primary one still describes the slot.
+        File::options()
+            .write(true)
+            .open(&img)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        let table = read_table(&img, LogicalBlockSize::Lb512).unwrap();
+        assert!(match_table(&table, &w).unwrap().is_some());
         // Without a GPT there is nothing to read.
         let blank = dir.path().join("blank.img");
         File::create(&blank).unwrap().set_len(1 << 20).unwrap();

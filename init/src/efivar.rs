@@ -14,12 +14,9 @@ use crate::mounts::{self, Mount};
 pub const EFI_DIR: &str = "/sys/firmware/efi";
 /// Where efivarfs goes.
 pub const EFIVARS: &str = "/sys/firmware/efi/efivars";
-/// The vendor GUID of systemd-boot's variables.
-pub const LOADER_VENDOR: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
-/// Partition UUID of the ESP the boot loader was loaded from.
-pub const LOADER_DEVICE_PART_UUID: &str = "LoaderDevicePartUUID";
-/// Identifier of the boot entry that was booted (the UKI's file name).
-pub const LOADER_ENTRY_SELECTED: &str = "LoaderEntrySelected";
+pub use crust_format::boot_entry::{
+    LOADER_DEVICE_PART_UUID, LOADER_ENTRY_SELECTED, LOADER_VENDOR_GUID as LOADER_VENDOR,
+};
 
 /// Whether the machine booted through UEFI.
 pub fn booted_with_efi() -> bool {

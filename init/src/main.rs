@@ -8,6 +8,12 @@
 //! what went wrong). Every failure — an error or a panic — prints one `error` line naming
 //! the failed check, waits `crust.reboot_delay` seconds so a person can read it, and
 //! reboots, so that boot counting can fall back to the other slot.
+//!
+//! Code map: [`stage1`] and [`stage2`] read top to bottom as the boot does; [`modules`],
+//! [`manifest`], [`efivar`], [`disk`], [`dm`] and [`switch_root`] are stage 1's steps;
+//! [`power`] and [`shutdown`] are stage 2's; [`console`], [`cmdline`], [`mounts`],
+//! [`devnode`], [`bootinfo`] and [`error`] serve both. The only `unsafe` is the
+//! device-mapper ioctl in [`dm`].
 
 mod bootinfo;
 mod cmdline;

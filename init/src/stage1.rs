@@ -9,9 +9,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crust_format::initrd;
+use crust_format::initrd::boot_keys as keys;
 use crust_format::layout::{root_partition_uuid, verity_partition_uuid};
 use crust_format::phase::Phase;
-use crust_format::verity::OnCorruption;
+use crust_format::verity::{self, OnCorruption};
 use nix::mount::{MsFlags, mount};
 use uuid::Uuid;
 
@@ -23,12 +24,6 @@ use crate::error::{Advise, Context, Result};
 use crate::manifest::{self, Verified};
 use crate::mounts::{self, Mount};
 use crate::{cmdline, console, efivar, modules, switch_root};
-
-/// The device-mapper name of the verified root.
-pub const DM_NAME: &str = "root";
-/// Prefix of the device-mapper UUID of the verified root; the root hash follows. Stage 2
-/// checks for it to prove that `/` is verified.
-pub const DM_UUID_PREFIX: &str = "CRUST-VERITY-";
 
 /// Runs stage 1; returns only on failure.
 pub fn run() -> Result<Infallible> {
@@ -102,12 +97,15 @@ pub fn run() -> Result<Infallible> {
     disk::check_slot(&found, &m.verity)?;
     let at = console::phase(Phase::Disk, &disk_detail(&found, esp));
     boot.set_phase(Phase::Disk.as_str(), at);
-    boot.set("slot", found.slot.as_str());
-    boot.set("disk", found.disk.as_str());
-    boot.set("root-device", found.root.node().display().to_string());
-    boot.set("verity-device", found.verity.node().display().to_string());
+    boot.set(keys::SLOT, found.slot.as_str());
+    boot.set(keys::DISK, found.disk.as_str());
+    boot.set(keys::ROOT_DEVICE, found.root.node().display().to_string());
+    boot.set(
+        keys::VERITY_DEVICE,
+        found.verity.node().display().to_string(),
+    );
     if let Some(esp) = esp {
-        boot.set("esp-partuuid", esp.to_string());
+        boot.set(keys::ESP_PARTUUID, esp.to_string());
     }
 
     // verity
@@ -123,8 +121,8 @@ pub fn run() -> Result<Infallible> {
         ),
     );
     boot.set_phase(Phase::Verity.as_str(), at);
-    boot.set("dm-device", dm_node.as_str());
-    boot.set("root-hash", m.verity.root_hash.to_hex());
+    boot.set(keys::DM_DEVICE, dm_node.as_str());
+    boot.set(keys::ROOT_HASH, m.verity.root_hash.to_hex());
 
     // root
     let tmp = mount_root(&dm_node, m.filesystem.as_str())?;
@@ -158,7 +156,7 @@ fn boot_loader_facts(boot: &mut BootInfo) -> Option<Uuid> {
         return None;
     }
     if let Ok(Some(entry)) = efivar::read_loader_string(efivar::LOADER_ENTRY_SELECTED) {
-        boot.set("uki", entry);
+        boot.set(keys::UKI, entry);
     }
     match efivar::loader_device_part_uuid() {
         Ok(esp) => esp,
@@ -198,8 +196,8 @@ fn setup_verity(verified: &Verified, found: &BootDisk) -> Result<String> {
         kind: "verity",
         params: &params,
     };
-    let uuid = format!("{DM_UUID_PREFIX}{}", v.root_hash);
-    let dev = dm::create_device(DM_NAME, &uuid, &target).advise(
+    let uuid = verity::dm_uuid(&v.root_hash);
+    let dev = dm::create_device(verity::DM_NAME, &uuid, &target).advise(
         "the kernel log says why; check that dm-verity is in the module list and that the \
          slot was written whole",
     )?;

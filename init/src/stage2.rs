@@ -19,8 +19,9 @@ use crate::error::{Advise, Context, Error, Result};
 use crate::mounts::{self, MountEntry};
 use crate::power::{self, PowerButton};
 use crate::shutdown::{self, Action};
-use crate::stage1::DM_UUID_PREFIX;
 use crate::{cmdline, console, manifest};
+use crust_format::initrd::boot_keys as keys;
+use crust_format::verity::{self, DM_UUID_PREFIX};
 
 /// How long to keep looking for a power button that is not there at start (the `button`
 /// driver may still be probing).
@@ -60,7 +61,7 @@ pub fn run() -> Result<Infallible> {
     // Ctrl-alt-del then reaches PID 1 as SIGINT instead of rebooting on the spot.
     set_cad_enabled(false).context("stage2", || "cannot take over ctrl-alt-del".into())?;
     let stage1_took = boot
-        .get("phase.switch-root")
+        .get(&format!("{}switch-root", keys::PHASE_PREFIX))
         .map(|s| format!(", stage 1 done at {s} s"))
         .unwrap_or_default();
     console::phase(
@@ -68,8 +69,8 @@ pub fn run() -> Result<Infallible> {
         &format!(
             "crust-init {} in the verified root, slot {} on {}{stage1_took}",
             crate::VERSION,
-            boot.get("slot").unwrap_or("?"),
-            boot.get("disk").unwrap_or("?"),
+            boot.get(keys::SLOT).unwrap_or("?"),
+            boot.get(keys::DISK).unwrap_or("?"),
         ),
     );
 
@@ -88,7 +89,7 @@ pub fn run() -> Result<Infallible> {
             "{} {}, slot {}, / is {} on {} (dm-verity root {}); {button_note}",
             manifest.name,
             manifest.version,
-            boot.get("slot").unwrap_or("?"),
+            boot.get(keys::SLOT).unwrap_or("?"),
             root.fstype,
             root.device,
             manifest.verity.root_hash.short(12),
@@ -113,7 +114,7 @@ fn verified_root(manifest: &Manifest) -> Result<VerifiedRoot> {
         .context("ready", || format!("cannot read {}", mounts::MOUNTINFO))?;
     let root = mounts::root_mount(&entries)
         .ok_or_else(|| Error::new("ready", "no mount on / in mountinfo"))?;
-    let expected_uuid = format!("{DM_UUID_PREFIX}{}", manifest.verity.root_hash);
+    let expected_uuid = verity::dm_uuid(&manifest.verity.root_hash);
     prove_root(
         root,
         |device, attr| {

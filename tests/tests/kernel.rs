@@ -12,7 +12,12 @@ use crust_tests::run_ok;
 fn parse(text: &str) -> BTreeMap<String, BTreeSet<String>> {
     text.lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.to_owned(), d.split_whitespace().map(str::to_owned).collect()))
+        .map(|(m, d)| {
+            (
+                m.to_owned(),
+                d.split_whitespace().map(str::to_owned).collect(),
+            )
+        })
         .collect()
 }
 
@@ -35,7 +40,10 @@ fn generated_modules_dep_matches_depmod() {
     let lock = Lock::read(&lock_path).unwrap().expect("profiles/qemu.lock");
     let kernel = lock.single(Role::Kernel).unwrap();
     let dir = Cache::default_root().join("kernels").join(&kernel.sha256);
-    let release = std::fs::read_to_string(dir.join("release")).unwrap().trim().to_owned();
+    let release = std::fs::read_to_string(dir.join("release"))
+        .unwrap()
+        .trim()
+        .to_owned();
     let ours_dir = dir.join("lib/modules").join(&release);
     let ours = parse(&std::fs::read_to_string(ours_dir.join("modules.dep")).unwrap());
 
@@ -43,7 +51,12 @@ fn generated_modules_dep_matches_depmod() {
     let theirs_dir = base.path().join("lib/modules").join(&release);
     std::fs::create_dir_all(&theirs_dir).unwrap();
     copy_tree(&ours_dir, &theirs_dir);
-    run_ok(Command::new("depmod").arg("-b").arg(base.path()).arg(&release));
+    run_ok(
+        Command::new("depmod")
+            .arg("-b")
+            .arg(base.path())
+            .arg(&release),
+    );
     let theirs = parse(&std::fs::read_to_string(theirs_dir.join("modules.dep")).unwrap());
 
     assert_eq!(ours.len(), theirs.len(), "module count");

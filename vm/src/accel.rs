@@ -60,7 +60,11 @@ pub fn detect(kernel: &Path, cache_dir: &Path) -> Result<Accel> {
         && let Some((id, answer)) = text.split_once(' ')
         && id == boot_id.trim()
     {
-        return Ok(if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg });
+        return Ok(if answer.trim() == "kvm" {
+            Accel::Kvm
+        } else {
+            Accel::Tcg
+        });
     }
     let accel = if probe_kvm(kernel)? {
         Accel::Kvm

@@ -89,7 +89,12 @@ pub fn demonstrate(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
     config.qmp_socket = Some(out_dir.join("qmp.sock"));
     config.no_reboot = true;
     let log = out_dir.join("console.log");
-    eprintln!("crust: booting {} under QEMU ({}), console below and in {}", config.disk.display(), config.accel, log.display());
+    eprintln!(
+        "crust: booting {} under QEMU ({}), console below and in {}",
+        config.disk.display(),
+        config.accel,
+        log.display()
+    );
     let mut vm = Vm::start(&config, Some(&log), true)?;
     let bound = match config.accel {
         crust_vm::Accel::Kvm => Duration::from_secs(120),
@@ -108,8 +113,21 @@ pub fn demonstrate(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
     vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(60))?;
     let status = vm.wait_exit(Duration::from_secs(60))?;
     eprintln!();
-    report::status("Up", format!("{} ({:.1}s after QEMU started)", ready.detail, booted.as_secs_f64()));
-    report::status("Phases", format!("since kernel start: {}", phases.join(", ")));
-    report::status("Off", format!("clean power-off on the ACPI power button (QEMU {status})"));
+    report::status(
+        "Up",
+        format!(
+            "{} ({:.1}s after QEMU started)",
+            ready.detail,
+            booted.as_secs_f64()
+        ),
+    );
+    report::status(
+        "Phases",
+        format!("since kernel start: {}", phases.join(", ")),
+    );
+    report::status(
+        "Off",
+        format!("clean power-off on the ACPI power button (QEMU {status})"),
+    );
     Ok(())
 }

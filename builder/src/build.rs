@@ -260,11 +260,19 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
             },
             Role::Root(Slot::A) => Ok(window.write_all(&root)?),
             Role::Verity(Slot::A) => Ok(window.write_all(&hash_tree)?),
-            // Slot B stays empty until the first update; state gets its file system on
-            // first boot.
+            // Slot B stays empty until the first update; the state file system is made
+            // below, by mke2fs, into the same file.
             _ => Ok(()),
         }
     })?;
+    let state = layout.get(Role::State);
+    crate::state::format(
+        tmp.path(),
+        state.offset,
+        state.size,
+        disk::derived_uuid(&build_id, "state file system"),
+        epoch,
+    )?;
     steps.done("disk");
 
     // Publish: manifest files first, the image last, so a folder holding image.raw holds

@@ -65,7 +65,7 @@ pub struct Sizes {
 }
 
 /// A GUID derived from the build seed and a purpose, with RFC 4122 version-4 bits.
-fn derived_uuid(seed: &Digest, purpose: &str) -> Uuid {
+pub fn derived_uuid(seed: &Digest, purpose: &str) -> Uuid {
     let d = Digest::of_parts([
         b"crust uuid v1".as_slice(),
         seed.as_bytes(),

@@ -20,8 +20,17 @@ use crate::fetch::{Cache, Deb};
 use crate::profile::{Located, ProfileError};
 
 /// Modules the init itself needs on every machine, whatever the profile says: the root
-/// file system, dm-verity, the EFI variables that name the boot disk, the power button.
-pub const INIT_MODULES: &[&str] = &["squashfs", "dm_verity", "efivarfs", "button", "evdev"];
+/// file system, dm-verity, the EFI variables that name the boot disk, the `/etc` overlay,
+/// the state file system, the power button.
+pub const INIT_MODULES: &[&str] = &[
+    "squashfs",
+    "dm_verity",
+    "efivarfs",
+    "overlay",
+    "ext4",
+    "button",
+    "evdev",
+];
 
 /// An unpacked kernel.
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ pub mod profile;
 pub mod report;
 pub mod rootfs;
 pub mod sign;
+pub mod state;
 pub mod tree;
 pub mod uki;
 pub mod verity;

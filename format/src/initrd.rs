@@ -26,6 +26,10 @@ pub const RUN_MANIFEST: &str = "/run/crust/manifest";
 /// of [`boot_keys`].
 pub const RUN_BOOT: &str = "/run/crust/boot";
 
+/// Where stage 1 keeps the writable layer of the `/etc` overlay (on the `/run` tmpfs, so
+/// `/etc` starts each boot as the verified root has it).
+pub const ETC_OVERLAY_DIR: &str = "/run/crust/etc";
+
 /// Keys of [`RUN_BOOT`].
 pub mod boot_keys {
     /// The slot booted, `a` or `b`.

@@ -31,6 +31,11 @@ pub mod type_guid {
     pub const VAR: Uuid = uuid!("4d21b016-b534-45c2-a9fb-5c16e091fd2d");
 }
 
+/// File system label of the state partition's ext4.
+pub const STATE_LABEL: &str = "crust-state";
+/// Where the host keeps its own state on `/var` (machine id, boot count).
+pub const STATE_DIR: &str = "/var/lib/crust";
+
 /// GPT attribute bit 60: the partition is read-only.
 pub const ATTR_READ_ONLY: u64 = 1 << 60;
 /// GPT attribute bit 59: the file system should grow to fill the partition.

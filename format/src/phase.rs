@@ -27,6 +27,8 @@ pub enum Phase {
     SwitchRoot,
     /// Stage 2 started in the verified root.
     Stage2,
+    /// The state partition checked, grown if the disk is larger, and mounted on `/var`.
+    State,
     /// The host is up.
     Ready,
     /// Shutdown requested.
@@ -41,7 +43,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Phase; 13] = [
+    pub const ALL: [Phase; 14] = [
         Phase::Init,
         Phase::Modules,
         Phase::Manifest,
@@ -50,6 +52,7 @@ impl Phase {
         Phase::Root,
         Phase::SwitchRoot,
         Phase::Stage2,
+        Phase::State,
         Phase::Ready,
         Phase::Shutdown,
         Phase::PowerOff,
@@ -68,6 +71,7 @@ impl Phase {
             Phase::Root => "root",
             Phase::SwitchRoot => "switch-root",
             Phase::Stage2 => "stage2",
+            Phase::State => "state",
             Phase::Ready => "ready",
             Phase::Shutdown => "shutdown",
             Phase::PowerOff => "poweroff",

@@ -284,7 +284,7 @@ fn whole_disks() -> Vec<String> {
 }
 
 /// The partitions of `disk` the kernel has added, by partition number.
-fn partitions(disk: &str) -> BTreeMap<u32, BlockDev> {
+pub fn partitions(disk: &str) -> BTreeMap<u32, BlockDev> {
     let sys = Path::new(SYS_BLOCK).join(disk);
     let Ok(entries) = fs::read_dir(&sys) else {
         return BTreeMap::new();

@@ -23,6 +23,7 @@ mod disk;
 mod dm;
 mod efivar;
 mod error;
+mod grow;
 mod manifest;
 mod modules;
 mod mounts;
@@ -30,6 +31,7 @@ mod power;
 mod shutdown;
 mod stage1;
 mod stage2;
+mod state;
 mod switch_root;
 
 use std::io::Write;

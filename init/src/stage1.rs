@@ -126,6 +126,7 @@ pub fn run() -> Result<Infallible> {
 
     // root
     let tmp = mount_root(&dm_node, m.filesystem.as_str())?;
+    mount_etc_overlay()?;
     let at = console::now();
     boot.set_phase(Phase::Root.as_str(), at);
     hand_over(&verified, &boot)?;
@@ -133,7 +134,7 @@ pub fn run() -> Result<Infallible> {
         at,
         Phase::Root,
         &format!(
-            "{} on {} from {dm_name}, read-only{}",
+            "{} on {} from {dm_name}, read-only{}, overlay on /etc",
             m.filesystem.as_str(),
             initrd::SYSROOT,
             if tmp { ", tmpfs on /tmp" } else { "" }
@@ -237,6 +238,38 @@ fn mount_root(node: &str, fstype: &str) -> Result<bool> {
         flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         data: Some("mode=1777"),
     })
+}
+
+/// Makes the root's `/etc` writable for this boot: an overlay whose upper layer lives on
+/// the `/run` tmpfs, so every boot starts from the verified `/etc` again.
+fn mount_etc_overlay() -> Result<()> {
+    let lower = Path::new(initrd::SYSROOT).join("etc");
+    let base = Path::new(initrd::ETC_OVERLAY_DIR);
+    let (upper, work) = (base.join("upper"), base.join("work"));
+    for dir in [&upper, &work] {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .context("root", || format!("cannot create {}", dir.display()))?;
+    }
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    mount(
+        Some("overlay"),
+        &lower,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .context("root", || {
+        format!("cannot mount the /etc overlay ({options})")
+    })
+    .advise("check that the overlay module is in the module list")
 }
 
 /// Leaves the verified manifest and the boot facts in /run for stage 2.

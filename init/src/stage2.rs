@@ -19,7 +19,7 @@ use crate::error::{Advise, Context, Error, Result};
 use crate::mounts::{self, MountEntry};
 use crate::power::{self, PowerButton};
 use crate::shutdown::{self, Action};
-use crate::{cmdline, console, manifest};
+use crate::{cmdline, console, manifest, state};
 use crust_format::initrd::boot_keys as keys;
 use crust_format::verity::{self, DM_UUID_PREFIX};
 
@@ -73,6 +73,9 @@ pub fn run() -> Result<Infallible> {
             boot.get(keys::DISK).unwrap_or("?"),
         ),
     );
+
+    let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
+    console::phase(Phase::State, &state::setup(&disk));
 
     let buttons = power::find_power_buttons();
 

@@ -490,7 +490,7 @@ fn package(debs: &[Deb], role: PackageRole) -> Result<&Deb> {
 }
 
 /// The UKI stub and systemd-boot from the boot package.
-fn boot_files(deb: &Deb) -> Result<(Vec<u8>, Vec<u8>)> {
+pub fn boot_files(deb: &Deb) -> Result<(Vec<u8>, Vec<u8>)> {
     let (mut stub, mut boot) = (None, None);
     deb::walk_data(&deb.path, |path, _, data| {
         let slot = match path {

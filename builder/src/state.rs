@@ -19,7 +19,20 @@ pub fn format(image: &Path, offset: u64, size: u64, uuid: Uuid, epoch: u64) -> R
     let extended =
         format!("offset={offset},hash_seed={uuid},root_owner=0:0,nodiscard,lazy_itable_init=1");
     let out = Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-T", "default", "-b", "4096", "-L", STATE_LABEL, "-m", "1"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-T",
+            "default",
+            "-b",
+            "4096",
+            "-L",
+            STATE_LABEL,
+            "-m",
+            "1",
+        ])
         .arg("-U")
         .arg(uuid.to_string())
         .arg("-E")

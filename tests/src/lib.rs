@@ -131,16 +131,118 @@ pub fn extract(image: &Path, part: &Part, dest: &Path, limit: Option<u64>) {
 
 static BOOTS: Mutex<()> = Mutex::new(());
 
-/// A booted test machine and the scratch files behind it.
+/// A test machine's disk: a qcow2 overlay over a raw image, with its own firmware
+/// variables, so several boots can share state (reboots) while the image stays as built.
+#[derive(Debug)]
+pub struct Disk {
+    /// Holds the overlay, variables, QMP socket and console logs.
+    pub scratch: tempfile::TempDir,
+    /// The overlay the machine writes to.
+    pub overlay: PathBuf,
+    /// The built image's folder (for the kernel the accelerator probe boots).
+    image_dir: PathBuf,
+    boots: usize,
+}
+
+impl Disk {
+    /// A fresh disk over the built image.
+    pub fn new(image: &BuiltImage) -> Self {
+        Self::over(&image.image, &image.dir)
+    }
+
+    /// A fresh disk over any raw image (a tampered copy, say).
+    pub fn over(raw: &Path, image_dir: &Path) -> Self {
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let overlay = scratch.path().join("disk.qcow2");
+        crust_vm::overlay::create(raw, &overlay).expect("overlay");
+        Self {
+            scratch,
+            overlay,
+            image_dir: image_dir.to_path_buf(),
+            boots: 0,
+        }
+    }
+
+    /// Makes the disk `bytes` larger, as a cloud volume bigger than the image is.
+    pub fn grow(&self, bytes: u64) {
+        run_ok(
+            Command::new("qemu-img")
+                .args(["resize", "-q"])
+                .arg(&self.overlay)
+                .arg(format!("+{bytes}")),
+        );
+    }
+
+    /// The disk's current content as a sparse raw file in the scratch folder.
+    pub fn to_raw(&self) -> PathBuf {
+        let raw = self.scratch.path().join("disk.raw");
+        run_ok(
+            Command::new("qemu-img")
+                .args(["convert", "-O", "raw"])
+                .arg(&self.overlay)
+                .arg(&raw),
+        );
+        raw
+    }
+
+    /// Boots the disk. Boots are serialised across the tests of one binary (this machine
+    /// has two cores). The console is logged to `console-N.log` in the scratch folder and
+    /// echoed to stderr (shown for failing tests).
+    pub fn boot(&mut self, opts: BootOptions) -> TestVm {
+        let serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+        self.boots += 1;
+        let dir = self.scratch.path();
+        let accel = crust_vm::accel::detect(&self.image_dir.join(outputs::KERNEL), &self.image_dir)
+            .expect("accelerator");
+        let firmware = Firmware::with_vars(&dir.join("efivars.fd")).expect("firmware");
+        let mut config = Config::new(&self.overlay, accel, firmware);
+        config.bus = if opts.nvme {
+            crust_vm::DiskBus::Nvme
+        } else {
+            crust_vm::DiskBus::Virtio
+        };
+        config.qmp_socket = Some(dir.join("qmp.sock"));
+        config.no_reboot = opts.no_reboot;
+        let log = dir.join(format!("console-{}.log", self.boots));
+        let vm = Vm::start(&config, Some(&log), true).expect("start QEMU");
+        TestVm {
+            vm,
+            accel,
+            _serial: serial,
+        }
+    }
+}
+
+/// A booted test machine.
 #[derive(Debug)]
 pub struct TestVm {
     /// The machine.
     pub vm: Vm,
     /// The accelerator used.
     pub accel: Accel,
-    /// Holds the overlay, variables, QMP socket and console log.
-    pub scratch: tempfile::TempDir,
     _serial: MutexGuard<'static, ()>,
+}
+
+impl TestVm {
+    /// Presses the power button and waits for the init's clean power-off and QEMU's exit.
+    pub fn power_off(&mut self) {
+        self.vm
+            .qmp()
+            .expect("QMP")
+            .system_powerdown()
+            .expect("system_powerdown");
+        self.vm
+            .wait_for_phase(
+                crust_format::phase::Phase::PowerOff,
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let status = self
+            .vm
+            .wait_exit(Duration::from_secs(60))
+            .expect("QEMU ends after the power-off");
+        assert!(status.success(), "QEMU exited with {status}");
+    }
 }
 
 /// How a test machine is set up.
@@ -161,39 +263,135 @@ impl Default for BootOptions {
     }
 }
 
-/// Boots `image` on a fresh overlay with fresh firmware variables. Boots are serialised
-/// across the tests of one binary (this machine has two cores). The console is logged to
-/// `console.log` in the scratch folder and echoed to stderr (shown for failing tests).
-pub fn boot(image: &BuiltImage, opts: BootOptions) -> TestVm {
-    let serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let scratch = tempfile::tempdir().expect("scratch dir");
-    let overlay = scratch.path().join("disk.qcow2");
-    crust_vm::overlay::create(&image.image, &overlay).expect("overlay");
-    let accel =
-        crust_vm::accel::detect(&image.dir.join(outputs::KERNEL), &image.dir).expect("accelerator");
-    let firmware = Firmware::with_vars(&scratch.path().join("efivars.fd")).expect("firmware");
-    let mut config = Config::new(&overlay, accel, firmware);
-    config.bus = if opts.nvme {
-        crust_vm::DiskBus::Nvme
-    } else {
-        crust_vm::DiskBus::Virtio
-    };
-    config.qmp_socket = Some(scratch.path().join("qmp.sock"));
-    config.no_reboot = opts.no_reboot;
-    let vm =
-        Vm::start(&config, Some(&scratch.path().join("console.log")), true).expect("start QEMU");
-    TestVm {
-        vm,
-        accel,
-        scratch,
-        _serial: serial,
-    }
-}
-
 /// Generous bounds for software emulation; KVM needs a fraction.
 pub fn boot_timeout(accel: Accel) -> Duration {
     match accel {
         Accel::Kvm => Duration::from_secs(60),
         Accel::Tcg => Duration::from_secs(240),
     }
+}
+
+/// A sparse copy of the built image to tamper with, in `dir`.
+pub fn copy_image(image: &BuiltImage, dir: &Path) -> PathBuf {
+    let copy = dir.join("tampered.raw");
+    run_ok(
+        Command::new("cp")
+            .arg("--sparse=always")
+            .arg(&image.image)
+            .arg(&copy),
+    );
+    copy
+}
+
+/// XORs the byte at `offset` of `file` with 0xff.
+pub fn flip_byte(file: &Path, offset: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .expect("open");
+    let mut b = [0u8; 1];
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.read_exact(&mut b).expect("read");
+    b[0] ^= 0xff;
+    f.seek(SeekFrom::Start(offset)).expect("seek");
+    f.write_all(&b).expect("write");
+}
+
+/// The boot package of the test image's lock, from the package cache (no network).
+fn stub() -> Vec<u8> {
+    use crust_builder::{apt::Apt, fetch, lock::Lock, lock::Role, profile::Profile};
+    let profile =
+        Profile::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/qemu.toml"))
+            .expect("profile");
+    let lock = Lock::read(&profile.lock_path())
+        .expect("lock")
+        .expect("lock exists");
+    let cache = fetch::Cache::new(fetch::Cache::default_root());
+    let apt = Apt::new(cache.root(), &profile).expect("apt");
+    let debs = fetch::fetch(&cache, &apt, &lock).expect("cached packages");
+    let boot = debs
+        .iter()
+        .find(|d| d.package.role == Role::Boot)
+        .expect("boot package");
+    crust_builder::build::boot_files(boot).expect("stub").0
+}
+
+/// Rewrites the initramfs inside the UKI on `raw`'s ESP: unpacks it with GNU cpio, lets
+/// `edit` change the files, packs it again (cpio, zstd), rebuilds the UKI around it and puts
+/// it back with mtools. Everything else on the disk stays as it was.
+pub fn edit_initramfs(raw: &Path, uki_name: &str, edit: impl FnOnce(&Path)) {
+    let work = tempfile::tempdir().expect("work dir");
+    let w = work.path();
+    let esp = partition(raw, "esp");
+    let at = format!("{}@@{}", raw.display(), esp.offset);
+    let uki = w.join("uki.efi");
+    run_ok(
+        Command::new("mcopy")
+            .args(["-n", "-i", &at])
+            .arg(format!("::/EFI/Linux/{uki_name}"))
+            .arg(&uki),
+    );
+    let section = |name: &str| {
+        let out = w.join(name.trim_start_matches('.'));
+        run_ok(
+            Command::new("objcopy")
+                .args(["-O", "binary", "--only-section", name])
+                .arg(&uki)
+                .arg(&out),
+        );
+        std::fs::read(out).expect("section")
+    };
+    let (osrel, cmdline, uname, linux) = (
+        section(".osrel"),
+        section(".cmdline"),
+        section(".uname"),
+        section(".linux"),
+    );
+    std::fs::write(w.join("initrd.zst"), section(".initrd")).expect("write");
+    run_ok(
+        Command::new("zstd")
+            .args(["-q", "-d", "-f"])
+            .arg(w.join("initrd.zst")),
+    );
+    let tree = w.join("tree");
+    std::fs::create_dir(&tree).expect("mkdir");
+    run_ok(
+        Command::new("cpio")
+            .args(["-idm", "--quiet", "-F"])
+            .arg(w.join("initrd"))
+            .current_dir(&tree),
+    );
+    edit(&tree);
+    run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg("find . | sort | cpio -o -H newc --quiet > ../initrd.new")
+            .current_dir(&tree),
+    );
+    run_ok(
+        Command::new("zstd")
+            .args(["-q", "-f", "-19"])
+            .arg(w.join("initrd.new")),
+    );
+    let initrd = std::fs::read(w.join("initrd.new.zst")).expect("read");
+    let text = |b: &[u8]| String::from_utf8(b.to_vec()).expect("UTF-8 section");
+    let new_uki = crust_builder::uki::assemble(
+        &stub(),
+        &crust_builder::uki::Parts {
+            os_release: &text(&osrel),
+            cmdline: &text(&cmdline),
+            uname: &text(&uname),
+            initrd: &initrd,
+            linux: &linux,
+        },
+    )
+    .expect("UKI");
+    std::fs::write(&uki, new_uki).expect("write UKI");
+    run_ok(
+        Command::new("mcopy")
+            .args(["-o", "-n", "-i", &at])
+            .arg(&uki)
+            .arg(format!("::/EFI/Linux/{uki_name}")),
+    );
 }

@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use crust_format::phase::Phase;
-use crust_tests::{BootOptions, boot, boot_timeout, built_image};
+use crust_tests::{BootOptions, Disk, boot_timeout, built_image};
 
 fn boots_to_ready_and_powers_off(opts: BootOptions) {
     let img = built_image();
-    let mut t = boot(&img, opts);
+    let mut disk = Disk::new(&img);
+    let mut t = disk.boot(opts);
     let timeout = boot_timeout(t.accel);
     let mut last = Duration::ZERO;
     for phase in [
@@ -21,6 +22,7 @@ fn boots_to_ready_and_powers_off(opts: BootOptions) {
         Phase::Root,
         Phase::SwitchRoot,
         Phase::Stage2,
+        Phase::State,
         Phase::Ready,
     ] {
         let line =

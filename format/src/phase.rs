@@ -29,8 +29,19 @@ pub enum Phase {
     Stage2,
     /// The state partition checked, grown if the disk is larger, and mounted on `/var`.
     State,
+    /// The host configuration read (user-data from the command line, NoCloud, EC2 IMDS, or
+    /// the image's default) and applied (hostname, sysctls, modules).
+    Config,
+    /// Network interfaces configured (DHCP or static).
+    Network,
+    /// The clock set from a time server.
+    Clock,
+    /// The host's services (containers) started.
+    Services,
     /// The host is up.
     Ready,
+    /// Every service with a health check passed it: the boot counts as good.
+    Healthy,
     /// Shutdown requested.
     Shutdown,
     /// Last line before power-off or reboot.
@@ -43,7 +54,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Phase; 14] = [
+    pub const ALL: [Phase; 19] = [
         Phase::Init,
         Phase::Modules,
         Phase::Manifest,
@@ -53,7 +64,12 @@ impl Phase {
         Phase::SwitchRoot,
         Phase::Stage2,
         Phase::State,
+        Phase::Config,
+        Phase::Network,
+        Phase::Clock,
+        Phase::Services,
         Phase::Ready,
+        Phase::Healthy,
         Phase::Shutdown,
         Phase::PowerOff,
         Phase::Error,
@@ -72,6 +88,11 @@ impl Phase {
             Phase::SwitchRoot => "switch-root",
             Phase::Stage2 => "stage2",
             Phase::State => "state",
+            Phase::Config => "config",
+            Phase::Network => "network",
+            Phase::Clock => "clock",
+            Phase::Services => "services",
+            Phase::Healthy => "healthy",
             Phase::Ready => "ready",
             Phase::Shutdown => "shutdown",
             Phase::PowerOff => "poweroff",

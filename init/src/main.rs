@@ -23,6 +23,7 @@ mod disk;
 mod dm;
 mod efivar;
 mod error;
+mod event;
 mod grow;
 mod manifest;
 mod modules;

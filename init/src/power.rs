@@ -7,11 +7,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::console;
 use crate::devnode::{self, DevNum, Kind};
+use crate::event::{Control, Task};
+use crate::shutdown::Action;
 
 /// Where the kernel lists input devices.
 pub const SYS_INPUT: &str = "/sys/class/input";
@@ -122,6 +126,84 @@ fn open_event_node(input: &Path) -> Option<PowerButton> {
         .open(&node)
         .ok()?;
     Some(PowerButton { name: event, file })
+}
+
+/// How long to keep looking for a power button that is not there at start (the `button`
+/// driver may still be probing).
+const RESCAN: Duration = Duration::from_secs(10);
+
+/// The power buttons as a main-loop task: a press powers the machine off.
+#[derive(Debug)]
+pub struct PowerButtons {
+    buttons: Vec<PowerButton>,
+    rescan_until: Instant,
+    next_rescan: Option<Instant>,
+}
+
+impl PowerButtons {
+    /// Watches the power buttons present now, looking for late ones for a while.
+    pub fn new() -> Self {
+        let buttons = find_power_buttons();
+        let now = Instant::now();
+        Self {
+            next_rescan: buttons.is_empty().then_some(now + Duration::from_secs(1)),
+            buttons,
+            rescan_until: now + RESCAN,
+        }
+    }
+
+    /// The event nodes watched, for the console.
+    pub fn describe(&self) -> String {
+        if self.buttons.is_empty() {
+            return "no power button yet".to_owned();
+        }
+        let names: Vec<&str> = self.buttons.iter().map(|b| b.name.as_str()).collect();
+        format!("power button on {}", names.join(" "))
+    }
+}
+
+impl Task for PowerButtons {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.buttons.iter().map(|b| b.file.as_fd()).collect()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.next_rescan
+    }
+
+    fn run(&mut self, ready: &[bool], now: Instant) -> Control {
+        let mut gone = Vec::new();
+        for (i, button) in self.buttons.iter_mut().enumerate() {
+            if !ready.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            match button.pressed() {
+                Ok(true) => {
+                    return Control::Shutdown(Action::PowerOff, "power button pressed".into());
+                }
+                Ok(false) => {}
+                Err(_) => gone.push(i),
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.buttons.remove(i);
+        }
+        if self.next_rescan.is_some_and(|t| t <= now) {
+            self.buttons = find_power_buttons();
+            self.next_rescan = if !self.buttons.is_empty() {
+                None
+            } else if now < self.rescan_until {
+                Some(now + Duration::from_secs(1))
+            } else {
+                console::warning(
+                    "no power button found: ACPI power-off requests are ignored \
+                     (are button and evdev in the module list?)",
+                );
+                None
+            };
+        }
+        Control::Continue
+    }
 }
 
 #[cfg(test)]

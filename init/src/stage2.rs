@@ -2,30 +2,23 @@
 //! reap orphans, and turn signals and the power button into a clean power-off or reboot.
 
 use std::convert::Infallible;
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
 
 use crust_format::Manifest;
 use crust_format::initrd;
 use crust_format::phase::Phase;
-use nix::errno::Errno;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::reboot::set_cad_enabled;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::bootinfo::BootInfo;
 use crate::error::{Advise, Context, Error, Result};
+use crate::event::{self, Task};
 use crate::mounts::{self, MountEntry};
-use crate::power::{self, PowerButton};
-use crate::shutdown::{self, Action};
+use crate::power::PowerButtons;
+use crate::shutdown;
 use crate::{cmdline, console, manifest, state};
 use crust_format::initrd::boot_keys as keys;
 use crust_format::verity::{self, DM_UUID_PREFIX};
-
-/// How long to keep looking for a power button that is not there at start (the `button`
-/// driver may still be probing).
-const BUTTON_RESCAN: Duration = Duration::from_secs(10);
 
 /// The signals PID 1 handles, all through a signalfd.
 const SIGNALS: [Signal; 7] = [
@@ -77,15 +70,9 @@ pub fn run() -> Result<Infallible> {
     let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
     console::phase(Phase::State, &state::setup(&disk));
 
-    let buttons = power::find_power_buttons();
-
+    let buttons = PowerButtons::new();
     let root = verified_root(&manifest)?;
-    let button_note = if buttons.is_empty() {
-        "no power button yet".to_owned()
-    } else {
-        let names: Vec<&str> = buttons.iter().map(|b| b.name.as_str()).collect();
-        format!("power button on {}", names.join(" "))
-    };
+    let button_note = buttons.describe();
     console::phase(
         Phase::Ready,
         &format!(
@@ -99,7 +86,9 @@ pub fn run() -> Result<Infallible> {
         ),
     );
 
-    supervise(&signals, buttons)
+    let mut tasks: Vec<Box<dyn Task>> = vec![Box::new(buttons)];
+    let exit = event::run(&signals, &mut tasks);
+    shutdown::shutdown(exit.action, &exit.reason)
 }
 
 /// What proves that `/` is the verified image.
@@ -169,97 +158,6 @@ fn prove_root(
         fstype: root.fstype.clone(),
         device: device.to_owned(),
     })
-}
-
-/// The main loop: never returns; ends in [`shutdown::shutdown`].
-fn supervise(signals: &SignalFd, mut buttons: Vec<PowerButton>) -> ! {
-    let rescan_until = Instant::now() + BUTTON_RESCAN;
-    let mut warned_no_button = false;
-    loop {
-        let rescanning = buttons.is_empty() && Instant::now() < rescan_until;
-        let timeout = if rescanning {
-            PollTimeout::from(1000u16)
-        } else {
-            PollTimeout::NONE
-        };
-        let ready: Vec<bool> = {
-            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-            fds.extend(
-                buttons
-                    .iter()
-                    .map(|b| PollFd::new(b.file.as_fd(), PollFlags::POLLIN)),
-            );
-            match poll(&mut fds, timeout) {
-                Ok(_) => fds
-                    .iter()
-                    .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-                    .collect(),
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    // Nothing to wait on is fatal for a supervisor; do not spin.
-                    console::warning(&format!("poll failed: {}", e.desc()));
-                    std::thread::sleep(Duration::from_secs(1));
-                    continue;
-                }
-            }
-        };
-
-        if ready[0] {
-            drain_signals(signals);
-        }
-        let mut gone = Vec::new();
-        for (i, button) in buttons.iter_mut().enumerate() {
-            if !ready[i + 1] {
-                continue;
-            }
-            match button.pressed() {
-                Ok(true) => shutdown::shutdown(Action::PowerOff, "power button pressed"),
-                Ok(false) => {}
-                Err(_) => gone.push(i),
-            }
-        }
-        for i in gone.into_iter().rev() {
-            buttons.remove(i);
-        }
-
-        if buttons.is_empty() {
-            if Instant::now() < rescan_until {
-                buttons = power::find_power_buttons();
-            } else if !warned_no_button {
-                warned_no_button = true;
-                console::warning(
-                    "no power button found: ACPI power-off requests are ignored \
-                     (are button and evdev in the module list?)",
-                );
-            }
-        }
-    }
-}
-
-fn drain_signals(signals: &SignalFd) {
-    loop {
-        let info = match signals.read_signal() {
-            Ok(Some(info)) => info,
-            Ok(None) => return,
-            Err(Errno::EINTR) => continue,
-            Err(_) => return,
-        };
-        let Some(signal) = i32::try_from(info.ssi_signo)
-            .ok()
-            .and_then(|n| Signal::try_from(n).ok())
-        else {
-            continue;
-        };
-        match signal {
-            Signal::SIGCHLD => {
-                shutdown::reap();
-            }
-            Signal::SIGTERM => shutdown::shutdown(Action::PowerOff, "SIGTERM"),
-            Signal::SIGPWR => shutdown::shutdown(Action::PowerOff, "SIGPWR (power failure)"),
-            Signal::SIGINT => shutdown::shutdown(Action::Reboot, "ctrl-alt-del"),
-            other => console::warning(&format!("ignoring {other}: nothing handles it yet")),
-        }
-    }
 }
 
 #[cfg(test)]

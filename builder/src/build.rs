@@ -6,6 +6,9 @@
 //! anything is written. The image is written under a temporary name in the output folder
 //! and renamed into place last: a failed build leaves the previous image (or none), never
 //! half of one. A build whose inputs did not change since the last one returns at once.
+//! Last comes the release ([`crate::release::publish`]): the image converted to the formats
+//! asked for ([`crate::formats`]) and `SHA256SUMS` signed over the outputs; with only `raw`
+//! asked for, that is one hash of the image.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,12 +24,15 @@ use crate::deb::{self, Excludes};
 use crate::disk::{self, Sizes};
 use crate::fat::{self, FatError, FatOptions};
 use crate::fetch::{self, Cache, Deb};
+use crate::formats::Stamp;
 use crate::kernel::Kernel;
 use crate::lock::{Inputs, Lock, Role as PackageRole};
-use crate::profile::{KernelSource, Located, Profile, ProfileError, show_size};
+use crate::oci::{self, ImageConfig};
+use crate::profile::{KernelSource, Located, OutputFormat, Profile, ProfileError, show_size};
+use crate::service::{self, Bundle, HostFacts, ImageSource};
 use crate::sign::{KeyKind, SigningKey};
 use crate::tree::{Entry, Tree};
-use crate::{esp, initramfs, output, report, rootfs, uki, verity};
+use crate::{esp, initramfs, output, release, report, rootfs, uki, verity};
 
 /// What to build and where.
 #[derive(Debug, Clone)]
@@ -57,6 +63,8 @@ pub mod outputs {
     pub const SIGNATURE: &str = "manifest.sig";
     /// The build id of the image in the folder; an unchanged build compares against it.
     pub const BUILD_ID: &str = "build-id";
+    /// The freshness stamp: build id and builder; an identical next build does nothing.
+    pub const STAMP: &str = "build-stamp";
     /// The kernel in the UKI, for direct-kernel boots (the KVM probe, the benchmark floor).
     pub const KERNEL: &str = "vmlinuz";
 }
@@ -97,6 +105,8 @@ pub struct BuildOutcome {
     pub breakdown: Breakdown,
     /// Duration of each step.
     pub steps: Vec<(&'static str, Duration)>,
+    /// The files of the signed release (`SHA256SUMS` lists them), in name order.
+    pub release: Vec<PathBuf>,
 }
 
 struct Steps(Vec<(&'static str, Duration)>, Instant);
@@ -109,8 +119,13 @@ impl Steps {
     }
 }
 
-/// Builds the image a profile describes.
+/// Builds the image a profile describes, in the profile's output formats.
 pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
+    build_with(req, &[])
+}
+
+/// [`build`], making `formats` besides the profile's `[output] formats` (`--format`).
+pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildOutcome> {
     let mut steps = Steps(Vec::new(), Instant::now());
     let profile = Profile::load(&req.profile)?;
     let key = signing_key(&profile, &req.dev_key_dir)?;
@@ -123,7 +138,15 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     steps.done("inputs");
 
     let image_path = req.out_dir.join(outputs::IMAGE);
+    let stamp = Stamp { build_id, epoch };
     if let Some(manifest) = fresh_output(&req.out_dir, &build_id) {
+        // Formats asked for since the image was built are made now.
+        let release = release::publish(
+            &req.out_dir,
+            &wanted_formats(&profile, formats),
+            &key,
+            &stamp,
+        )?;
         return Ok(BuildOutcome {
             image: image_path,
             manifest,
@@ -131,6 +154,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
             key: key.kind,
             breakdown: Breakdown::default(),
             steps: steps.0,
+            release,
         });
     }
     report::status(
@@ -158,7 +182,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
     steps.done("kernel");
 
     let os_release = os_release(&profile, &build_id);
-    let root_tree = root_tree(&profile, &debs, &init, &os_release)?;
+    let mut root_tree = root_tree(&profile, &debs, &init, &os_release)?;
+    let bundles = service_bundles(&profile, &lock, &debs, req.cache.root())?;
+    service::install(&mut root_tree, &bundles)?;
     let root = rootfs::squashfs(&root_tree, epoch, profile.compression_level.value)?;
     fits(
         Role::Root(Slot::A),
@@ -277,7 +303,9 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
 
     // Publish: manifest files first, the image last, so a folder holding image.raw holds
     // the matching manifest.
+    std::fs::remove_file(req.out_dir.join(outputs::STAMP)).ok();
     std::fs::remove_file(req.out_dir.join(outputs::BUILD_ID)).ok();
+    release::clear(&req.out_dir)?;
     output::write_atomic(
         &req.out_dir.join(outputs::MANIFEST),
         manifest_text.as_bytes(),
@@ -295,7 +323,18 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
         &req.out_dir.join(outputs::BUILD_ID),
         build_id.to_hex().as_bytes(),
     )?;
+    output::write_atomic(
+        &req.out_dir.join(outputs::STAMP),
+        freshness_stamp(&build_id).as_bytes(),
+    )?;
     steps.done("publish");
+    let release = release::publish(
+        &req.out_dir,
+        &wanted_formats(&profile, formats),
+        &key,
+        &stamp,
+    )?;
+    steps.done("release");
 
     Ok(BuildOutcome {
         image: image_path,
@@ -313,6 +352,7 @@ pub fn build(req: &BuildRequest) -> Result<BuildOutcome> {
             allocated,
         },
         steps: steps.0,
+        release,
     })
 }
 
@@ -406,6 +446,17 @@ fn name_unknown_package(profile: &Profile, err: anyhow::Error) -> anyhow::Error 
     }
 }
 
+/// The profile's output formats, then `extra`, without repeats.
+fn wanted_formats(profile: &Profile, extra: &[OutputFormat]) -> Vec<OutputFormat> {
+    let mut formats: Vec<OutputFormat> = profile.outputs.iter().map(|o| o.value).collect();
+    for f in extra {
+        if !formats.contains(f) {
+            formats.push(*f);
+        }
+    }
+    formats
+}
+
 fn signing_key(profile: &Profile, dev_key_dir: &Path) -> Result<SigningKey> {
     match &profile.signing_key {
         Some(path) => SigningKey::load(path).with_context(|| format!("{}: signing.key", path.at)),
@@ -455,13 +506,34 @@ fn build_id(
         parts.push(std::fs::read(image)?);
         parts.push(std::fs::read(modules.join("modules.dep"))?);
     }
+    for s in &profile.services {
+        if let ImageSource::OciLayout { path, .. } = &s.image {
+            // Blobs are content-addressed from the index down: the index pins them all.
+            parts.push(std::fs::read(path.join("index.json"))?);
+        }
+        for f in &s.files {
+            parts.push(std::fs::read(&f.source)?);
+        }
+    }
     Ok(Digest::of_parts(parts.iter().map(Vec::as_slice)))
 }
 
-/// The manifest of the image in `out_dir` if it was built from `build_id`.
+/// What decides whether an output folder is up to date: the build id, and this builder
+/// itself (a changed builder rebuilds, although its version does not enter the image). The
+/// executable is known by size, modification time and inode, which cost nothing to read.
+fn freshness_stamp(build_id: &Digest) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let exe = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| format!("{}:{}.{}:{}", m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+        .unwrap_or_default();
+    format!("{build_id} {exe}\n")
+}
+
+/// The manifest of the image in `out_dir` if it was built from `build_id` by this builder.
 fn fresh_output(out_dir: &Path, build_id: &Digest) -> Option<Manifest> {
-    let recorded = std::fs::read_to_string(out_dir.join(outputs::BUILD_ID)).ok()?;
-    if recorded.trim() != build_id.to_hex() || !out_dir.join(outputs::IMAGE).is_file() {
+    let recorded = std::fs::read_to_string(out_dir.join(outputs::STAMP)).ok()?;
+    if recorded != freshness_stamp(build_id) || !out_dir.join(outputs::IMAGE).is_file() {
         return None;
     }
     Manifest::parse(&std::fs::read(out_dir.join(outputs::MANIFEST)).ok()?).ok()
@@ -533,6 +605,57 @@ fn os_release(profile: &Profile, build_id: &Digest) -> String {
 
 /// The root file system: the profile's packages (merged `/usr`), the init, os-release, the
 /// mount points the init needs, and the profile's files.
+/// The OCI runtime bundles of the profile's services, in start order.
+fn service_bundles(
+    profile: &Profile,
+    lock: &Lock,
+    debs: &[Deb],
+    cache_root: &Path,
+) -> Result<Vec<Bundle>> {
+    let host = HostFacts {
+        image_name: profile.image_name.value.clone(),
+        image_version: profile.image_version.value.clone(),
+    };
+    let mut bundles = Vec::new();
+    for decl in &profile.services {
+        let (tree, config) = match &decl.image {
+            ImageSource::Debian(_) => {
+                let mut tree = Tree::new();
+                let mine = debs.iter().filter(|d| {
+                    d.package.role == PackageRole::Service
+                        && d.package.service.as_deref() == Some(&decl.name)
+                });
+                for deb in mine {
+                    deb::unpack(&mut tree, &deb.path, &Excludes::default()).with_context(|| {
+                        format!("service {}: cannot unpack {}", decl.name, deb.package)
+                    })?;
+                }
+                deb::add_merged_usr_links(&mut tree)?;
+                (tree, ImageConfig::default())
+            }
+            ImageSource::OciLayout { path, tag } => oci::read_layout(path, tag.as_deref())
+                .with_context(|| format!("{}: service {}: image", decl.at, decl.name))?,
+            ImageSource::Registry(reference) => {
+                let pinned = lock
+                    .images
+                    .iter()
+                    .find(|i| i.service == decl.name && &i.reference == reference)
+                    .with_context(|| {
+                        format!(
+                            "the lock pins no image for service {}; run `cargo xtask lock`",
+                            decl.name
+                        )
+                    })?;
+                let layout = oci::pull(cache_root, reference, &pinned.digest)?;
+                oci::read_layout(&layout, Some("image"))
+                    .with_context(|| format!("service {}: image {reference}", decl.name))?
+            }
+        };
+        bundles.push(service::bundle(decl, tree, &config, &host)?);
+    }
+    Ok(bundles)
+}
+
 fn root_tree(profile: &Profile, debs: &[Deb], init: &[u8], os_release: &str) -> Result<Tree> {
     let mut tree = Tree::new();
     let excludes = Excludes::new(profile.exclude.iter().map(|e| e.value.clone()));

@@ -76,50 +76,95 @@ pub fn walk_data(
             }
             _ => continue,
         };
-        let mut tar = tar::Archive::new(decoder);
-        for entry in tar
-            .entries()
-            .with_context(|| format!("{}: bad data archive", deb.display()))?
-        {
-            let mut entry =
-                entry.with_context(|| format!("{}: bad data archive", deb.display()))?;
-            let header = entry.header();
-            let kind = match header.entry_type() {
-                tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
-                tar::EntryType::Directory => Kind::Dir,
-                tar::EntryType::Symlink => Kind::Symlink,
-                tar::EntryType::Link => Kind::HardLink,
-                tar::EntryType::Char => Kind::CharDevice,
-                tar::EntryType::Block => Kind::BlockDevice,
-                tar::EntryType::Fifo => Kind::Fifo,
-                other => bail!("{}: unsupported tar entry type {other:?}", deb.display()),
-            };
-            let raw_path = entry.path()?.to_string_lossy().into_owned();
-            let Ok(path) = crate::tree::normalize(&raw_path) else {
-                continue; // "./" itself
-            };
-            let meta = Meta {
-                kind,
-                mode: header.mode()? & 0o7777,
-                uid: header.uid()? as u32,
-                gid: header.gid()? as u32,
-                link: entry.link_name()?.map(|l| l.to_string_lossy().into_owned()),
-                // Only device entries carry numbers; other headers may leave the fields blank.
-                device: if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
-                    (
-                        header.device_major()?.unwrap_or(0),
-                        header.device_minor()?.unwrap_or(0),
-                    )
-                } else {
-                    (0, 0)
-                },
-            };
-            visit(&path, &meta, &mut entry)
-                .with_context(|| format!("{}: {path}", deb.display()))?;
-        }
+        walk_tar(decoder, &mut visit)
+            .with_context(|| format!("{}: bad data archive", deb.display()))?;
         return Ok(());
     }
     bail!("{} has no data archive", deb.display())
+}
+
+/// Calls `visit` for every entry of a tar stream, in order, with normalised paths (the
+/// archive's own `./` entry is skipped). Shared by Debian packages and OCI image layers.
+pub fn walk_tar(
+    stream: impl Read,
+    mut visit: impl FnMut(&str, &Meta, &mut dyn Read) -> Result<()>,
+) -> Result<()> {
+    let mut tar = tar::Archive::new(stream);
+    for entry in tar.entries()? {
+        let mut entry = entry?;
+        let header = entry.header();
+        let kind = match header.entry_type() {
+            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Symlink => Kind::Symlink,
+            tar::EntryType::Link => Kind::HardLink,
+            tar::EntryType::Char => Kind::CharDevice,
+            tar::EntryType::Block => Kind::BlockDevice,
+            tar::EntryType::Fifo => Kind::Fifo,
+            // PAX and GNU extension headers are consumed by the tar crate; anything else
+            // (sockets, contiguous oddities) has no place in an image.
+            other => bail!("unsupported tar entry type {other:?}"),
+        };
+        let raw_path = entry.path()?.to_string_lossy().into_owned();
+        let Ok(path) = crate::tree::normalize(&raw_path) else {
+            continue; // "./" itself
+        };
+        let meta = Meta {
+            kind,
+            mode: header.mode()? & 0o7777,
+            uid: header.uid()? as u32,
+            gid: header.gid()? as u32,
+            link: entry.link_name()?.map(|l| l.to_string_lossy().into_owned()),
+            // Only device entries carry numbers; other headers may leave the fields blank.
+            device: if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+                (
+                    header.device_major()?.unwrap_or(0),
+                    header.device_minor()?.unwrap_or(0),
+                )
+            } else {
+                (0, 0)
+            },
+        };
+        visit(&path, &meta, &mut entry).with_context(|| path.clone())?;
+    }
+    Ok(())
+}
+
+/// The tree node for a packaged path (hard links become copies of their target, which must
+/// already be in `tree`; `None` if the target was left out).
+pub fn node_for(
+    tree: &Tree,
+    meta: &Meta,
+    data: &mut dyn Read,
+    map: impl Fn(&str) -> String,
+) -> Result<Option<Node>> {
+    Ok(Some(match meta.kind {
+        Kind::Dir => Node::Dir,
+        Kind::File => {
+            let mut buf = Vec::new();
+            data.read_to_end(&mut buf)?;
+            Node::File(buf.into())
+        }
+        Kind::Symlink => Node::Symlink(meta.link.clone().unwrap_or_default()),
+        Kind::HardLink => {
+            // The image formats have no hard links to offer (backhand writes none), so a
+            // hard link becomes a copy; the file systems deduplicate the data.
+            let target = map(&crate::tree::normalize(meta.link.as_deref().unwrap_or(""))?);
+            match tree.get(&target).map(|e| &e.node) {
+                Some(Node::File(d)) => Node::File(d.clone()),
+                _ => return Ok(None),
+            }
+        }
+        Kind::CharDevice => Node::CharDevice {
+            major: meta.device.0,
+            minor: meta.device.1,
+        },
+        Kind::BlockDevice => Node::BlockDevice {
+            major: meta.device.0,
+            minor: meta.device.1,
+        },
+        Kind::Fifo => Node::Fifo,
+    }))
 }
 
 /// Path prefixes never unpacked into the root.
@@ -206,35 +251,12 @@ pub fn unpack(tree: &mut Tree, deb: &Path, excludes: &Excludes) -> Result<u64> {
         if excludes.excludes(&path) {
             return Ok(());
         }
-        let node = match meta.kind {
-            Kind::Dir => Node::Dir,
-            Kind::File => {
-                let mut buf = Vec::new();
-                data.read_to_end(&mut buf)?;
-                added += buf.len() as u64;
-                Node::File(buf.into())
-            }
-            Kind::Symlink => Node::Symlink(meta.link.clone().unwrap_or_default()),
-            Kind::HardLink => {
-                // The image formats have no hard links to offer (backhand writes none), so a
-                // hard link becomes a copy; the file systems deduplicate the data.
-                let target =
-                    merged_usr(&crate::tree::normalize(meta.link.as_deref().unwrap_or(""))?);
-                match tree.get(&target).map(|e| &e.node) {
-                    Some(Node::File(d)) => Node::File(d.clone()),
-                    _ => return Ok(()), // target excluded: so is the link
-                }
-            }
-            Kind::CharDevice => Node::CharDevice {
-                major: meta.device.0,
-                minor: meta.device.1,
-            },
-            Kind::BlockDevice => Node::BlockDevice {
-                major: meta.device.0,
-                minor: meta.device.1,
-            },
-            Kind::Fifo => Node::Fifo,
+        let Some(node) = node_for(tree, meta, data, merged_usr)? else {
+            return Ok(()); // a hard link to an excluded file
         };
+        if let Node::File(d) = &node {
+            added += d.len() as u64;
+        }
         tree.insert(
             &path,
             Entry {

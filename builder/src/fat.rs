@@ -21,8 +21,11 @@
 //! - A name that already is an uppercase 8.3 name gets a short entry only; any other name gets
 //!   VFAT long-name entries followed by a Windows-style `BASIS~N` short alias.
 //! - Every entry carries the one timestamp of [`FatOptions::timestamp`].
-//! - The output is assumed to read as zeros: only non-zero structures are written, and unused
-//!   clusters and sectors are left as holes.
+//! - Every structure a reader interprets is written in full: both FATs to their last sector
+//!   and every directory to the end of its last cluster (zeros mark its end), so the volume
+//!   does not depend on what the medium held before. That matters when an image is flashed
+//!   by writing only its data regions (`cargo xtask flash`) onto a used disk. Unused clusters
+//!   and the reserved sectors between the boot sectors are left as holes.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
@@ -261,9 +264,9 @@ fn conflict(path: &str, reason: &'static str) -> FatError {
     FatError::Conflict { path, reason }
 }
 
-/// Writes `tree` as a FAT32 volume of `size` bytes at offset 0 of `out`, which must read as
-/// zeros beforehand. Nothing is written when the size or the tree is refused, and nothing is
-/// ever written at or past `size`.
+/// Writes `tree` as a FAT32 volume of `size` bytes at offset 0 of `out`; whatever `out` held
+/// in the clusters left free stays there and does not matter. Nothing is written when the
+/// size or the tree is refused, and nothing is ever written at or past `size`.
 pub fn write_volume<W: Write + Seek>(
     out: &mut W,
     size: u64,
@@ -304,7 +307,9 @@ pub fn write_volume<W: Write + Seek>(
         write_at(out, base * SECTOR, &boot)?;
         write_at(out, (base + FSINFO_SECTOR) * SECTOR, &fs_info)?;
     }
-    let fat = fat_bytes(&layout.runs);
+    let mut fat = fat_bytes(&layout.runs);
+    // The whole table, free entries included (see the module documentation).
+    fat.resize((u64::from(geometry.fat_sectors) * SECTOR) as usize, 0);
     for copy in 0..FAT_COPIES {
         let sector = RESERVED_SECTORS + copy * u64::from(geometry.fat_sectors);
         write_at(out, sector * SECTOR, &fat)?;
@@ -476,7 +481,8 @@ impl<'t> Layout<'t> {
             usize::from(self.label.is_some())
         };
         let entries = dir_entries(dir, header);
-        let first = self.allocate((entries * ENTRY_SIZE) as u64);
+        let dir_bytes = (entries * ENTRY_SIZE) as u64;
+        let first = self.allocate(dir_bytes);
         let stamp = self.stamp;
         let mut buf = Vec::with_capacity(entries * ENTRY_SIZE);
         match (parent, self.label) {
@@ -508,6 +514,9 @@ impl<'t> Layout<'t> {
             }
             buf.extend(short_entry(&short, attr, cluster, size, stamp));
         }
+        // Zeros to the end of the directory's clusters: the first zero entry ends it.
+        let clusters = dir_bytes.div_ceil(self.cluster_size).max(1);
+        buf.resize((clusters * self.cluster_size) as usize, 0);
         self.pieces.push((first, Cow::Owned(buf)));
         first
     }
@@ -796,6 +805,21 @@ mod tests {
         file.as_file().set_len(size).unwrap();
         let summary = write_volume(file.as_file_mut(), size, opts, tree).unwrap();
         (file.into_temp_path(), summary)
+    }
+
+    /// A volume written over junk (a used disk, flashed data regions only) is as clean as
+    /// one written over zeros: nothing a reader interprets is left to the medium.
+    #[test]
+    fn a_volume_written_over_junk_is_clean() {
+        let size = 64 * MIB;
+        let tree = tree_of(&esp_files());
+        let (zeros, summary) = image(size, &options(), &tree);
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(file.as_file_mut(), &vec![0xa5; size as usize]).unwrap();
+        write_volume(file.as_file_mut(), size, &options(), &tree).unwrap();
+        let junk = file.into_temp_path();
+        assert_fsck_clean(junk.to_str().unwrap(), &summary);
+        assert_fsck_clean(zeros.to_str().unwrap(), &summary);
     }
 
     /// Writes into memory, checking that nothing lands past `size`.

@@ -13,9 +13,10 @@ use anyhow::{Context, Result, bail};
 use crust_format::Digest;
 
 use crate::apt::{Apt, PackageId, Record};
-use crate::lock::{Inputs, LOCK_VERSION, Lock, LockedPackage, Role};
+use crate::lock::{Inputs, LOCK_VERSION, Lock, LockedImage, LockedPackage, Role};
 use crate::profile::{KernelSource, Profile};
 use crate::report;
+use crate::service::ImageSource;
 
 /// The on-disk cache shared by all builds of this user.
 #[derive(Debug, Clone)]
@@ -80,27 +81,43 @@ pub fn resolve(apt: &Apt, profile: &Profile, source_date_epoch: u64) -> Result<L
     apt.update()?;
     bar.set_message("resolving packages");
 
-    let mut wanted: Vec<(Role, PackageId)> = Vec::new();
+    let mut wanted: Vec<(Role, Option<String>, PackageId)> = Vec::new();
     let root_names: Vec<String> = profile.packages.iter().map(|p| p.value.clone()).collect();
     for id in apt.resolve(&root_names)? {
-        wanted.push((Role::Root, id));
+        wanted.push((Role::Root, None, id));
     }
     if let KernelSource::Package(name) = &profile.kernel.value {
-        wanted.push((Role::Kernel, kernel_image_package(apt, name)?));
+        wanted.push((Role::Kernel, None, kernel_image_package(apt, name)?));
     }
     let boot = apt.show(std::slice::from_ref(&profile.boot_package.value))?;
-    wanted.push((
-        Role::Boot,
-        id_of(first(&boot, &profile.boot_package.value)?)?,
-    ));
+    let boot = id_of(first(&boot, &profile.boot_package.value)?)?;
+    wanted.push((Role::Boot, None, boot));
+    let mut images = Vec::new();
+    for service in &profile.services {
+        match &service.image {
+            ImageSource::Debian(pkgs) => {
+                for id in apt.resolve(pkgs)? {
+                    wanted.push((Role::Service, Some(service.name.clone()), id));
+                }
+            }
+            ImageSource::Registry(reference) => images.push(LockedImage {
+                service: service.name.clone(),
+                reference: reference.clone(),
+                digest: crate::oci::resolve_digest(reference)?,
+            }),
+            ImageSource::OciLayout { .. } => {}
+        }
+    }
 
-    let specs: Vec<String> = wanted
+    let mut specs: Vec<String> = wanted
         .iter()
-        .map(|(_, id)| format!("{}={}", id.name, id.version))
+        .map(|(_, _, id)| format!("{}={}", id.name, id.version))
         .collect();
+    specs.sort();
+    specs.dedup();
     let records = apt.show(&specs)?;
     let mut packages = Vec::new();
-    for (role, id) in wanted {
+    for (role, service, id) in wanted {
         let record = records
             .iter()
             .find(|r| r.get("Package") == Some(&id.name) && r.get("Version") == Some(&id.version))
@@ -122,15 +139,17 @@ pub fn resolve(apt: &Apt, profile: &Profile, source_date_epoch: u64) -> Result<L
                 )
             })?,
             filename: record.require("Filename")?.to_owned(),
+            service: service.clone(),
         });
     }
-    packages.sort_by(|a, b| (a.role, &a.name).cmp(&(b.role, &b.name)));
+    packages.sort_by(|a, b| (a.role, &a.service, &a.name).cmp(&(b.role, &b.service, &b.name)));
     bar.finish_and_clear();
     Ok(Lock {
         version: LOCK_VERSION,
         source_date_epoch,
         inputs: Inputs::of(profile),
         packages,
+        images,
     })
 }
 

@@ -21,7 +21,8 @@ use crate::profile::{Located, ProfileError};
 
 /// Modules the init itself needs on every machine, whatever the profile says: the root
 /// file system, dm-verity, the EFI variables that name the boot disk, the `/etc` overlay,
-/// the state file system, the power button.
+/// the state file system, the power button, and the file systems of NoCloud seeds (FAT
+/// with the kernel's default code page and I/O character set, ISO 9660).
 pub const INIT_MODULES: &[&str] = &[
     "squashfs",
     "dm_verity",
@@ -30,6 +31,10 @@ pub const INIT_MODULES: &[&str] = &[
     "ext4",
     "button",
     "evdev",
+    "vfat",
+    "nls_cp437",
+    "nls_ascii",
+    "isofs",
 ];
 
 /// An unpacked kernel.
@@ -375,7 +380,16 @@ mod tests {
              kernel/drivers/md/dm-mod.ko:\n\
              kernel/fs/efivarfs/efivarfs.ko:\n\
              kernel/drivers/acpi/button.ko:\n\
-             kernel/drivers/input/evdev.ko:\n",
+             kernel/drivers/input/evdev.ko:\n\
+             kernel/fs/overlayfs/overlay.ko:\n\
+             kernel/fs/ext4/ext4.ko: kernel/fs/jbd2/jbd2.ko\n\
+             kernel/fs/jbd2/jbd2.ko:\n\
+             kernel/fs/fat/fat.ko:\n\
+             kernel/fs/fat/vfat.ko: kernel/fs/fat/fat.ko\n\
+             kernel/fs/nls/nls_cp437.ko:\n\
+             kernel/fs/nls/nls_ascii.ko:\n\
+             kernel/fs/isofs/isofs.ko: kernel/drivers/cdrom/cdrom.ko\n\
+             kernel/drivers/cdrom/cdrom.ko:\n",
         )
         .unwrap();
         std::fs::write(
@@ -402,8 +416,17 @@ mod tests {
                 "dm_mod",
                 "dm_verity",
                 "efivarfs",
+                "overlay",
+                "jbd2",
+                "ext4",
                 "button",
                 "evdev",
+                "fat",
+                "vfat",
+                "nls_cp437",
+                "nls_ascii",
+                "cdrom",
+                "isofs",
                 "virtio_ring",
                 "virtio",
                 "virtio_blk"

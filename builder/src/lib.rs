@@ -3,27 +3,34 @@
 //! The pipeline follows the data (see `docs/ARCHITECTURE.md`):
 //! [`profile`] → [`lock`] → [`fetch`] (through [`apt`]) → [`deb`] into a [`tree`] →
 //! [`rootfs`] → [`verity`] → [`sign`] → [`initramfs`] (with [`kernel`] modules) → [`uki`] →
-//! [`esp`] (on [`fat`]) → [`disk`]. [`build`] drives the steps; [`report`] tells the user.
+//! [`esp`] (on [`fat`]) → [`disk`] → [`formats`] → [`release`]. [`build`] drives the steps;
+//! [`report`] tells the user.
 //!
 //! Everything is built from files in user space (no loop devices, mounts or root
 //! privileges) and deterministically: the same profile, lock, key, init binary and
 //! `SOURCE_DATE_EPOCH` give a bit-identical image.
 
 pub mod apt;
+pub mod backup_gpt;
 pub mod build;
 pub mod deb;
 pub mod disk;
 pub mod esp;
 pub mod fat;
 pub mod fetch;
+pub mod formats;
 pub mod initramfs;
 pub mod kernel;
 pub mod lock;
+pub mod oci;
 pub mod output;
 pub mod profile;
+pub mod release;
 pub mod report;
 pub mod rootfs;
+pub mod service;
 pub mod sign;
+pub mod sparse;
 pub mod state;
 pub mod tree;
 pub mod uki;

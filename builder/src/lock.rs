@@ -7,7 +7,7 @@
 //! an image is as old as the package set it was built from, and two builds from one lock are
 //! bit-identical without anyone exporting a variable.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 
@@ -16,6 +16,7 @@ use crust_format::Digest;
 use serde::{Deserialize, Serialize};
 
 use crate::profile::{KernelSource, Profile};
+use crate::service::ImageSource;
 
 /// The lock file format version.
 pub const LOCK_VERSION: u32 = 1;
@@ -30,6 +31,8 @@ pub enum Role {
     Kernel,
     /// Provides systemd-boot and the UKI stub.
     Boot,
+    /// Part of a service's image (the entry's `service` names it).
+    Service,
 }
 
 /// One pinned Debian package.
@@ -50,6 +53,21 @@ pub struct LockedPackage {
     pub size: u64,
     /// Path in the archive (`pool/…`), for people reading the lock.
     pub filename: String,
+    /// The service whose image the package is part of (role `service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+}
+
+/// One pinned registry image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockedImage {
+    /// The service it is for.
+    pub service: String,
+    /// The reference as the profile writes it.
+    pub reference: String,
+    /// The manifest digest it resolved to (`sha256:…`).
+    pub digest: String,
 }
 
 impl LockedPackage {
@@ -90,6 +108,12 @@ pub struct Inputs {
     pub boot: String,
     /// Root packages asked for, sorted.
     pub packages: Vec<String>,
+    /// Debian packages of each service image, by service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, Vec<String>>,
+    /// Registry image of each service, by service.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub images: BTreeMap<String, String>,
 }
 
 impl Inputs {
@@ -111,6 +135,22 @@ impl Inputs {
             },
             boot: profile.boot_package.value.clone(),
             packages: packages.into_iter().collect(),
+            services: profile
+                .services
+                .iter()
+                .filter_map(|s| match &s.image {
+                    ImageSource::Debian(pkgs) => Some((s.name.clone(), pkgs.clone())),
+                    _ => None,
+                })
+                .collect(),
+            images: profile
+                .services
+                .iter()
+                .filter_map(|s| match &s.image {
+                    ImageSource::Registry(r) => Some((s.name.clone(), r.clone())),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 
@@ -145,6 +185,12 @@ impl Inputs {
         if self.components != other.components {
             changes.push("components changed".into());
         }
+        if self.services != other.services {
+            changes.push("service packages changed".into());
+        }
+        if self.images != other.images {
+            changes.push("service images changed".into());
+        }
         changes.join("; ")
     }
 }
@@ -162,6 +208,9 @@ pub struct Lock {
     /// The packages, sorted by role then name.
     #[serde(rename = "package")]
     pub packages: Vec<LockedPackage>,
+    /// Registry images, by service.
+    #[serde(default, rename = "image", skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<LockedImage>,
 }
 
 impl Lock {
@@ -237,6 +286,8 @@ mod tests {
                 kernel: "linux-image-cloud-amd64".into(),
                 boot: "systemd-boot-efi".into(),
                 packages: vec!["crun".into()],
+                services: BTreeMap::new(),
+                images: BTreeMap::new(),
             },
             packages: vec![LockedPackage {
                 name: "crun".into(),
@@ -246,7 +297,9 @@ mod tests {
                 sha256: Digest::of(b"x").to_hex(),
                 size: 1,
                 filename: "pool/main/c/crun/crun_1.8.1-1+deb12u1_amd64.deb".into(),
+                service: None,
             }],
+            images: Vec::new(),
         }
     }
 

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use crust_builder::build::{BuildRequest, build, lock};
+use crust_builder::build::{BuildRequest, build_with, lock};
 use crust_builder::fetch::Cache;
+use crust_builder::profile::OutputFormat;
 use crust_builder::{report, sign};
 
 /// Builds Crust disk images from TOML profiles.
@@ -37,6 +38,9 @@ enum Command {
         /// Package cache folder (default: $CRUST_CACHE_DIR or ~/.cache/crust).
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// Also make this output format (raw, raw.zst, qcow2, vmdk, vhd, gce); repeatable.
+        #[arg(long = "format", value_delimiter = ',')]
+        formats: Vec<OutputFormat>,
     },
     /// Re-resolves a profile's packages against the archive and rewrites its lock file.
     Lock {
@@ -75,16 +79,20 @@ fn run(cli: Cli) -> Result<()> {
             out,
             locked,
             cache,
+            formats,
         } => {
-            let outcome = build(&BuildRequest {
-                profile,
-                init,
-                dev_key_dir: out.join("keys"),
-                out_dir: out,
-                cache: Cache::new(cache.unwrap_or_else(Cache::default_root)),
-                locked,
-                source_date_epoch: source_date_epoch()?,
-            })?;
+            let outcome = build_with(
+                &BuildRequest {
+                    profile,
+                    init,
+                    dev_key_dir: out.join("keys"),
+                    out_dir: out,
+                    cache: Cache::new(cache.unwrap_or_else(Cache::default_root)),
+                    locked,
+                    source_date_epoch: source_date_epoch()?,
+                },
+                &formats,
+            )?;
             report::status(
                 if outcome.fresh { "Fresh" } else { "Finished" },
                 format!("{} -> {}", outcome.manifest, outcome.image.display()),

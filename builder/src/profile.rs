@@ -20,6 +20,8 @@ use crust_format::version::{check_name, check_version};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::service::{ServiceDecl, ServiceToml};
+
 /// Where a value was written: file and 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -126,12 +128,27 @@ pub struct FileSpec {
     pub at: Origin,
 }
 
-/// Output formats of a build.
+/// Output formats of a build (made by [`crate::formats`]; names as in profiles).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum OutputFormat {
-    /// A sparse raw disk image, `image.raw`.
+    /// A sparse raw disk image, `image.raw` (always made: the others derive from it).
+    #[serde(rename = "raw")]
     Raw,
+    /// The raw image compressed with zstd, `image.raw.zst`.
+    #[serde(rename = "raw.zst")]
+    RawZst,
+    /// QEMU's qcow2, `image.qcow2`.
+    #[serde(rename = "qcow2")]
+    Qcow2,
+    /// A streamOptimized VMDK (VMware, AWS VM Import), `image.vmdk`.
+    #[serde(rename = "vmdk")]
+    Vmdk,
+    /// A fixed VHD (Azure), `image.vhd`.
+    #[serde(rename = "vhd")]
+    Vhd,
+    /// `disk.raw` in a gzipped tar, as GCE imports, `image.tar.gz`.
+    #[serde(rename = "gce")]
+    Gce,
 }
 
 /// A resolved profile: everything a build needs to know, checked.
@@ -187,6 +204,8 @@ pub struct Profile {
     pub signing_key: Option<Located<PathBuf>>,
     /// Output formats.
     pub outputs: Vec<Located<OutputFormat>>,
+    /// Services (containers), in start order.
+    pub services: Vec<ServiceDecl>,
 }
 
 impl Profile {
@@ -266,6 +285,7 @@ struct Layer {
     disk: DiskLayer,
     signing: SigningLayer,
     output: OutputLayer,
+    services: Vec<Located<ServiceToml>>,
 }
 
 type Opt<T> = Option<Located<T>>;
@@ -351,6 +371,8 @@ mod raw {
         pub signing: Signing,
         #[serde(default)]
         pub output: Output,
+        #[serde(default)]
+        pub service: Vec<Spanned<ServiceToml>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -585,6 +607,15 @@ impl Layer {
             output: OutputLayer {
                 formats: loc.list(raw.output.formats),
             },
+            services: raw
+                .service
+                .into_iter()
+                .map(|s| {
+                    let mut s = loc.locate(s);
+                    s.value.anchor(base_dir);
+                    s
+                })
+                .collect(),
         })
     }
 
@@ -649,6 +680,7 @@ impl Layer {
             output: OutputLayer {
                 formats: list(self.output.formats, over.output.formats),
             },
+            services: list(self.services, over.services),
         }
     }
 }
@@ -964,6 +996,7 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         state_size,
         signing_key: l.signing.key,
         outputs,
+        services: crate::service::resolve(l.services)?,
     })
 }
 

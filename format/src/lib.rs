@@ -16,6 +16,7 @@ pub mod initrd;
 pub mod layout;
 pub mod manifest;
 pub mod phase;
+pub mod service;
 pub mod signature;
 pub mod verity;
 pub mod version;

@@ -60,6 +60,8 @@ impl Options {
                 continue;
             };
             let target = match name.as_str() {
+                // User-data, read by `config::source` in stage 2.
+                "config" => continue,
                 "reboot_delay" => &mut options.reboot_delay,
                 "disk_timeout" => &mut options.disk_timeout,
                 _ => {
@@ -82,7 +84,7 @@ impl Options {
 
 /// Splits a command line into words as the kernel does: on whitespace, except inside
 /// double quotes, which are dropped (`a="b c"` is the word `a=b c`).
-fn words(cmdline: &str) -> Vec<String> {
+pub fn words(cmdline: &str) -> Vec<String> {
     let mut words = Vec::new();
     let mut word = String::new();
     let mut quoted = false;

@@ -130,9 +130,9 @@ pub fn run(signals: &SignalFd, tasks: &mut [Box<dyn Task>]) -> Exit {
             break exit;
         }
     };
-    let per_task = STOP_BUDGET / (tasks.len().max(1) as u32);
+    let deadline = Instant::now() + STOP_BUDGET;
     for task in tasks.iter_mut().rev() {
-        task.stop(per_task);
+        task.stop(deadline.saturating_duration_since(Instant::now()));
     }
     exit
 }

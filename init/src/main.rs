@@ -11,12 +11,15 @@
 //!
 //! Code map: [`stage1`] and [`stage2`] read top to bottom as the boot does; [`modules`],
 //! [`manifest`], [`efivar`], [`disk`], [`dm`] and [`switch_root`] are stage 1's steps;
-//! [`power`] and [`shutdown`] are stage 2's; [`console`], [`cmdline`], [`mounts`],
+//! [`power`] and [`shutdown`] are stage 2's, as are [`config`] (user-data), [`net`] (DHCP
+//! and static addressing) and [`clock`] (SNTP); [`console`], [`cmdline`], [`mounts`],
 //! [`devnode`], [`bootinfo`] and [`error`] serve both. The only `unsafe` is the
 //! device-mapper ioctl in [`dm`].
 
 mod bootinfo;
+mod clock;
 mod cmdline;
+mod config;
 mod console;
 mod devnode;
 mod disk;
@@ -28,7 +31,9 @@ mod grow;
 mod manifest;
 mod modules;
 mod mounts;
+mod net;
 mod power;
+mod services;
 mod shutdown;
 mod stage1;
 mod stage2;

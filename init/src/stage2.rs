@@ -2,6 +2,7 @@
 //! reap orphans, and turn signals and the power button into a clean power-off or reboot.
 
 use std::convert::Infallible;
+use std::path::Path;
 
 use crust_format::Manifest;
 use crust_format::initrd;
@@ -15,8 +16,9 @@ use crate::error::{Advise, Context, Error, Result};
 use crate::event::{self, Task};
 use crate::mounts::{self, MountEntry};
 use crate::power::PowerButtons;
+use crate::services::{self, Services};
 use crate::shutdown;
-use crate::{cmdline, console, manifest, state};
+use crate::{clock, cmdline, config, console, manifest, net, state};
 use crust_format::initrd::boot_keys as keys;
 use crust_format::verity::{self, DM_UUID_PREFIX};
 
@@ -70,6 +72,16 @@ pub fn run() -> Result<Infallible> {
     let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
     console::phase(Phase::State, &state::setup(&disk));
 
+    let mut network = net::Network::start();
+    let host = config::phase(&mut network);
+    network.phase(&host);
+    clock::phase(&host, &network);
+
+    services::mount_cgroups();
+    prepare_etc();
+    let mut services = Services::load(Path::new("/"));
+    console::phase(Phase::Services, &services.start());
+
     let buttons = PowerButtons::new();
     let root = verified_root(&manifest)?;
     let button_note = buttons.describe();
@@ -86,9 +98,28 @@ pub fn run() -> Result<Infallible> {
         ),
     );
 
-    let mut tasks: Vec<Box<dyn Task>> = vec![Box::new(buttons)];
+    let mut tasks: Vec<Box<dyn Task>> =
+        vec![Box::new(buttons), Box::new(network), Box::new(services)];
     let exit = event::run(&signals, &mut tasks);
     shutdown::shutdown(exit.action, &exit.reason)
+}
+
+/// Files containers bind from the host's `/etc` (on the overlay): present, even if empty.
+fn prepare_etc() {
+    let defaults = [
+        ("/etc/resolv.conf", ""),
+        (
+            "/etc/hosts",
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+        ),
+    ];
+    for (path, content) in defaults {
+        if !Path::new(path).exists()
+            && let Err(e) = std::fs::write(path, content)
+        {
+            console::warning(&format!("cannot write {path}: {e}"));
+        }
+    }
 }
 
 /// What proves that `/` is the verified image.

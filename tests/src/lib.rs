@@ -163,6 +163,20 @@ impl Disk {
         }
     }
 
+    /// A disk that is a copy of a qcow2 image (the build's `image.qcow2`): the machine boots
+    /// the format itself, with no overlay between.
+    pub fn copy_of_qcow2(qcow2: &Path, image_dir: &Path) -> Self {
+        let scratch = tempfile::tempdir().expect("scratch dir");
+        let overlay = scratch.path().join("disk.qcow2");
+        std::fs::copy(qcow2, &overlay).expect("copy the qcow2 image");
+        Self {
+            scratch,
+            overlay,
+            image_dir: image_dir.to_path_buf(),
+            boots: 0,
+        }
+    }
+
     /// Makes the disk `bytes` larger, as a cloud volume bigger than the image is.
     pub fn grow(&self, bytes: u64) {
         run_ok(
@@ -189,6 +203,12 @@ impl Disk {
     /// has two cores). The console is logged to `console-N.log` in the scratch folder and
     /// echoed to stderr (shown for failing tests).
     pub fn boot(&mut self, opts: BootOptions) -> TestVm {
+        self.boot_with(opts, |_| {})
+    }
+
+    /// [`Disk::boot`] with `adjust` applied to the machine first (extra drives, guestfwd
+    /// rules, SMBIOS fields).
+    pub fn boot_with(&mut self, opts: BootOptions, adjust: impl FnOnce(&mut Config)) -> TestVm {
         let serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
         self.boots += 1;
         let dir = self.scratch.path();
@@ -203,6 +223,7 @@ impl Disk {
         };
         config.qmp_socket = Some(dir.join("qmp.sock"));
         config.no_reboot = opts.no_reboot;
+        adjust(&mut config);
         let log = dir.join(format!("console-{}.log", self.boots));
         let vm = Vm::start(&config, Some(&log), true).expect("start QEMU");
         TestVm {

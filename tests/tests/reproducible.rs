@@ -32,6 +32,11 @@ fn two_clean_builds_are_bit_identical() {
     let a = build_into(&dir.path().join("a"), &keys, None);
     let b = build_into(&dir.path().join("b"), &keys, None);
     assert_eq!(a, b, "two builds of the same inputs differ");
+    // The signed release too: the same list, and Ed25519 signatures are deterministic.
+    for name in ["SHA256SUMS", "SHA256SUMS.sig"] {
+        let read = |out: &str| std::fs::read(dir.path().join(out).join(name)).expect("release");
+        assert_eq!(read("a"), read("b"), "{name} differs between two builds");
+    }
     let c = build_into(&dir.path().join("c"), &keys, Some(1_234_567_890));
     assert_ne!(a, c, "the epoch did not reach the image");
 }

@@ -5,14 +5,17 @@
 //! host ([`accel`]: KVM only after a probe boot proves it, TCG otherwise), the UEFI firmware
 //! and its writable variable store ([`firmware`]), the QEMU command line ([`machine`]), the
 //! serial console as a stream of lines checked for kernel and init failures ([`console`]),
-//! and the QMP control socket for ACPI power events ([`qmp`]).
+//! and the QMP control socket for ACPI power events ([`qmp`]). For the host configuration
+//! tests it makes NoCloud seed disks ([`seed`]) and emulates EC2's IMDSv2 ([`imds`]).
 
 pub mod accel;
 pub mod console;
 pub mod firmware;
+pub mod imds;
 pub mod machine;
 pub mod overlay;
 pub mod qmp;
+pub mod seed;
 
 pub use accel::Accel;
 pub use machine::{Config, DiskBus, Vm};

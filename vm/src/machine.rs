@@ -48,6 +48,17 @@ pub struct Config {
     pub qmp_socket: Option<PathBuf>,
     /// Exit instead of rebooting (tests that must see a reboot as the end).
     pub no_reboot: bool,
+    /// Further raw disk images, attached read-only as virtio disks after the boot disk
+    /// (NoCloud seeds, [`crate::seed`]).
+    pub extra_drives: Vec<PathBuf>,
+    /// User-network `guestfwd` rules, as QEMU takes them (the IMDS emulator's,
+    /// [`crate::imds::Emulator::guestfwd`]).
+    pub guestfwds: Vec<String>,
+    /// `-smbios` arguments (such as [`crate::imds::EC2_SMBIOS`]).
+    pub smbios: Vec<String>,
+    /// The user network's address range (QEMU's `net=`) instead of 10.0.2.0/24; a
+    /// `guestfwd` address must lie inside it ([`crate::imds::NETWORK`]).
+    pub user_network: Option<String>,
 }
 
 impl Config {
@@ -63,6 +74,10 @@ impl Config {
             forwards: Vec::new(),
             qmp_socket: None,
             no_reboot: false,
+            extra_drives: Vec::new(),
+            guestfwds: Vec::new(),
+            smbios: Vec::new(),
+            user_network: None,
         }
     }
 
@@ -103,9 +118,26 @@ impl Config {
             DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]),
             DiskBus::Nvme => cmd.args(["-device", "nvme,serial=crust0,drive=disk0,bootindex=0"]),
         };
+        for (i, drive) in self.extra_drives.iter().enumerate() {
+            let path = drive.display().to_string().replace(',', ",,");
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=extra{i},format=raw,readonly=on,file={path}"
+            ));
+            cmd.arg("-device")
+                .arg(format!("virtio-blk-pci,drive=extra{i}"));
+        }
+        for smbios in &self.smbios {
+            cmd.arg("-smbios").arg(smbios);
+        }
         let mut netdev = "user,id=net0".to_owned();
+        if let Some(net) = &self.user_network {
+            netdev.push_str(&format!(",net={net}"));
+        }
         for (host, guest) in &self.forwards {
             netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{host}-:{guest}"));
+        }
+        for rule in &self.guestfwds {
+            netdev.push_str(&format!(",guestfwd={rule}"));
         }
         cmd.args([
             "-netdev",

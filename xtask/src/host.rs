@@ -23,14 +23,21 @@ const fn need(what: &'static str, package: &'static str) -> Need {
     Need { what, package }
 }
 
-/// Building an image: apt and Debian's archive keyring.
+/// Building an image: apt and Debian's archive keyring; qemu-img, GNU tar and gzip for
+/// the output formats.
 pub const BUILD: &[Need] = &[
     need("apt-get", "apt"),
     need(
         "/usr/share/keyrings/debian-archive-keyring.gpg",
         "debian-archive-keyring",
     ),
+    need("qemu-img", "qemu-utils"),
+    need("tar", "tar"),
+    need("gzip", "gzip"),
 ];
+
+/// A Python virtual environment with Debian's Python (for moto in the AMI test).
+pub const PYTHON_VENV: &[Need] = &[need("/usr/lib/python3.11/ensurepip", "python3-venv")];
 
 /// Booting an image.
 pub const QEMU: &[Need] = &[
@@ -54,6 +61,12 @@ pub const TEST: &[Need] = &[
     need("openssl", "openssl"),
     need("depmod", "kmod"),
     need("zstd", "zstd"),
+    need("losetup", "mount"),
+    need("mkfs.ext4", "e2fsprogs"),
+    need("debugfs", "e2fsprogs"),
+    // NoCloud seeds as cloud-localds makes them (ISO 9660, label cidata).
+    need("genisoimage", "genisoimage"),
+    need("sha256sum", "coreutils"),
     need(
         "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
         "systemd-boot-efi",

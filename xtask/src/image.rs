@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use crust_builder::build::{BuildOutcome, BuildRequest};
 use crust_builder::fetch::Cache;
-use crust_builder::profile::show_size;
+use crust_builder::profile::{OutputFormat, show_size};
+use crust_builder::release;
 use crust_builder::report;
 use crust_builder::sign::KeyKind;
 
@@ -86,6 +87,16 @@ fn source_date_epoch() -> Result<Option<u64>> {
 
 /// Builds the init and the image of `profile` into `out` (default: `target/crust/<name>`).
 pub fn build(profile: &str, out: Option<&Path>, locked: bool) -> Result<BuildOutcome> {
+    build_with(profile, out, locked, &[])
+}
+
+/// [`build`], making `formats` besides the profile's output formats.
+pub fn build_with(
+    profile: &str,
+    out: Option<&Path>,
+    locked: bool,
+    formats: &[OutputFormat],
+) -> Result<BuildOutcome> {
     host::ensure(&[host::BUILD])?;
     let started = Instant::now();
     let init = build_init()?;
@@ -93,17 +104,34 @@ pub fn build(profile: &str, out: Option<&Path>, locked: bool) -> Result<BuildOut
     let out_dir = out
         .map(Path::to_path_buf)
         .unwrap_or_else(|| out_dir(&profile));
-    let outcome = crust_builder::build::build(&BuildRequest {
-        profile,
-        init,
-        out_dir,
-        dev_key_dir: crust_target().join("keys"),
-        cache: Cache::new(Cache::default_root()),
-        locked,
-        source_date_epoch: source_date_epoch()?,
-    })?;
+    let outcome = crust_builder::build::build_with(
+        &BuildRequest {
+            profile,
+            init,
+            out_dir,
+            dev_key_dir: crust_target().join("keys"),
+            cache: Cache::new(Cache::default_root()),
+            locked,
+            source_date_epoch: source_date_epoch()?,
+        },
+        formats,
+    )?;
     summarize(&outcome, started);
+    summarize_release(&outcome);
     Ok(outcome)
+}
+
+fn summarize_release(outcome: &BuildOutcome) {
+    let names: Vec<String> = outcome
+        .release
+        .iter()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    report::status(
+        "Signed",
+        format!("{} over {}", release::SUMS, names.join(", ")),
+    );
 }
 
 fn summarize(outcome: &BuildOutcome, started: Instant) {

@@ -1,9 +1,13 @@
 //! Crust's front door for developers and operators (the cargo-xtask convention): build an
-//! image, boot it, pin its packages, make keys, run the tests. `cargo xtask --help` lists the
-//! commands; each installs what it needs from Debian first.
+//! image, boot it, pin its packages, make keys, check, flash and publish releases, run the
+//! tests. `cargo xtask --help` lists the commands; each installs what it needs from Debian
+//! first.
 
+mod ami;
+mod flash;
 mod host;
 mod image;
+mod keys;
 mod qemu;
 mod test;
 
@@ -35,6 +39,13 @@ struct BootArgs {
     /// Forward a host TCP port to the guest, HOST:GUEST (repeatable).
     #[arg(long = "forward", value_parser = parse_forward)]
     forwards: Vec<(u16, u16)>,
+    /// Host configuration (docs/CONFIGURATION.md) on a NoCloud seed disk (label CIDATA).
+    #[arg(long, value_name = "FILE")]
+    user_data: Option<std::path::PathBuf>,
+    /// Serve FILE as user-data from an EC2 IMDSv2 emulator at 169.254.169.254 (the
+    /// machine then claims to be EC2, on the user network 169.254.169.0/24).
+    #[arg(long, value_name = "FILE")]
+    imds: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -50,6 +61,57 @@ enum Cmd {
         /// Fail instead of updating an out-of-date lock file.
         #[arg(long)]
         locked: bool,
+        /// Also make this output format, besides the profile's: raw, raw.zst, qcow2, vmdk,
+        /// vhd, gce (repeatable, or comma-separated).
+        #[arg(long = "format", value_delimiter = ',')]
+        formats: Vec<crust_builder::profile::OutputFormat>,
+    },
+    /// Check a release folder: the signature over SHA256SUMS, then every file's digest.
+    Verify {
+        /// The folder (e.g. target/crust/qemu).
+        dir: std::path::PathBuf,
+        /// The public key (.pub; default: the profile's key, else the development key).
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+    },
+    /// Write a signed image onto a disk: checks, data regions only, read-back, GPT at the end.
+    Flash {
+        /// The raw image (its folder must hold SHA256SUMS and SHA256SUMS.sig).
+        #[arg(long)]
+        image: std::path::PathBuf,
+        /// The whole disk to overwrite, e.g. /dev/sdb.
+        #[arg(long)]
+        device: std::path::PathBuf,
+        /// Do not ask before writing.
+        #[arg(long)]
+        yes: bool,
+        /// Accept a regular file as the disk (an image file standing in for one).
+        #[arg(long)]
+        allow_file: bool,
+        /// The public key the release must be signed with (default as for `verify`).
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
+    },
+    /// Publish a raw image as an AWS AMI (EBS direct-API snapshot, then RegisterImage).
+    Ami {
+        /// The raw image (its folder must hold SHA256SUMS and SHA256SUMS.sig).
+        #[arg(long)]
+        image: std::path::PathBuf,
+        /// The AMI name.
+        #[arg(long)]
+        name: String,
+        /// The AWS region.
+        #[arg(long)]
+        region: String,
+        /// Send every AWS call to this endpoint (a local emulator such as moto).
+        #[arg(long)]
+        endpoint_url: Option<String>,
+        /// The AMI description.
+        #[arg(long)]
+        description: Option<String>,
+        /// The public key the release must be signed with (default as for `verify`).
+        #[arg(long)]
+        key: Option<std::path::PathBuf>,
     },
     /// Build the image, boot it in QEMU until it is up, then power it off (no terminal needed).
     Run {
@@ -90,6 +152,16 @@ enum Cmd {
         /// Skip rustfmt and clippy.
         #[arg(long)]
         no_lint: bool,
+        /// Skip the AMI test (it builds the AWS SDK: a few minutes, 7 GB of memory).
+        #[arg(long)]
+        no_ami: bool,
+    },
+    /// QEMU runs this per guest connection to the IMDS emulator (`--imds`), the
+    /// connection on standard input and output.
+    #[command(hide = true)]
+    ImdsConnection {
+        /// The emulator's state folder.
+        dir: std::path::PathBuf,
     },
 }
 
@@ -109,6 +181,8 @@ fn qemu_options(args: &BootArgs) -> qemu::QemuOptions {
         reset: args.reset,
         memory_mib: args.memory,
         forwards: args.forwards.clone(),
+        user_data: args.user_data.clone(),
+        imds: args.imds.clone(),
     }
 }
 
@@ -118,16 +192,54 @@ fn run(cli: Cli) -> Result<()> {
             profile,
             out,
             locked,
+            formats,
         } => {
-            image::build(&profile, out.as_deref(), locked)?;
+            image::build_with(&profile, out.as_deref(), locked, &formats)?;
         }
+        Cmd::Verify { dir, key } => keys::verify(&dir, key.as_deref())?,
+        Cmd::Flash {
+            image,
+            device,
+            yes,
+            allow_file,
+            key,
+        } => flash::run(&flash::Options {
+            image: &image,
+            device: &device,
+            key: key.as_deref(),
+            yes,
+            allow_file,
+        })?,
+        Cmd::Ami {
+            image,
+            name,
+            region,
+            endpoint_url,
+            description,
+            key,
+        } => ami::run(&ami::Options {
+            image: &image,
+            name: &name,
+            region: &region,
+            endpoint_url: endpoint_url.as_deref(),
+            description: description.as_deref(),
+            key: key.as_deref(),
+        })?,
         Cmd::Run {
             profile,
             boot: args,
         } => {
             let outcome = image::build(&profile, None, false)?;
             let out = outcome.image.parent().unwrap_or(std::path::Path::new("."));
-            qemu::demonstrate(out, &qemu_options(&args))?;
+            let mut opts = qemu_options(&args);
+            if opts.forwards.is_empty() {
+                // Show the demo web service: a free host port to the guest's port 80.
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                    .local_addr()?
+                    .port();
+                opts.forwards.push((port, 80));
+            }
+            qemu::demonstrate(out, &opts)?;
         }
         Cmd::Qemu {
             profile,
@@ -176,7 +288,9 @@ fn run(cli: Cli) -> Result<()> {
                 private.display()
             );
         }
-        Cmd::Test { no_lint } => test::run_all(!no_lint)?,
+        Cmd::Test { no_lint, no_ami } => test::run_all(!no_lint, !no_ami)?,
+        Cmd::ImdsConnection { dir } => crust_vm::imds::Emulator::open(&dir)
+            .serve(std::io::stdin().lock(), std::io::stdout().lock())?,
     }
     Ok(())
 }

@@ -30,6 +30,10 @@ pub struct QemuOptions {
     pub memory_mib: u32,
     /// Host-to-guest TCP forwards.
     pub forwards: Vec<(u16, u16)>,
+    /// User-data to attach on a NoCloud seed disk.
+    pub user_data: Option<std::path::PathBuf>,
+    /// User-data to serve from the EC2 IMDSv2 emulator.
+    pub imds: Option<std::path::PathBuf>,
 }
 
 /// Prepares the machine for the image in `out_dir`: the overlay and firmware variables
@@ -64,6 +68,23 @@ fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<Config> {
     };
     config.memory_mib = opts.memory_mib;
     config.forwards = opts.forwards.clone();
+    if let Some(user_data) = &opts.user_data {
+        crust_vm::seed::attach(&mut config, user_data, &out_dir.join("seed.img"))?;
+    }
+    if let Some(file) = &opts.imds {
+        let data = std::fs::read(file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+        let handler = [
+            std::env::current_exe()?.display().to_string(),
+            "imds-connection".to_owned(),
+        ];
+        crust_vm::imds::Emulator::attach(
+            &mut config,
+            &out_dir.join("imds"),
+            Some(&data),
+            &handler,
+        )?;
+    }
     Ok(config)
 }
 
@@ -80,6 +101,19 @@ pub fn interactive(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
         bail!("QEMU exited with {status}");
     }
     Ok(())
+}
+
+/// GETs `/` from the host side of a port forward; returns the body (or the status line).
+fn fetch_page(port: u16) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: crust\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status = head.lines().next().unwrap_or("no answer");
+    Ok(format!("{status}\n{}", body.trim()))
 }
 
 /// Boots the image without a terminal, shows that it came up (the init's phases and its
@@ -100,14 +134,32 @@ pub fn demonstrate(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
         crust_vm::Accel::Kvm => Duration::from_secs(120),
         crust_vm::Accel::Tcg => Duration::from_secs(300),
     };
+    let services = vm.wait_for_phase(Phase::Services, bound)?;
     let ready = vm.wait_for_phase(Phase::Ready, bound)?;
     let booted = vm.elapsed();
+    // Services with health checks mark the boot healthy; wait for that before looking.
+    let checked = !services.detail.contains("(0 with health checks)")
+        && services.detail.starts_with("started");
+    let healthy = if checked {
+        Some(vm.wait_for_phase(Phase::Healthy, bound)?)
+    } else {
+        None
+    };
     let phases: Vec<String> = vm
         .console()
         .history()
         .iter()
         .filter_map(|l| phase::parse_line(l))
+        .filter(|p| p.phase != Phase::Warning)
         .map(|p| format!("{} {:.2}s", p.phase, p.at.as_secs_f64()))
+        .collect();
+    let pages: Vec<String> = config
+        .forwards
+        .iter()
+        .map(|(host, guest)| match fetch_page(*host) {
+            Ok(page) => format!("guest port {guest} (host 127.0.0.1:{host}) answers:\n{page}"),
+            Err(e) => format!("guest port {guest} (host 127.0.0.1:{host}): {e}"),
+        })
         .collect();
     vm.qmp()?.system_powerdown()?;
     vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(60))?;
@@ -125,6 +177,12 @@ pub fn demonstrate(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
         "Phases",
         format!("since kernel start: {}", phases.join(", ")),
     );
+    if let Some(h) = healthy {
+        report::status("Healthy", h.detail);
+    }
+    for page in pages {
+        report::status("Fetched", page);
+    }
     report::status(
         "Off",
         format!("clean power-off on the ACPI power button (QEMU {status})"),

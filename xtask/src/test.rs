@@ -2,14 +2,19 @@
 //!
 //! Host packages first (the tests check formats with independent tools), then formatting
 //! and clippy, then the default image is built once from the committed lock (`--locked`:
-//! CI must not re-resolve packages), and finally `cargo test` over the workspace with the
-//! end-to-end tests included, pointed at that one image so they share it.
+//! CI must not re-resolve packages) in every output format, and finally `cargo test` over
+//! the workspace with the end-to-end tests included, pointed at that one image so they
+//! share it. The AMI test also needs the AMI publisher (its own workspace, `ami/`: the AWS
+//! SDK, about 4 minutes to build here) and moto, the AWS API emulator, from PyPI in a
+//! virtual environment; `--no-ami` leaves all three out and says so.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use crust_builder::profile::OutputFormat;
 
-use crate::{host, image};
+use crate::{ami, host, image};
 
 /// Environment variable naming the output folder of the image the end-to-end tests boot.
 pub const IMAGE_DIR_VAR: &str = "CRUST_TEST_IMAGE_DIR";
@@ -31,13 +36,21 @@ fn run(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Runs the whole suite; `lint` adds rustfmt and clippy.
-pub fn run_all(lint: bool) -> Result<()> {
+/// Runs the whole suite; `lint` adds rustfmt and clippy, `with_ami` the AMI test (and the
+/// AWS SDK build it needs).
+pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
     host::ensure(&[host::BUILD, host::QEMU, host::TEST])?;
     if lint {
         run(
             "cargo fmt --check",
             cargo().args(["fmt", "--all", "--", "--check"]),
+        )?;
+        run(
+            "cargo fmt --check (ami)",
+            cargo()
+                .args(["fmt", "--manifest-path"])
+                .arg(ami::manifest())
+                .args(["--", "--check"]),
         )?;
         run(
             "cargo clippy",
@@ -52,18 +65,91 @@ pub fn run_all(lint: bool) -> Result<()> {
             ]),
         )?;
     }
-    let outcome = image::build("qemu", None, true)?;
+    let ami_env = if with_ami {
+        if lint {
+            run(
+                "cargo clippy (ami)",
+                ami::cargo("clippy").args(["--all-targets", "--", "-D", "warnings"]),
+            )?;
+        }
+        run("cargo test (ami)", &mut ami::cargo("test"))?;
+        Some((ami::build()?, moto()?))
+    } else {
+        eprintln!(
+            "crust: NOT running the AMI test (--no-ami): it builds the AWS SDK (about 4 minutes \
+             and 7 GB of memory on two cores)"
+        );
+        None
+    };
+    // Every output format, so the tests check each and the release that lists them.
+    let outcome = image::build_with("qemu", None, true, &OutputFormat::ALL)?;
     let init = image::build_init()?;
     let out_dir = outcome
         .image
         .parent()
         .context("image has no folder")?
         .to_path_buf();
+    let mut test = cargo();
+    test.args([
+        "test",
+        "--workspace",
+        "--locked",
+        "--no-fail-fast",
+        "--",
+        "--include-ignored",
+    ])
+    .env(IMAGE_DIR_VAR, &out_dir)
+    .env(INIT_VAR, &init);
+    match &ami_env {
+        Some((publisher, moto)) => {
+            test.env(AMI_VAR, publisher).env(MOTO_VAR, moto);
+        }
+        None => {
+            test.args(["--skip", AMI_TEST]);
+        }
+    }
+    run("cargo test (unit, format and end-to-end tests)", &mut test)
+}
+
+/// Environment variable naming the AMI publisher binary for the AMI test.
+pub const AMI_VAR: &str = "CRUST_TEST_AMI";
+/// Environment variable naming the Python that has moto (the AWS API emulator).
+pub const MOTO_VAR: &str = "CRUST_TEST_MOTO_PYTHON";
+/// The AMI test's name, for `--skip`.
+const AMI_TEST: &str = "ami_publish_against_moto";
+/// The moto release the AMI test runs against (PyPI).
+const MOTO: &str = "moto[server]==5.2.5";
+
+/// A Python with moto, in a virtual environment under `target/ami/moto` (made once).
+fn moto() -> Result<PathBuf> {
+    let venv = ami::target_dir().join("moto");
+    let python = venv.join("bin").join("python3");
+    let stamp = venv.join("crust-moto-requirement");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == MOTO) {
+        return Ok(python);
+    }
+    eprintln!("crust: installing {MOTO} from PyPI into {}", venv.display());
+    let made = |python: &str| {
+        Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !made("python3") {
+        // Debian's Python needs its venv module from a separate package.
+        host::ensure(&[host::PYTHON_VENV])?;
+        if !made("/usr/bin/python3") {
+            bail!(
+                "cannot make a Python virtual environment in {}",
+                venv.display()
+            );
+        }
+    }
     run(
-        "cargo test (unit, format and end-to-end tests)",
-        cargo()
-            .args(["test", "--workspace", "--locked", "--", "--include-ignored"])
-            .env(IMAGE_DIR_VAR, &out_dir)
-            .env(INIT_VAR, &init),
-    )
+        "pip install moto",
+        Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", MOTO]),
+    )?;
+    std::fs::write(&stamp, MOTO).with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(python)
 }

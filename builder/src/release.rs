@@ -1,0 +1,515 @@
+//! Signed releases: `SHA256SUMS` over a build's outputs and an Ed25519 signature over it.
+//!
+//! `SHA256SUMS` is what `sha256sum` writes and `sha256sum -c` checks: one line per file,
+//! `<64 lowercase hex digits><space><space><file name>\n`, sorted by name, names without
+//! folders. `SHA256SUMS.sig` is the raw 64-byte Ed25519 signature (RFC 8032) over the exact
+//! bytes of `SHA256SUMS`, made with the profile's signing key, as `manifest.sig` is over the
+//! manifest (`docs/FORMAT.md` §10). `openssl pkeyutl -verify -rawin` checks it too.
+//!
+//! Checking a release verifies the signature *before* reading a line of the list, then
+//! hashes every file named and compares. Callers that need one file (flashing an image)
+//! take the signed list with [`signed_sums`] and hash what they use.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use crust_format::Digest;
+use crust_format::signature::PublicKey;
+use sha2::{Digest as _, Sha256};
+
+use crate::build::outputs;
+use crate::formats::{self, Stamp};
+use crate::profile::OutputFormat;
+use crate::sign::SigningKey;
+use crate::{output, report};
+
+/// The list of files and their SHA-256 digests.
+pub const SUMS: &str = "SHA256SUMS";
+/// The signature over [`SUMS`].
+pub const SUMS_SIG: &str = "SHA256SUMS.sig";
+
+/// Why a release does not check out. Nothing in it can be trusted after any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// The folder has no `SHA256SUMS` or no signature.
+    #[error(
+        "{} is missing: {} is not a signed release (build it with `cargo xtask build`)",
+        path.display(),
+        dir.display()
+    )]
+    Unsigned {
+        /// The release folder.
+        dir: PathBuf,
+        /// The missing file.
+        path: PathBuf,
+    },
+    /// A file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The signature does not verify with the key.
+    #[error(
+        "{} does not verify with key {fingerprint}: the list was changed, or signed by another key (pass the right one with --key)",
+        path.display()
+    )]
+    BadSignature {
+        /// The signature file.
+        path: PathBuf,
+        /// The key tried.
+        fingerprint: String,
+    },
+    /// A line of `SHA256SUMS` is not `<digest>  <name>`.
+    #[error("{}:{line}: {reason}", path.display())]
+    Malformed {
+        /// The list.
+        path: PathBuf,
+        /// Line number (from 1).
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A file the caller needs is not in the list.
+    #[error("{name} is not listed in {}: it is not part of this release", path.display())]
+    NotListed {
+        /// The file name.
+        name: String,
+        /// The list.
+        path: PathBuf,
+    },
+    /// A listed file is missing.
+    #[error("{} is listed in SHA256SUMS but missing", path.display())]
+    Missing {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A listed file's content differs from its digest.
+    #[error(
+        "{} does not match SHA256SUMS (expected {expected}, found {actual}): it was changed after signing",
+        path.display()
+    )]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Its signed digest.
+        expected: Digest,
+        /// Its digest now.
+        actual: Digest,
+    },
+}
+
+/// A parsed `SHA256SUMS`: file names and digests, sorted by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sums(BTreeMap<String, Digest>);
+
+impl Sums {
+    /// Parses the `sha256sum` text format strictly (see the module documentation); `path`
+    /// names the list in errors.
+    pub fn parse(text: &[u8], path: &Path) -> Result<Self, ReleaseError> {
+        let malformed = |line: usize, reason: &str| ReleaseError::Malformed {
+            path: path.to_path_buf(),
+            line,
+            reason: reason.to_owned(),
+        };
+        let text = std::str::from_utf8(text).map_err(|_| malformed(1, "not UTF-8 text"))?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            return Err(malformed(text.lines().count(), "no newline at the end"));
+        }
+        let mut sums = BTreeMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let (digest, name) = line
+                .split_once("  ")
+                .ok_or_else(|| malformed(i + 1, "expected `<sha256>  <file name>`"))?;
+            if digest.len() != 64
+                || !digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(malformed(
+                    i + 1,
+                    "the digest is not 64 lowercase hex digits",
+                ));
+            }
+            let digest: Digest = digest
+                .parse()
+                .map_err(|_| malformed(i + 1, "the digest is not 64 lowercase hex digits"))?;
+            check_name(name).map_err(|reason| malformed(i + 1, reason))?;
+            if sums.insert(name.to_owned(), digest).is_some() {
+                return Err(malformed(i + 1, "the file is listed twice"));
+            }
+        }
+        Ok(Self(sums))
+    }
+
+    /// The `sha256sum` text.
+    pub fn to_text(&self) -> String {
+        self.0
+            .iter()
+            .map(|(name, digest)| format!("{}  {name}\n", digest.to_hex()))
+            .collect()
+    }
+
+    /// The digest listed for `name`.
+    pub fn get(&self, name: &str) -> Option<&Digest> {
+        self.0.get(name)
+    }
+
+    /// File names and digests, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Digest)> {
+        self.0.iter().map(|(n, d)| (n.as_str(), d))
+    }
+
+    /// Adds or replaces a file's digest.
+    pub fn insert(&mut self, name: &str, digest: Digest) {
+        self.0.insert(name.to_owned(), digest);
+    }
+
+    /// How many files are listed.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no file is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A listed name must stay inside the release folder.
+fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name == "." || name == ".." {
+        return Err("the file name is empty or a folder");
+    }
+    if name.contains(['/', '\\', '\0']) || name.starts_with('*') {
+        return Err("file names must be plain names in the release folder");
+    }
+    Ok(())
+}
+
+/// SHA-256 of a file, read in 4 MiB pieces; a progress bar for large files.
+pub fn hash_file(path: &Path) -> Result<Digest, ReleaseError> {
+    let read_err = |source| ReleaseError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => ReleaseError::Missing {
+            path: path.to_path_buf(),
+        },
+        _ => read_err(source),
+    })?;
+    let len = file.metadata().map_err(read_err)?.len();
+    let bar = (len >= 256 << 20).then(|| {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        report::bytes_bar(len, &format!("Hashing {name}"))
+    });
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let Some(bar) = &bar {
+            bar.inc(n as u64);
+        }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    Ok(Digest(hasher.finalize().into()))
+}
+
+/// Reads `SHA256SUMS` of `dir` after checking its signature with `key`.
+pub fn signed_sums(dir: &Path, key: &PublicKey) -> Result<Sums, ReleaseError> {
+    let read = |name: &str| -> Result<Vec<u8>, ReleaseError> {
+        let path = dir.join(name);
+        std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ReleaseError::Unsigned {
+                dir: dir.to_path_buf(),
+                path: path.clone(),
+            },
+            _ => ReleaseError::Read { path, source },
+        })
+    };
+    let text = read(SUMS)?;
+    let signature = read(SUMS_SIG)?;
+    key.verify(&text, &signature)
+        .map_err(|_| ReleaseError::BadSignature {
+            path: dir.join(SUMS_SIG),
+            fingerprint: key.fingerprint(),
+        })?;
+    Sums::parse(&text, &dir.join(SUMS))
+}
+
+/// Checks the signature of the release in `dir` and the digest of every file it lists.
+pub fn verify(dir: &Path, key: &PublicKey) -> Result<Sums, ReleaseError> {
+    let sums = signed_sums(dir, key)?;
+    for (name, expected) in sums.iter() {
+        let path = dir.join(name);
+        let actual = hash_file(&path)?;
+        if actual != *expected {
+            return Err(ReleaseError::Mismatch {
+                path,
+                expected: *expected,
+                actual,
+            });
+        }
+    }
+    Ok(sums)
+}
+
+/// Checks one listed file of the release in `dir`: the signature, then its digest.
+pub fn verify_file(dir: &Path, name: &str, key: &PublicKey) -> Result<Digest, ReleaseError> {
+    let sums = signed_sums(dir, key)?;
+    let expected = *sums.get(name).ok_or_else(|| ReleaseError::NotListed {
+        name: name.to_owned(),
+        path: dir.join(SUMS),
+    })?;
+    let path = dir.join(name);
+    let actual = hash_file(&path)?;
+    if actual != expected {
+        return Err(ReleaseError::Mismatch {
+            path,
+            expected,
+            actual,
+        });
+    }
+    Ok(actual)
+}
+
+/// Reads the public key to check releases with from a PEM file: an SPKI public key
+/// (`crust.pub`), or a PKCS#8 private key (`crust.key`) whose public half is taken.
+pub fn read_public_key(path: &Path) -> anyhow::Result<PublicKey> {
+    use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey};
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read key {}", path.display()))?;
+    if let Ok(key) = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem) {
+        return Ok(PublicKey::from_verifying_key(key));
+    }
+    if let Ok(key) = ed25519_dalek::SigningKey::from_pkcs8_pem(&pem) {
+        return Ok(PublicKey::from_verifying_key(key.verifying_key()));
+    }
+    anyhow::bail!(
+        "{} is not an Ed25519 key in PEM (a `cargo xtask keygen` .pub or .key file)",
+        path.display()
+    )
+}
+
+/// Writes `SHA256SUMS` (atomically) and then its signature for `sums` in `dir`.
+pub fn write(dir: &Path, sums: &Sums, key: &SigningKey) -> anyhow::Result<()> {
+    let text = sums.to_text();
+    // The old signature goes first: a crash in between leaves an unsigned list, never a
+    // list with the signature of another.
+    remove(&dir.join(SUMS_SIG))?;
+    output::write_atomic(&dir.join(SUMS), text.as_bytes())?;
+    output::write_atomic(&dir.join(SUMS_SIG), &key.sign(text.as_bytes()))?;
+    Ok(())
+}
+
+fn remove(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes the release files and every converted format from `dir`: they belong to the
+/// image about to be replaced.
+pub fn clear(dir: &Path) -> anyhow::Result<()> {
+    remove(&dir.join(SUMS_SIG))?;
+    remove(&dir.join(SUMS))?;
+    for format in OutputFormat::ALL {
+        if format != OutputFormat::Raw {
+            remove(&dir.join(format.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the formats in `wanted` that `out_dir` lacks and signs the release: `SHA256SUMS`
+/// over the image, the manifest and its signature, and every format made for this image.
+/// A release that already lists all of them is left as it is; digests of files already
+/// listed (and signed) are kept, so only new files are hashed.
+pub fn publish(
+    out_dir: &Path,
+    wanted: &[OutputFormat],
+    key: &SigningKey,
+    stamp: &Stamp,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let image = out_dir.join(outputs::IMAGE);
+    let mut names: Vec<&str> = vec![outputs::IMAGE, outputs::MANIFEST, outputs::SIGNATURE];
+    names.extend(wanted.iter().map(|f| f.file_name()));
+    let old = signed_sums(out_dir, &key.public_key()).unwrap_or_default();
+    // Formats made earlier for this same image stay in the release.
+    for format in OutputFormat::ALL {
+        if old.get(format.file_name()).is_some() && out_dir.join(format.file_name()).is_file() {
+            names.push(format.file_name());
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    let complete = names
+        .iter()
+        .all(|n| old.get(n).is_some() && out_dir.join(n).is_file());
+    let files = names.iter().map(|n| out_dir.join(n)).collect();
+    if complete && old.len() == names.len() {
+        return Ok(files);
+    }
+
+    let mut sums = Sums::default();
+    for format in wanted {
+        let path = out_dir.join(format.file_name());
+        if *format == OutputFormat::Raw || (old.get(format.file_name()).is_some() && path.is_file())
+        {
+            continue;
+        }
+        let spinner = report::spinner(format!("Converting to {format}"));
+        let made = formats::make(&image, out_dir, *format, stamp);
+        spinner.finish_and_clear();
+        let made = made.with_context(|| format!("cannot make the {format} output"))?;
+        let len = std::fs::metadata(&made).map(|m| m.len()).unwrap_or(0);
+        report::status(
+            "Converted",
+            format!("{} ({})", made.display(), crate::profile::show_size(len)),
+        );
+    }
+    for name in &names {
+        let digest = match old.get(name) {
+            Some(digest) => *digest,
+            None => hash_file(&out_dir.join(name))?,
+        };
+        sums.insert(name, digest);
+    }
+    write(out_dir, &sums, key)?;
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn release(dir: &Path) -> SigningKey {
+        std::fs::write(dir.join("image.raw"), b"disk bytes").unwrap();
+        std::fs::write(dir.join("manifest"), b"format=1\n").unwrap();
+        let key = SigningKey::development(&dir.join("keys")).unwrap();
+        let mut sums = Sums::default();
+        for name in ["image.raw", "manifest"] {
+            sums.insert(name, hash_file(&dir.join(name)).unwrap());
+        }
+        write(dir, &sums, &key).unwrap();
+        key
+    }
+
+    #[test]
+    fn sha256sum_and_openssl_check_what_we_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = release(dir.path());
+        let out = Command::new("sha256sum")
+            .args(["--check", "--strict", SUMS])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // The signature, checked by OpenSSL with the public key in SPKI PEM.
+        let public = dir.path().join("keys/development.pub");
+        let out = Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+            .arg(&public)
+            .arg("-in")
+            .arg(dir.path().join(SUMS))
+            .arg("-sigfile")
+            .arg(dir.path().join(SUMS_SIG))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sums = verify(dir.path(), &key.public_key()).unwrap();
+        assert_eq!(sums.len(), 2);
+        // Both key files name the same public key.
+        assert_eq!(read_public_key(&public).unwrap(), key.public_key());
+        assert_eq!(read_public_key(&key.path).unwrap(), key.public_key());
+        assert!(read_public_key(&dir.path().join(SUMS)).is_err());
+    }
+
+    #[test]
+    fn a_changed_file_list_or_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = release(dir.path());
+        let public = key.public_key();
+
+        std::fs::write(dir.path().join("image.raw"), b"disk bytez").unwrap();
+        assert!(matches!(
+            verify(dir.path(), &public),
+            Err(ReleaseError::Mismatch { .. })
+        ));
+        assert!(matches!(
+            verify_file(dir.path(), "image.raw", &public),
+            Err(ReleaseError::Mismatch { .. })
+        ));
+        assert!(verify_file(dir.path(), "manifest", &public).is_ok());
+        assert!(matches!(
+            verify_file(dir.path(), "vmlinuz", &public),
+            Err(ReleaseError::NotListed { .. })
+        ));
+
+        let mut text = std::fs::read(dir.path().join(SUMS)).unwrap();
+        text[0] ^= 1;
+        std::fs::write(dir.path().join(SUMS), &text).unwrap();
+        assert!(matches!(
+            signed_sums(dir.path(), &public),
+            Err(ReleaseError::BadSignature { .. })
+        ));
+
+        let other = SigningKey::development(&dir.path().join("other")).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        release(fresh.path());
+        assert!(matches!(
+            signed_sums(fresh.path(), &other.public_key()),
+            Err(ReleaseError::BadSignature { .. })
+        ));
+        std::fs::remove_file(fresh.path().join(SUMS_SIG)).unwrap();
+        assert!(matches!(
+            signed_sums(fresh.path(), &public),
+            Err(ReleaseError::Unsigned { .. })
+        ));
+    }
+
+    #[test]
+    fn malformed_lists_are_refused_with_their_line() {
+        let p = Path::new("SHA256SUMS");
+        let d = "a".repeat(64);
+        assert!(Sums::parse(format!("{d}  image.raw\n").as_bytes(), p).is_ok());
+        for (bad, line) in [
+            (format!("{d} image.raw\n"), 1),
+            (format!("{d}  image.raw"), 1),
+            (format!("{d}  a\n{d}  ../etc/passwd\n"), 2),
+            (format!("{d}  a\n{d}  a\n"), 2),
+            (format!("{}  a\n", "A".repeat(64)), 1),
+            (format!("{d}  *a\n"), 1),
+        ] {
+            match Sums::parse(bad.as_bytes(), p) {
+                Err(ReleaseError::Malformed { line: l, .. }) => assert_eq!(l, line, "{bad:?}"),
+                other => panic!("{bad:?} gave {other:?}"),
+            }
+        }
+    }
+}

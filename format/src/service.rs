@@ -1,0 +1,261 @@
+//! Services: how the builder tells the init what to run.
+//!
+//! Each service is an OCI runtime bundle in the read-only root under
+//! `/usr/lib/crust/services/<name>/` (`config.json` plus `rootfs/`, run by crun) with a
+//! `service` file beside it: `key=value` lines with what the OCI spec has no words for
+//! (restart policy, dependencies, health check, stop timeout). `services/order` lists the
+//! names in start order (dependencies first), computed by the builder, so the init does no
+//! graph work at boot. A service with an `exec` health check also carries
+//! `health.json`, the OCI process object `crun exec --process` runs.
+
+use std::fmt;
+
+/// Folder of the service bundles in the root (no leading `/`, as in trees).
+pub const SERVICES_DIR: &str = "usr/lib/crust/services";
+/// The start order file inside [`SERVICES_DIR`].
+pub const ORDER_FILE: &str = "order";
+/// The service file inside a bundle.
+pub const SERVICE_FILE: &str = "service";
+/// The OCI process of an `exec` health check inside a bundle.
+pub const HEALTH_PROCESS_FILE: &str = "health.json";
+/// The cgroup (below the cgroup2 root) that holds the services' cgroups.
+pub const CGROUP_PARENT: &str = "crust";
+
+/// When a service that ended is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    /// Whatever the exit status.
+    Always,
+    /// Only after a non-zero exit or a signal.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+impl Restart {
+    /// The name in profiles and service files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Restart::Always => "always",
+            Restart::OnFailure => "on-failure",
+            Restart::Never => "never",
+        }
+    }
+
+    /// Parses a name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Restart::Always, Restart::OnFailure, Restart::Never]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
+}
+
+/// How the init decides a service works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// A TCP connection to this port on 127.0.0.1 is accepted (host network only).
+    Tcp(u16),
+    /// `GET <path>` on 127.0.0.1:`port` answers 2xx (host network only).
+    Http {
+        /// Port.
+        port: u16,
+        /// Path, starting with `/`.
+        path: String,
+    },
+    /// `crun exec --process health.json` exits 0.
+    Exec,
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Health::Tcp(port) => write!(f, "tcp:{port}"),
+            Health::Http { port, path } => write!(f, "http:{port}{path}"),
+            Health::Exec => f.write_str("exec"),
+        }
+    }
+}
+
+impl Health {
+    /// Parses the form [`Display`](fmt::Display) writes.
+    pub fn parse(s: &str) -> Option<Self> {
+        if s == "exec" {
+            return Some(Health::Exec);
+        }
+        if let Some(port) = s.strip_prefix("tcp:") {
+            return port.parse().ok().filter(|p| *p != 0).map(Health::Tcp);
+        }
+        let rest = s.strip_prefix("http:")?;
+        let slash = rest.find('/')?;
+        let port = rest[..slash].parse().ok().filter(|p: &u16| *p != 0)?;
+        Some(Health::Http {
+            port,
+            path: rest[slash..].to_owned(),
+        })
+    }
+}
+
+/// One service's run-time policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Name (also the container id).
+    pub name: String,
+    /// Restart policy.
+    pub restart: Restart,
+    /// Services that must be started first.
+    pub after: Vec<String>,
+    /// Health check, if any.
+    pub health: Option<Health>,
+    /// Seconds between health checks.
+    pub health_interval: u32,
+    /// Seconds between SIGTERM and SIGKILL at stop.
+    pub stop_timeout: u32,
+}
+
+/// A service file that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service file, line {line}: {message}")]
+pub struct ServiceError {
+    /// 1-based line.
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Checks a service name: lowercase letters, digits and `-`, starting with a letter, at most
+/// 32 characters (it becomes a container id, a cgroup and a log file name).
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a service name (lowercase letters, digits and '-', starting with a letter, at most 32)"
+        ))
+    }
+}
+
+impl ServiceSpec {
+    /// The file's text.
+    pub fn to_text(&self) -> String {
+        let mut s = format!(
+            "name={}\nrestart={}\nafter={}\n",
+            self.name,
+            self.restart.as_str(),
+            self.after.join(",")
+        );
+        if let Some(h) = &self.health {
+            s.push_str(&format!("health={h}\n"));
+        }
+        s.push_str(&format!(
+            "health-interval={}\nstop-timeout={}\n",
+            self.health_interval, self.stop_timeout
+        ));
+        s
+    }
+
+    /// Parses a service file.
+    pub fn parse(text: &str) -> Result<Self, ServiceError> {
+        let mut spec = ServiceSpec {
+            name: String::new(),
+            restart: Restart::Always,
+            after: Vec::new(),
+            health: None,
+            health_interval: 10,
+            stop_timeout: 10,
+        };
+        for (i, line) in text.lines().enumerate() {
+            let err = |message: String| ServiceError {
+                line: i + 1,
+                message,
+            };
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| err("expected key=value".into()))?;
+            let number = |v: &str| {
+                v.parse::<u32>()
+                    .map_err(|_| err(format!("{key}: {v:?} is not a number")))
+            };
+            match key {
+                "name" => {
+                    check_name(value).map_err(err)?;
+                    spec.name = value.to_owned();
+                }
+                "restart" => {
+                    spec.restart = Restart::parse(value).ok_or_else(|| {
+                        err(format!(
+                            "restart: {value:?} is not always, on-failure or never"
+                        ))
+                    })?;
+                }
+                "after" => {
+                    spec.after = value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                }
+                "health" => {
+                    spec.health = Some(
+                        Health::parse(value)
+                            .ok_or_else(|| err(format!("health: {value:?} is not a check")))?,
+                    );
+                }
+                "health-interval" => spec.health_interval = number(value)?.max(1),
+                "stop-timeout" => spec.stop_timeout = number(value)?,
+                other => return Err(err(format!("unknown key {other:?}"))),
+            }
+        }
+        if spec.name.is_empty() {
+            return Err(ServiceError {
+                line: 0,
+                message: "no name".into(),
+            });
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_round_trip() {
+        for health in [
+            None,
+            Some(Health::Tcp(80)),
+            Some(Health::Http {
+                port: 8080,
+                path: "/healthz?x=1".into(),
+            }),
+            Some(Health::Exec),
+        ] {
+            let spec = ServiceSpec {
+                name: "web".into(),
+                restart: Restart::OnFailure,
+                after: vec!["db".into(), "cache".into()],
+                health,
+                health_interval: 3,
+                stop_timeout: 7,
+            };
+            assert_eq!(ServiceSpec::parse(&spec.to_text()), Ok(spec));
+        }
+    }
+
+    #[test]
+    fn bad_files_and_names_are_refused() {
+        assert!(ServiceSpec::parse("name=web\nrestart=sometimes\n").is_err());
+        assert!(ServiceSpec::parse("name=web\ncolour=red\n").is_err());
+        assert!(ServiceSpec::parse("restart=always\n").is_err());
+        assert!(ServiceSpec::parse("name=web\nhealth=tcp:0\n").is_err());
+        assert!(check_name("Web").is_err());
+        assert!(check_name("1web").is_err());
+        assert!(check_name("web-1").is_ok());
+    }
+}

@@ -1,0 +1,250 @@
+//! The host configuration (user-data): finding it, checking it, and applying what is not
+//! the network's or the clock's business (host name, kernel modules, sysctls, update
+//! settings). `docs/CONFIGURATION.md` documents the schema for users.
+//!
+//! Sources, the first that has user-data wins ([`source`]): `crust.config=` on the kernel
+//! command line (base64 of the TOML), a NoCloud seed ([`nocloud`]), EC2's IMDSv2 on EC2
+//! instances ([`imds`], which needs a DHCP lease first: [`crate::net::Network`] provides
+//! it), then the image's own `/usr/lib/crust/config.toml`, then built-in defaults.
+//!
+//! User-data that cannot be used (not TOML, an unknown key, a wrong type, `#cloud-config`)
+//! never stops the boot: one console warning names the source and the field, the error is
+//! appended to `/var/log/crust/config.log`, and the host comes up with the image's
+//! configuration.
+
+pub mod apply;
+pub mod http;
+pub mod imds;
+pub mod nocloud;
+pub mod schema;
+pub mod source;
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use crust_format::phase::Phase;
+
+pub use schema::HostConfig;
+use source::Origin;
+
+use crate::{clock, cmdline, console, net};
+
+/// The log of refused user-data, on the state partition.
+pub const LOG: &str = "/var/log/crust/config.log";
+/// Where the kernel shows the firmware's DMI identity.
+const DMI: &str = "/sys/class/dmi/id";
+
+/// The configuration in effect and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The configuration.
+    pub config: HostConfig,
+    /// Its source.
+    pub origin: Origin,
+    /// The text it was parsed from (empty for built-in defaults).
+    pub text: String,
+}
+
+/// The `config` phase: finds and checks the user-data, applies host name, modules,
+/// sysctls and update settings, prints the phase line, and returns the configuration for
+/// the network and clock phases. May bring the network up early, for IMDS.
+pub fn phase(network: &mut net::Network) -> HostConfig {
+    let (loaded, refused) = match find(network) {
+        None => (image_default(), None),
+        Some((origin, found)) => {
+            match found.and_then(source::to_text).and_then(|text| {
+                schema::parse(&text)
+                    .map(|c| (c, text))
+                    .map_err(|e| e.to_string())
+            }) {
+                Ok((config, text)) => (
+                    Loaded {
+                        config,
+                        origin,
+                        text,
+                    },
+                    None,
+                ),
+                Err(why) => {
+                    let fallback = image_default();
+                    refuse(&origin, &why, &fallback.origin);
+                    (fallback, Some(origin))
+                }
+            }
+        }
+    };
+    let applied = apply_all(&loaded);
+    let detail = match refused {
+        Some(origin) => format!(
+            "user-data from {origin} refused (see {LOG}); {} instead{applied}",
+            loaded.origin
+        ),
+        None if loaded.origin == Origin::BuiltIn || loaded.origin == Origin::Image => format!(
+            "no user-data ({}=, NoCloud, EC2 IMDS); {}{applied}",
+            source::CMDLINE_KEY,
+            loaded.origin
+        ),
+        None => format!("from {}{applied}", loaded.origin),
+    };
+    console::phase(Phase::Config, &detail);
+    loaded.config
+}
+
+/// The first source that has user-data, with the bytes or why they could not be read.
+fn find(network: &mut net::Network) -> Option<(Origin, Result<Vec<u8>, String>)> {
+    if let Ok(line) = fs::read_to_string(cmdline::PROC_CMDLINE)
+        && let Some(found) = source::from_cmdline(&line)
+    {
+        return Some((Origin::Cmdline, found));
+    }
+    if let Some(seed) = nocloud::find() {
+        let origin = Origin::NoCloud(seed.device.display().to_string());
+        match nocloud::read_user_data(&seed) {
+            Ok(Some(bytes)) => return Some((origin, Ok(bytes))),
+            Ok(None) => console::warning(&format!("config: {origin} holds no user-data")),
+            Err(why) => return Some((origin, Err(why))),
+        }
+    }
+    if imds::is_ec2(Path::new(DMI)) {
+        match network.up_for_metadata() {
+            Err(why) => console::warning(&format!(
+                "config: this is an EC2 instance but {why}, so IMDS cannot be asked"
+            )),
+            Ok(()) => match imds::user_data(imds::ADDRESS, imds::BOOT_RETRY) {
+                Ok(Some(bytes)) => return Some((Origin::Imds, Ok(bytes))),
+                Ok(None) => {}
+                Err(e) => console::warning(&format!("config: EC2 IMDS: {e}")),
+            },
+        }
+    }
+    None
+}
+
+/// The image's default configuration, or the built-in one when the image has none (or a
+/// broken one, which is reported).
+fn image_default() -> Loaded {
+    let builtin = Loaded {
+        config: HostConfig::default(),
+        origin: Origin::BuiltIn,
+        text: String::new(),
+    };
+    match fs::read_to_string(source::IMAGE_DEFAULT) {
+        Err(_) => builtin,
+        Ok(text) => match schema::parse(&text) {
+            Ok(config) => Loaded {
+                config,
+                origin: Origin::Image,
+                text,
+            },
+            Err(e) => {
+                refuse(&Origin::Image, &e.to_string(), &Origin::BuiltIn);
+                builtin
+            }
+        },
+    }
+}
+
+/// Reports refused user-data on the console and in the log.
+fn refuse(origin: &Origin, why: &str, instead: &Origin) {
+    console::warning(&refusal(origin, why, instead));
+    if let Err(e) = append_log(&format!(
+        "{} {}: {why}\n",
+        clock::format_utc(clock::now_unix()),
+        origin
+    )) {
+        console::warning(&format!("config: cannot write {LOG}: {e}"));
+    }
+}
+
+/// The console line for refused user-data: the source, the field and what is wrong, and
+/// what the host uses instead.
+fn refusal(origin: &Origin, why: &str, instead: &Origin) -> String {
+    format!("config: user-data from {origin} refused: {why}; booting with the {instead} instead")
+}
+
+fn append_log(line: &str) -> std::io::Result<()> {
+    if let Some(dir) = Path::new(LOG).parent() {
+        fs::create_dir_all(dir)?;
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(LOG)?;
+    file.write_all(line.as_bytes())?;
+    file.sync_all()
+}
+
+/// Applies what the config phase owns; returns the phase line's tail.
+fn apply_all(loaded: &Loaded) -> String {
+    let c = &loaded.config;
+    let modules = apply::modules(&c.kernel.modules, &crate::kernel_release());
+    let mut sysctls = Vec::new();
+    for (key, value) in &c.sysctl {
+        match apply::sysctl(key, &value.0) {
+            Ok(now) => sysctls.push((key.clone(), now)),
+            Err(e) => console::warning(&format!("config: {e}")),
+        }
+    }
+    let hostname = c
+        .hostname
+        .as_ref()
+        .and_then(|name| match apply::hostname(name) {
+            Ok(now) => Some(now),
+            Err(e) => {
+                console::warning(&format!("config: cannot set the host name {name}: {e}"));
+                None
+            }
+        });
+    for result in [
+        apply::update(c.update.as_ref()),
+        apply::record(&loaded.text, loaded.origin.name()),
+    ] {
+        if let Err(e) = result {
+            console::warning(&format!("config: {e}"));
+        }
+    }
+    let mut parts = Vec::new();
+    if let Some(name) = hostname {
+        parts.push(format!("hostname {name}"));
+    }
+    let summary = apply::summary(c, &sysctls);
+    if !summary.is_empty() {
+        parts.push(summary);
+    }
+    if !modules.loaded.is_empty() {
+        parts.push(format!("loaded {}", modules.loaded.join(" ")));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_names_the_source_and_the_field() {
+        let text = "version = 1\n[network.interfaces.eth0]\nmtu = \"big\"\n";
+        let why = schema::parse(text).unwrap_err().to_string();
+        let line = refusal(&Origin::NoCloud("/dev/vdb".into()), &why, &Origin::BuiltIn);
+        assert!(
+            line.starts_with(
+                "config: user-data from NoCloud seed /dev/vdb refused: \
+                 field network.interfaces.eth0.mtu (line 3): invalid type: string \"big\""
+            ),
+            "{line}"
+        );
+        assert!(
+            line.ends_with("; booting with the built-in defaults instead"),
+            "{line}"
+        );
+        let why = source::to_text(vec![0x1f, 0x8b]).unwrap_err();
+        let line = refusal(&Origin::Imds, &why, &Origin::Image);
+        assert_eq!(
+            line,
+            "config: user-data from EC2 IMDS refused: the user-data is gzip-compressed; Crust \
+             reads plain TOML; booting with the image default /usr/lib/crust/config.toml instead"
+        );
+    }
+}

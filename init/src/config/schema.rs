@@ -1,0 +1,790 @@
+//! The host configuration's schema (version 1) and its validation.
+//!
+//! User-data is TOML. Parsing is strict: an unknown key, a value of the wrong type or a
+//! value out of range is an error that names the field by its dotted path (`network.
+//! interfaces.eth0.mtu`) and, where the TOML parser knows it, the line. Nothing here reads
+//! files or touches the system; `docs/CONFIGURATION.md` is the reference for users.
+//!
+//! Services (`[[service]]`) are not part of version 1 yet: they join [`HostConfig`] as one
+//! more `#[serde(default)]` field once the container supervisor exists.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+/// The schema version this init understands.
+pub const VERSION: u32 = 1;
+
+/// The host configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Schema version; must be [`VERSION`].
+    pub version: u32,
+    /// The host name (RFC 1123: letters, digits, `-`, dot-separated labels).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Network interfaces.
+    #[serde(default)]
+    pub network: Network,
+    /// Time servers.
+    #[serde(default)]
+    pub time: Time,
+    /// Kernel parameters written to `/proc/sys` (`"net.ipv4.ip_forward" = 1`).
+    #[serde(default)]
+    pub sysctl: BTreeMap<String, SysctlValue>,
+    /// Kernel modules.
+    #[serde(default)]
+    pub kernel: Kernel,
+    /// Where the update agent looks for new versions.
+    #[serde(default)]
+    pub update: Option<Update>,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            version: VERSION,
+            hostname: None,
+            network: Network::default(),
+            time: Time::default(),
+            sysctl: BTreeMap::new(),
+            kernel: Kernel::default(),
+            update: None,
+        }
+    }
+}
+
+/// `[network]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// DHCP on every Ethernet interface with a link that `interfaces` does not name.
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+    /// How long the boot waits for DHCP leases, in seconds (the clients keep trying after).
+    #[serde(default = "default_dhcp_timeout")]
+    pub dhcp_timeout: u32,
+    /// Interfaces by kernel name (`eth0`, `ens5`).
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, Interface>,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            dhcp: true,
+            dhcp_timeout: default_dhcp_timeout(),
+            interfaces: BTreeMap::new(),
+        }
+    }
+}
+
+impl Network {
+    /// The configuration of interface `name`: its own table, or the `dhcp` default.
+    pub fn interface(&self, name: &str) -> Interface {
+        self.interfaces.get(name).cloned().unwrap_or(Interface {
+            dhcp: Some(self.dhcp),
+            ..Interface::default()
+        })
+    }
+}
+
+/// Upper bound of `network.dhcp_timeout`.
+pub const MAX_DHCP_TIMEOUT: u32 = 300;
+
+fn default_dhcp_timeout() -> u32 {
+    10
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[network.interfaces.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Interface {
+    /// Use DHCP; defaults to true unless `address` is given.
+    #[serde(default)]
+    pub dhcp: Option<bool>,
+    /// Static IPv4 address with prefix length, `192.0.2.10/24`.
+    #[serde(default)]
+    pub address: Option<Cidr>,
+    /// Default gateway (static addressing only).
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Name servers, in order of preference.
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
+    /// MTU in bytes (68..=65535); DHCP's option 26 otherwise.
+    #[serde(default)]
+    pub mtu: Option<u16>,
+}
+
+impl Interface {
+    /// Whether this interface runs DHCP.
+    pub fn uses_dhcp(&self) -> bool {
+        self.dhcp.unwrap_or(self.address.is_none())
+    }
+}
+
+/// An IPv4 address with a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The address.
+    pub address: Ipv4Addr,
+    /// The prefix length, 0..=32.
+    pub prefix_len: u8,
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (address, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} needs a prefix length, such as {s}/24"))?;
+        let address = address
+            .parse()
+            .map_err(|_| format!("{address:?} is not an IPv4 address"))?;
+        let prefix_len = prefix
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("prefix length {prefix:?} is not 0..=32"))?;
+        Ok(Self {
+            address,
+            prefix_len,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(de::Error::custom)
+    }
+}
+
+/// `[time]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Time {
+    /// SNTP servers: `host`, `host:port`, `192.0.2.1`, `[2001:db8::1]:123`.
+    #[serde(default)]
+    pub servers: Vec<String>,
+    /// Also use the NTP servers DHCP offers (option 42), after `servers`.
+    #[serde(default = "yes")]
+    pub dhcp: bool,
+}
+
+impl Default for Time {
+    fn default() -> Self {
+        Self {
+            servers: Vec::new(),
+            dhcp: true,
+        }
+    }
+}
+
+/// `[kernel]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Modules to load, by name.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+/// `[update]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// The update repository, an `http://` or `https://` URL.
+    pub repository: String,
+    /// The channel to follow.
+    #[serde(default = "default_channel")]
+    pub channel: String,
+}
+
+fn default_channel() -> String {
+    "stable".into()
+}
+
+/// A sysctl value: TOML strings, integers and booleans are all written as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SysctlValue(pub String);
+
+impl<'de> Deserialize<'de> for SysctlValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = SysctlValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string, an integer or a boolean")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(v.to_owned()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<SysctlValue, E> {
+                Ok(SysctlValue(if v { "1" } else { "0" }.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Why user-data was refused: the field (dotted path, empty for the whole document), the
+/// line when known, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
+    /// Dotted path of the offending field; empty when the document as a whole is refused.
+    pub field: String,
+    /// 1-based line in the document, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl SchemaError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.field.is_empty(), self.line) {
+            (true, Some(line)) => write!(f, "line {line}: ")?,
+            (false, Some(line)) => write!(f, "field {} (line {line}): ", self.field)?,
+            (false, None) => write!(f, "field {}: ", self.field)?,
+            (true, None) => {}
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SchemaError {}
+
+/// Parses and validates user-data text.
+pub fn parse(text: &str) -> Result<HostConfig, SchemaError> {
+    if let Some(message) = foreign_format(text) {
+        return Err(SchemaError::new("", message));
+    }
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| {
+            let before = &text.as_bytes()[..s.start.min(text.len())];
+            before.iter().filter(|b| **b == b'\n').count() + 1
+        })
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| SchemaError {
+        field: String::new(),
+        line: line_of(e.span()),
+        message: format!("not valid TOML: {}", e.message()),
+    })?;
+    let config: HostConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_owned();
+        // The path ends at the unknown key itself, or at its table.
+        let field = match unknown_key(&message) {
+            Some(key) if path == "." => key.to_owned(),
+            Some(key) if path != key && !path.ends_with(&format!(".{key}")) => {
+                format!("{path}.{key}")
+            }
+            _ if path == "." => String::new(),
+            _ => path,
+        };
+        SchemaError {
+            field,
+            line: line_of(inner.span()),
+            message,
+        }
+    })?;
+    validate(&config)?;
+    Ok(config)
+}
+
+/// The key an "unknown field" error names.
+fn unknown_key(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+}
+
+/// Formats Crust does not take, recognised so the message can say what it does take.
+fn foreign_format(text: &str) -> Option<String> {
+    const ACCEPTED: &str = "Crust reads TOML host configuration starting with `version = 1` \
+                            (see docs/CONFIGURATION.md)";
+    let first = text.trim_start_matches('\u{feff}').trim_start();
+    if first.starts_with("#cloud-config") {
+        Some(format!(
+            "this is cloud-init's #cloud-config, which Crust does not run; {ACCEPTED}"
+        ))
+    } else if first.starts_with("#!") {
+        Some(format!(
+            "this is a script; Crust runs no scripts from user-data. {ACCEPTED}"
+        ))
+    } else if first.starts_with("Content-Type: multipart") || first.starts_with("MIME-Version") {
+        Some(format!("this is a MIME multi-part archive; {ACCEPTED}"))
+    } else {
+        None
+    }
+}
+
+/// Checks what types alone do not.
+fn validate(c: &HostConfig) -> Result<(), SchemaError> {
+    if c.version != VERSION {
+        return Err(SchemaError::new(
+            "version",
+            format!(
+                "this host understands version {VERSION}, the user-data is version {}",
+                c.version
+            ),
+        ));
+    }
+    if let Some(name) = &c.hostname {
+        check_hostname(name).map_err(|m| SchemaError::new("hostname", m))?;
+    }
+    if c.network.dhcp_timeout > MAX_DHCP_TIMEOUT {
+        return Err(SchemaError::new(
+            "network.dhcp_timeout",
+            format!(
+                "{} s is more than {MAX_DHCP_TIMEOUT} s",
+                c.network.dhcp_timeout
+            ),
+        ));
+    }
+    for (name, iface) in &c.network.interfaces {
+        let field = |f: &str| format!("network.interfaces.{name}{f}");
+        check_interface_name(name).map_err(|m| SchemaError::new(field(""), m))?;
+        if iface.dhcp == Some(true) && iface.address.is_some() {
+            return Err(SchemaError::new(
+                field(".address"),
+                "a static address and `dhcp = true` exclude each other",
+            ));
+        }
+        if iface.gateway.is_some() && iface.address.is_none() {
+            return Err(SchemaError::new(
+                field(".gateway"),
+                "a gateway needs a static `address` (DHCP brings its own)",
+            ));
+        }
+        if let (Some(gw), Some(addr)) = (iface.gateway, iface.address)
+            && !same_subnet(gw, addr)
+        {
+            return Err(SchemaError::new(
+                field(".gateway"),
+                format!("{gw} is not in {addr}'s subnet"),
+            ));
+        }
+        if iface.mtu.is_some_and(|m| m < 68) {
+            return Err(SchemaError::new(
+                field(".mtu"),
+                "the smallest IPv4 MTU is 68",
+            ));
+        }
+    }
+    for (i, server) in c.time.servers.iter().enumerate() {
+        parse_server(server).map_err(|m| SchemaError::new(format!("time.servers[{i}]"), m))?;
+    }
+    for key in c.sysctl.keys() {
+        check_sysctl(key).map_err(|m| SchemaError::new(format!("sysctl.\"{key}\""), m))?;
+    }
+    for (key, value) in &c.sysctl {
+        if value.0.contains(['\n', '\0']) {
+            return Err(SchemaError::new(
+                format!("sysctl.\"{key}\""),
+                "a value is one line",
+            ));
+        }
+    }
+    for (i, module) in c.kernel.modules.iter().enumerate() {
+        if module.is_empty()
+            || module.len() > 56
+            || !module
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
+        {
+            return Err(SchemaError::new(
+                format!("kernel.modules[{i}]"),
+                format!("{module:?} is not a module name (letters, digits, `_`, `-`)"),
+            ));
+        }
+    }
+    if let Some(update) = &c.update {
+        check_url(&update.repository).map_err(|m| SchemaError::new("update.repository", m))?;
+        let ok = !update.channel.is_empty()
+            && update.channel.len() <= 64
+            && update
+                .channel
+                .starts_with(|ch: char| ch.is_ascii_alphanumeric())
+            && update.channel.chars().all(|ch| {
+                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '-' | '_' | '.')
+            });
+        if !ok {
+            return Err(SchemaError::new(
+                "update.channel",
+                format!(
+                    "{:?} is not a channel name (lowercase letters, digits, `-_.`)",
+                    update.channel
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn same_subnet(ip: Ipv4Addr, net: Cidr) -> bool {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(net.prefix_len))
+        .unwrap_or(0);
+    u32::from(ip) & mask == u32::from(net.address) & mask
+}
+
+/// RFC 1123 host names: at most 64 characters (the kernel's limit), labels of letters,
+/// digits and inner hyphens.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+    };
+    if name.is_empty() || name.len() > 64 || !name.split('.').all(label_ok) {
+        return Err(format!(
+            "{name:?} is not a host name (at most 64 characters; dot-separated labels of \
+             letters, digits and inner `-`)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_interface_name(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || name.len() > 15
+        || name == "."
+        || name == ".."
+        || name.contains(['/', ':'])
+        || name.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{name:?} is not an interface name (1-15 characters, no `/`, `:` or spaces)"
+        ));
+    }
+    Ok(())
+}
+
+fn check_sysctl(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && !key.starts_with(['.', '/'])
+        && key
+            .split(['.', '/'])
+            .all(|part| !part.is_empty() && part != "..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-' | '*'))
+        && !key.contains('*');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key:?} is not a sysctl name such as \"net.ipv4.ip_forward\""
+        ))
+    }
+}
+
+fn check_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
+    let host = rest.split('/').next().unwrap_or("");
+    if host.is_empty() || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{url:?} has no host, or holds spaces"));
+    }
+    Ok(())
+}
+
+/// A time server as written: a host (name or address) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerName {
+    /// Host name or IP address (without brackets).
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+impl fmt::Display for ServerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The NTP port.
+pub const NTP_PORT: u16 = 123;
+
+/// Parses `host`, `host:port`, an IPv4 address, `[v6]` or `[v6]:port`.
+pub fn parse_server(text: &str) -> Result<ServerName, String> {
+    let bad =
+        || format!("{text:?} is not a time server (host, host:port, address, or [IPv6]:port)");
+    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
+        match after.strip_prefix(':') {
+            Some(p) => (host, port(p)?),
+            None if after.is_empty() => (host, NTP_PORT),
+            None => return Err(bad()),
+        }
+    } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
+        (text, NTP_PORT)
+    } else {
+        match text.split_once(':') {
+            Some((h, p)) => (h, port(p)?),
+            None => (text, NTP_PORT),
+        }
+    };
+    if !host.contains(':') && host.parse::<Ipv4Addr>().is_err() {
+        check_hostname(host).map_err(|_| bad())?;
+    }
+    Ok(ServerName {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> SchemaError {
+        parse(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_full_configuration_parses() {
+        let c = parse(
+            r#"
+version = 1
+hostname = "web-1.example.com"
+
+[network]
+dhcp = false
+dhcp_timeout = 5
+
+[network.interfaces.eth0]
+address = "192.0.2.10/24"
+gateway = "192.0.2.1"
+dns = ["192.0.2.53", "2001:db8::53"]
+mtu = 9000
+
+[network.interfaces.eth1]
+dhcp = true
+
+[time]
+servers = ["10.0.2.2:1123", "time.example.com", "[2001:db8::123]"]
+
+[sysctl]
+"net.ipv4.ip_forward" = 1
+"vm.swappiness" = "10"
+"net.ipv6.conf.all.forwarding" = true
+
+[kernel]
+modules = ["wireguard", "br_netfilter"]
+
+[update]
+repository = "https://updates.example.com/crust"
+channel = "beta"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.hostname.as_deref(), Some("web-1.example.com"));
+        let eth0 = c.network.interface("eth0");
+        assert!(!eth0.uses_dhcp());
+        assert_eq!(eth0.address.unwrap().to_string(), "192.0.2.10/24");
+        assert_eq!(eth0.mtu, Some(9000));
+        assert!(c.network.interface("eth1").uses_dhcp());
+        assert!(
+            !c.network.interface("eth2").uses_dhcp(),
+            "dhcp = false for the rest"
+        );
+        assert_eq!(c.network.dhcp_timeout, 5);
+        assert_eq!(c.sysctl["net.ipv4.ip_forward"].0, "1");
+        assert_eq!(c.sysctl["net.ipv6.conf.all.forwarding"].0, "1");
+        assert_eq!(c.kernel.modules, ["wireguard", "br_netfilter"]);
+        assert_eq!(c.update.unwrap().channel, "beta");
+        assert_eq!(
+            parse_server(&c.time.servers[0]).unwrap(),
+            ServerName {
+                host: "10.0.2.2".into(),
+                port: 1123
+            }
+        );
+    }
+
+    #[test]
+    fn the_smallest_configuration_is_the_version() {
+        let c = parse("version = 1\n").unwrap();
+        assert_eq!(c, HostConfig::default());
+        assert!(c.network.interface("eth0").uses_dhcp());
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path_and_line() {
+        let e = err("version = 1\nhostnme = \"x\"\n");
+        assert_eq!(e.field, "hostnme");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("unknown field"), "{e}");
+        let e = err("version = 1\n[network.interfaces.eth0]\nadress = \"10.0.0.1/8\"\n");
+        assert_eq!(e.field, "network.interfaces.eth0.adress");
+        assert_eq!(e.line, Some(3));
+        let e = err("version = 1\n[[service]]\nname = \"x\"\n");
+        assert_eq!(e.field, "service");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = err("version = 1\n[network.interfaces.eth0]\nmtu = \"big\"\n");
+        assert_eq!(e.field, "network.interfaces.eth0.mtu");
+        assert_eq!(e.line, Some(3));
+        assert!(
+            e.to_string()
+                .starts_with("field network.interfaces.eth0.mtu (line 3): ")
+        );
+        let e = err("version = 1\nhostname = 7\n");
+        assert_eq!(e.field, "hostname");
+        let e = err("version = 1\n[time]\nservers = \"pool.ntp.org\"\n");
+        assert_eq!(e.field, "time.servers");
+        let e = err("version = 1\n[network.interfaces.eth0]\ngateway = \"10.0.0.256\"\n");
+        assert_eq!(e.field, "network.interfaces.eth0.gateway");
+        let e = err("version = 1\n[network.interfaces.eth0]\naddress = \"10.0.0.5\"\n");
+        assert_eq!(e.field, "network.interfaces.eth0.address");
+        assert!(e.message.contains("prefix length"), "{e}");
+    }
+
+    #[test]
+    fn invalid_toml_names_the_line() {
+        let e = err("version = 1\nhostname = \"unterminated\n");
+        assert_eq!(e.field, "");
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.starts_with("not valid TOML"), "{e}");
+    }
+
+    #[test]
+    fn values_are_validated() {
+        for (text, field) in [
+            ("version = 2\n", "version"),
+            ("hostname = \"\"\nversion = 1\n", "hostname"),
+            ("version = 1\nhostname = \"bad_name\"\n", "hostname"),
+            ("version = 1\nhostname = \"-x\"\n", "hostname"),
+            (
+                "version = 1\n[network]\ndhcp_timeout = 301\n",
+                "network.dhcp_timeout",
+            ),
+            (
+                "version = 1\n[network.interfaces.eth0]\ndhcp = true\naddress = \"10.0.0.2/8\"\n",
+                "network.interfaces.eth0.address",
+            ),
+            (
+                "version = 1\n[network.interfaces.eth0]\ngateway = \"10.0.0.1\"\n",
+                "network.interfaces.eth0.gateway",
+            ),
+            (
+                "version = 1\n[network.interfaces.eth0]\naddress = \"10.0.0.2/24\"\ngateway = \"10.0.1.1\"\n",
+                "network.interfaces.eth0.gateway",
+            ),
+            (
+                "version = 1\n[network.interfaces.eth0]\nmtu = 40\n",
+                "network.interfaces.eth0.mtu",
+            ),
+            (
+                "version = 1\n[network.interfaces.\"a/b\"]\n",
+                "network.interfaces.a/b",
+            ),
+            (
+                "version = 1\n[time]\nservers = [\"ok\", \"bad host\"]\n",
+                "time.servers[1]",
+            ),
+            (
+                "version = 1\n[time]\nservers = [\"x:0\"]\n",
+                "time.servers[0]",
+            ),
+            (
+                "version = 1\n[sysctl]\n\"../../etc\" = 1\n",
+                "sysctl.\"../../etc\"",
+            ),
+            (
+                "version = 1\n[kernel]\nmodules = [\"a/b\"]\n",
+                "kernel.modules[0]",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"ftp://x\"\n",
+                "update.repository",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"https://x\"\nchannel = \"Beta!\"\n",
+                "update.channel",
+            ),
+        ] {
+            assert_eq!(err(text).field, field, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_missing_version_is_named() {
+        let e = err("hostname = \"a\"\n");
+        assert!(e.message.contains("missing field `version`"), "{e}");
+    }
+
+    #[test]
+    fn other_formats_are_told_what_crust_reads() {
+        for text in [
+            "#cloud-config\nhostname: x\n",
+            "\u{feff}#cloud-config\n",
+            "#!/bin/sh\necho hi\n",
+        ] {
+            let e = err(text);
+            assert!(e.message.contains("version = 1"), "{e}");
+            assert!(e.message.contains("CONFIGURATION.md"), "{e}");
+        }
+        assert!(err("#cloud-config\n").message.contains("#cloud-config"));
+    }
+
+    #[test]
+    fn servers_parse_in_every_form() {
+        let p = |s: &str| parse_server(s).map(|n| n.to_string());
+        assert_eq!(p("pool.ntp.org").unwrap(), "pool.ntp.org:123");
+        assert_eq!(p("10.0.2.2:1123").unwrap(), "10.0.2.2:1123");
+        assert_eq!(p("2001:db8::1").unwrap(), "[2001:db8::1]:123");
+        assert_eq!(p("[2001:db8::1]:10123").unwrap(), "[2001:db8::1]:10123");
+        for bad in ["", "a b", "x:", "x:99999", "[::1", "[::1]x", "under_score"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -5,7 +5,9 @@
 //! blocks of zeros are skipped (a Crust image is mostly holes), and a progress bar shows the
 //! blocks sent. Once EC2 reports the snapshot completed, the AMI is registered from it
 //! ([`publish::registration`]: UEFI boot, ENA, x86_64, IMDSv2 required, a gp3 root volume),
-//! and the command waits until the AMI is available and prints its id on stdout.
+//! and the command waits until the AMI is available and prints its id on stdout. With
+//! `--uefi-data` the AMI carries a UEFI variable store (the user's Secure Boot keys), so its
+//! instances boot with Secure Boot enforced.
 //!
 //! Credentials and region settings come from the standard AWS chain (environment, shared
 //! config and credentials files, SSO, IMDS); `--endpoint-url` points every call at another
@@ -48,6 +50,10 @@ struct Cli {
     /// Longest wait for the snapshot and then the AMI, in seconds.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Register the AMI with the UEFI variable store in FILE (base64, as AWS's
+    /// `uefivars -o aws` writes it), e.g. Secure Boot keys.
+    #[arg(long, value_name = "FILE")]
+    uefi_data: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -59,6 +65,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let uefi_data = match &cli.uefi_data {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim().to_owned()),
+            Err(e) => {
+                eprintln!("error: cannot read --uefi-data {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let request = publish::Request {
         image: cli.image,
         name: cli.name,
@@ -67,6 +83,7 @@ fn main() -> ExitCode {
         description: cli.description,
         workers: cli.workers,
         timeout: Duration::from_secs(cli.timeout),
+        uefi_data,
     };
     match runtime.block_on(publish::publish(&request)) {
         Ok(published) => {

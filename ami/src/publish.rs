@@ -34,6 +34,9 @@ pub struct Request {
     pub workers: usize,
     /// Longest wait for the snapshot, then for the AMI.
     pub timeout: Duration,
+    /// The AMI's UEFI variable store (`UefiData`: base64 of AWS's format), holding the
+    /// Secure Boot keys its instances enforce; `None` leaves the store empty.
+    pub uefi_data: Option<String>,
 }
 
 /// What was made.
@@ -49,6 +52,7 @@ pub struct Published {
 pub async fn publish(req: &Request) -> Result<Published> {
     check_name(&req.name)?;
     let len = check_image(req)?;
+    check_uefi_data(req.uefi_data.as_deref())?;
     let description = req.description.clone().unwrap_or_else(|| {
         format!(
             "Crust image {} ({})",
@@ -117,6 +121,7 @@ pub async fn publish(req: &Request) -> Result<Published> {
         .with_context(|| format!("snapshot {snapshot_id} did not complete"))?;
 
     let registered = registration(ec2.register_image(), &req.name, &description, &snapshot_id)
+        .set_uefi_data(req.uefi_data.clone())
         .send()
         .await
         .with_context(|| format!("cannot register an AMI from snapshot {snapshot_id}"))?;
@@ -166,6 +171,26 @@ pub fn registration(
         )
 }
 
+/// Refuses a UEFI variable store EC2 would refuse, before anything is uploaded: base64
+/// text of at most 64000 characters.
+fn check_uefi_data(data: Option<&str>) -> Result<()> {
+    let Some(data) = data else { return Ok(()) };
+    let base64 = |c: char| c.is_ascii_alphanumeric() || "+/=".contains(c);
+    if data.is_empty() || data.len() > 64_000 || !data.chars().all(base64) {
+        bail!(
+            "--uefi-data: {} characters{}; EC2 takes base64 text of 1 to 64000 characters \
+             (make it with `uefivars -o aws`)",
+            data.len(),
+            if data.chars().all(base64) {
+                ""
+            } else {
+                ", not all base64"
+            }
+        );
+    }
+    Ok(())
+}
+
 /// Refuses a name EC2 would refuse, before anything is uploaded.
 fn check_name(name: &str) -> Result<()> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c);
@@ -210,5 +235,14 @@ mod tests {
         assert!(check_name("ab").is_err());
         assert!(check_name("crust:1").is_err());
         assert!(check_name(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn uefi_data_must_be_base64_that_ec2_takes() {
+        assert!(check_uefi_data(None).is_ok());
+        assert!(check_uefi_data(Some("QU1aTlVFRkk=")).is_ok());
+        assert!(check_uefi_data(Some("")).is_err());
+        assert!(check_uefi_data(Some("not base64!")).is_err());
+        assert!(check_uefi_data(Some(&"A".repeat(64_001))).is_err());
     }
 }

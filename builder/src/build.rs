@@ -29,6 +29,7 @@ use crate::kernel::Kernel;
 use crate::lock::{Inputs, Lock, Role as PackageRole};
 use crate::oci::{self, ImageConfig};
 use crate::profile::{KernelSource, Located, OutputFormat, Profile, ProfileError, show_size};
+use crate::secureboot::{self, KeySet};
 use crate::service::{self, Bundle, HostFacts, ImageSource};
 use crate::sign::{KeyKind, SigningKey};
 use crate::tree::{Entry, Tree};
@@ -67,6 +68,8 @@ pub mod outputs {
     pub const STAMP: &str = "build-stamp";
     /// The kernel in the UKI, for direct-kernel boots (the KVM probe, the benchmark floor).
     pub const KERNEL: &str = "vmlinuz";
+    /// The update bundle of this build (`cargo xtask publish` puts it in a repository).
+    pub const BUNDLE: &str = "update.bundle";
 }
 
 /// Sizes of what went into the image, in bytes.
@@ -129,12 +132,13 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let mut steps = Steps(Vec::new(), Instant::now());
     let profile = Profile::load(&req.profile)?;
     let key = signing_key(&profile, &req.dev_key_dir)?;
+    let secure_boot = secure_boot_keys(&profile, &req.dev_key_dir)?;
     let lock = ensure_lock(&profile, &req.cache, req.locked)?;
     let epoch = req.source_date_epoch.unwrap_or(lock.source_date_epoch);
     let init = std::fs::read(&req.init)
         .with_context(|| format!("cannot read the init binary {}", req.init.display()))?;
     check_static(&init).with_context(|| format!("{} cannot be PID 1", req.init.display()))?;
-    let build_id = build_id(&profile, &lock, &init, &key, epoch)?;
+    let build_id = build_id(&profile, &lock, &init, &key, secure_boot.as_ref(), epoch)?;
     steps.done("inputs");
 
     let image_path = req.out_dir.join(outputs::IMAGE);
@@ -183,7 +187,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
 
     let os_release = os_release(&profile, &build_id);
     let mut root_tree = root_tree(&profile, &debs, &init, &os_release)?;
-    let bundles = service_bundles(&profile, &lock, &debs, req.cache.root())?;
+    let bundles = service_bundles(&profile, &lock, &debs, &root_tree, req.cache.root())?;
     service::install(&mut root_tree, &bundles)?;
     let root = rootfs::squashfs(&root_tree, epoch, profile.compression_level.value)?;
     fits(
@@ -243,10 +247,31 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
             linux: &vmlinuz,
         },
     )?;
+    // Secure Boot: systemd-boot and the UKI signed last, after every section is in place
+    // (the update bundle below carries this signed UKI too).
+    let (uki, systemd_boot, enrolment) = match &secure_boot {
+        Some((keys, mode)) => {
+            let signer = keys.signer(epoch)?;
+            (
+                signer
+                    .sign_pe(&uki)
+                    .context("cannot sign the UKI for Secure Boot")?,
+                signer
+                    .sign_pe(&systemd_boot)
+                    .context("cannot sign systemd-boot for Secure Boot")?,
+                Some(keys.enrolment(*mode)?),
+            )
+        }
+        None => (uki, systemd_boot, None),
+    };
     steps.done("uki");
 
     let entry = BootEntryName::new(&manifest.name, &manifest.version, None);
-    let esp_tree = esp::tree(systemd_boot.into(), &[(entry, Arc::from(uki.as_slice()))])?;
+    let esp_tree = esp::tree_with_enrolment(
+        systemd_boot.into(),
+        &[(entry, Arc::from(uki.as_slice()))],
+        enrolment.as_ref(),
+    )?;
     let sizes = Sizes {
         esp: profile.esp_size.value,
         root: profile.root_size.value,
@@ -300,6 +325,20 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         epoch,
     )?;
     steps.done("disk");
+    crate::bundle::write(
+        &req.out_dir.join(outputs::BUNDLE),
+        &crate::bundle::Contents {
+            layout: manifest.layout,
+            name: &manifest.name,
+            version: &manifest.version,
+            root_hash: manifest.verity.root_hash,
+            root: &root,
+            verity: &hash_tree,
+            uki: &uki,
+        },
+        &key,
+    )?;
+    steps.done("bundle");
 
     // Publish: manifest files first, the image last, so a folder holding image.raw holds
     // the matching manifest.
@@ -403,6 +442,19 @@ fn ensure_lock(profile: &Profile, cache: &Cache, locked: bool) -> Result<Lock> {
         ),
         _ => {}
     }
+    if let Some(old) = &old
+        && let Some(lock) = fetch::refresh_images(old, profile)?
+    {
+        report::status(
+            "Locking",
+            format!(
+                "{}: service images, on the packages already pinned (apt not asked)",
+                profile.name
+            ),
+        );
+        lock.write(&path)?;
+        return Ok(lock);
+    }
     report::status(
         "Locking",
         format!(
@@ -457,7 +509,9 @@ fn wanted_formats(profile: &Profile, extra: &[OutputFormat]) -> Vec<OutputFormat
     formats
 }
 
-fn signing_key(profile: &Profile, dev_key_dir: &Path) -> Result<SigningKey> {
+/// The key a profile signs with: its `signing.key`, or (loudly) the development key kept in
+/// `dev_key_dir`.
+pub fn signing_key(profile: &Profile, dev_key_dir: &Path) -> Result<SigningKey> {
     match &profile.signing_key {
         Some(path) => SigningKey::load(path).with_context(|| format!("{}: signing.key", path.at)),
         None => {
@@ -474,13 +528,40 @@ fn signing_key(profile: &Profile, dev_key_dir: &Path) -> Result<SigningKey> {
     }
 }
 
+/// The Secure Boot key set a profile signs with and its enrolment mode: `secure-boot.keys`,
+/// or (loudly) the development set kept in `dev_key_dir`; `None` without `[secure-boot]`.
+pub fn secure_boot_keys(
+    profile: &Profile,
+    dev_key_dir: &Path,
+) -> Result<Option<(KeySet, secureboot::Enroll)>> {
+    let Some(config) = &profile.secure_boot else {
+        return Ok(None);
+    };
+    let keys = match &config.keys {
+        Some(dir) => KeySet::open(dir).with_context(|| format!("{}: secure-boot.keys", dir.at))?,
+        None => {
+            let keys = KeySet::development(dev_key_dir)?;
+            report::warn(format!(
+                "signing for Secure Boot with the DEVELOPMENT keys in {}: machines that enrol \
+                 them trust every test build of this checkout. Make your own with `cargo xtask \
+                 keygen --secure-boot` and set secure-boot.keys in {}",
+                keys.dir().display(),
+                profile.path.display()
+            ));
+            keys
+        }
+    };
+    Ok(Some((keys, config.enroll.value)))
+}
+
 /// Everything that determines the image, hashed: profile files, lock, init, public key,
-/// epoch, and this builder's version.
+/// the Secure Boot certificate and enrolment files, epoch, and this builder's version.
 fn build_id(
     profile: &Profile,
     lock: &Lock,
     init: &[u8],
     key: &SigningKey,
+    secure_boot: Option<&(KeySet, secureboot::Enroll)>,
     epoch: u64,
 ) -> Result<Digest> {
     let mut parts: Vec<Vec<u8>> = vec![
@@ -491,6 +572,17 @@ fn build_id(
         key.public_key().to_bytes().to_vec(),
         epoch.to_le_bytes().to_vec(),
     ];
+    if let Some((keys, mode)) = secure_boot {
+        // The certificate names the db key that signs; the enrolment files go on the ESP.
+        parts.push(mode.loader_conf_value().as_bytes().to_vec());
+        let db = keys.certificate(secureboot::Role::Db);
+        let updates = secureboot::Role::ALL.map(|role| keys.update(role));
+        for file in std::iter::once(&db).chain(&updates) {
+            parts.push(
+                std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
+            );
+        }
+    }
     for file in &profile.files {
         parts.push(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);
     }
@@ -507,7 +599,7 @@ fn build_id(
         parts.push(std::fs::read(modules.join("modules.dep"))?);
     }
     for s in &profile.services {
-        if let ImageSource::OciLayout { path, .. } = &s.image {
+        if let Some(ImageSource::OciLayout { path, .. }) = s.image() {
             // Blobs are content-addressed from the index down: the index pins them all.
             parts.push(std::fs::read(path.join("index.json"))?);
         }
@@ -610,6 +702,7 @@ fn service_bundles(
     profile: &Profile,
     lock: &Lock,
     debs: &[Deb],
+    root: &Tree,
     cache_root: &Path,
 ) -> Result<Vec<Bundle>> {
     let host = HostFacts {
@@ -618,7 +711,12 @@ fn service_bundles(
     };
     let mut bundles = Vec::new();
     for decl in &profile.services {
-        let (tree, config) = match &decl.image {
+        let Some(image) = decl.image() else {
+            // A host program or an image containerd pulls at boot: no bundle to make.
+            bundles.push(service::process_service(decl, root, &host)?);
+            continue;
+        };
+        let (tree, config) = match image {
             ImageSource::Debian(_) => {
                 let mut tree = Tree::new();
                 let mine = debs.iter().filter(|d| {

@@ -56,7 +56,8 @@ impl Cache {
         &self.root
     }
 
-    fn deb_path(&self, digest: &Digest) -> PathBuf {
+    /// Where the package with this SHA-256 is kept.
+    pub fn deb_path(&self, digest: &Digest) -> PathBuf {
         self.root.join("debs").join(format!("{digest}.deb"))
     }
 
@@ -94,7 +95,10 @@ pub fn resolve(apt: &Apt, profile: &Profile, source_date_epoch: u64) -> Result<L
     wanted.push((Role::Boot, None, boot));
     let mut images = Vec::new();
     for service in &profile.services {
-        match &service.image {
+        let Some(image) = service.image() else {
+            continue;
+        };
+        match image {
             ImageSource::Debian(pkgs) => {
                 for id in apt.resolve(pkgs)? {
                     wanted.push((Role::Service, Some(service.name.clone()), id));
@@ -151,6 +155,72 @@ pub fn resolve(apt: &Apt, profile: &Profile, source_date_epoch: u64) -> Result<L
         packages,
         images,
     })
+}
+
+/// Refreshes `old` for a profile whose inputs changed only in its services' images, without
+/// asking apt: a service whose Debian package list another service of `old` already had
+/// reuses those pinned packages, and registry images not pinned yet are looked up with
+/// skopeo. `None` when the change needs apt (other packages, a new package list).
+///
+/// This keeps variants of a profile (a test's extra services, the admin container) on the
+/// packages their base was locked with, offline.
+pub fn refresh_images(old: &Lock, profile: &Profile) -> Result<Option<Lock>> {
+    let inputs = Inputs::of(profile);
+    let strip = |i: &Inputs| Inputs {
+        services: Default::default(),
+        images: Default::default(),
+        ..i.clone()
+    };
+    if strip(&inputs) != strip(&old.inputs) {
+        return Ok(None);
+    }
+    let mut packages: Vec<LockedPackage> = old
+        .packages
+        .iter()
+        .filter(|p| p.role != Role::Service)
+        .cloned()
+        .collect();
+    for (service, wanted) in &inputs.services {
+        // The same service's own entry first, then any other with the same list.
+        let donor = std::iter::once(service)
+            .chain(old.inputs.services.keys())
+            .find(|name| old.inputs.services.get(*name) == Some(wanted));
+        let Some(donor) = donor else {
+            return Ok(None);
+        };
+        packages.extend(
+            old.packages
+                .iter()
+                .filter(|p| p.role == Role::Service && p.service.as_ref() == Some(donor))
+                .map(|p| LockedPackage {
+                    service: Some(service.clone()),
+                    ..p.clone()
+                }),
+        );
+    }
+    packages.sort_by(|a, b| (a.role, &a.service, &a.name).cmp(&(b.role, &b.service, &b.name)));
+    let mut images = Vec::new();
+    for (service, reference) in &inputs.images {
+        let known = old
+            .images
+            .iter()
+            .find(|i| &i.service == service && &i.reference == reference);
+        images.push(match known {
+            Some(i) => i.clone(),
+            None => LockedImage {
+                service: service.clone(),
+                reference: reference.clone(),
+                digest: crate::oci::resolve_digest(reference)?,
+            },
+        });
+    }
+    Ok(Some(Lock {
+        version: LOCK_VERSION,
+        source_date_epoch: old.source_date_epoch,
+        inputs,
+        packages,
+        images,
+    }))
 }
 
 /// Follows a kernel metapackage (`linux-image-cloud-amd64`) to the image package it pins.

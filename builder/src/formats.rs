@@ -249,11 +249,33 @@ fn set_vmdk_cid(file: &mut File, cid: String) -> Result<()> {
     let mut descriptor = vec![0u8; usize::try_from(sectors * 512)?];
     file.seek(SeekFrom::Start(sector * 512))?;
     file.read_exact(&mut descriptor)?;
-    let at = find(&descriptor, b"\nCID=")
+    // QEMU prints the id with `%x`, so it has one to eight digits; ours has eight. The
+    // descriptor's sectors are zero-padded well beyond its text, so the text may grow by
+    // the few bytes that takes.
+    let start = find(&descriptor, b"\nCID=")
         .map(|i| i + 5)
-        .filter(|&i| descriptor.len() >= i + 9 && descriptor[i + 8] == b'\n')
-        .context("the VMDK descriptor has no CID line of eight hex digits")?;
-    descriptor[at..at + 8].copy_from_slice(cid.as_bytes());
+        .context("the VMDK descriptor has no CID line")?;
+    let end = descriptor[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|n| start + n)
+        .filter(|&e| {
+            e > start && e - start <= 8 && descriptor[start..e].iter().all(u8::is_ascii_hexdigit)
+        })
+        .context("the VMDK descriptor's CID line is not hex digits")?;
+    let text_end = descriptor
+        .iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |i| i + 1);
+    let mut rewritten = Vec::with_capacity(descriptor.len());
+    rewritten.extend_from_slice(&descriptor[..start]);
+    rewritten.extend_from_slice(cid.as_bytes());
+    rewritten.extend_from_slice(&descriptor[end..text_end]);
+    if rewritten.len() > descriptor.len() {
+        bail!("the VMDK descriptor has no room for an eight-digit CID");
+    }
+    rewritten.resize(descriptor.len(), 0);
+    descriptor = rewritten;
     file.seek(SeekFrom::Start(sector * 512))?;
     file.write_all(&descriptor)?;
     Ok(())
@@ -358,6 +380,76 @@ fn gce(image: &Path, dest: &Path, stamp: &Stamp) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rewrites a VMDK's CID to `cid` as QEMU would have printed it (`%x`: no leading zeros).
+    fn set_qemu_style_cid(path: &Path, cid: &str) {
+        let mut bytes = std::fs::read(path).unwrap();
+        let at = find(&bytes, b"\nCID=").unwrap() + 5;
+        let end = at + bytes[at..].iter().position(|&b| b == b'\n').unwrap();
+        let text_end = bytes.len().min(at + 2048);
+        let mut tail = bytes[end..text_end].to_vec();
+        let mut new = cid.as_bytes().to_vec();
+        new.append(&mut tail);
+        new.resize(text_end - at, 0);
+        bytes[at..text_end].copy_from_slice(&new);
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    #[test]
+    fn a_short_qemu_content_id_is_replaced_by_eight_digits() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("disk.raw");
+        let mut data = vec![0u8; 4 << 20];
+        data[1 << 20] = 7;
+        std::fs::write(&raw, &data).unwrap();
+        let vmdk = dir.path().join("disk.vmdk");
+        let ok = Command::new("qemu-img")
+            .args([
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+            ])
+            .arg(&raw)
+            .arg(&vmdk)
+            .status()
+            .expect("qemu-img (qemu-utils) is missing");
+        assert!(ok.success());
+        // Leading zeros are not printed: a CID of 0x00abc123 reads "abc123".
+        set_qemu_style_cid(&vmdk, "abc123");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&vmdk)
+            .unwrap();
+        set_vmdk_cid(&mut f, "00abc123".into()).unwrap();
+        drop(f);
+        let bytes = std::fs::read(&vmdk).unwrap();
+        assert!(find(&bytes, b"\nCID=00abc123\n").is_some());
+        let check = Command::new("qemu-img")
+            .arg("check")
+            .arg(&vmdk)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{}",
+            String::from_utf8_lossy(&check.stdout)
+        );
+        let back = dir.path().join("back.raw");
+        let ok = Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(&vmdk)
+            .arg(&back)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        assert_eq!(std::fs::read(back).unwrap(), data);
+    }
 
     #[test]
     fn names_round_trip_and_unknown_ones_are_refused() {

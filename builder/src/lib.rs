@@ -2,9 +2,9 @@
 //!
 //! The pipeline follows the data (see `docs/ARCHITECTURE.md`):
 //! [`profile`] → [`lock`] → [`fetch`] (through [`apt`]) → [`deb`] into a [`tree`] →
-//! [`rootfs`] → [`verity`] → [`sign`] → [`initramfs`] (with [`kernel`] modules) → [`uki`] →
-//! [`esp`] (on [`fat`]) → [`disk`] → [`formats`] → [`release`]. [`build`] drives the steps;
-//! [`report`] tells the user.
+//! [`rootfs`] → [`verity`] → [`sign`] → [`initramfs`] (with [`kernel`] modules) → [`uki`]
+//! (signed by [`secureboot`] when the profile asks) → [`esp`] (on [`fat`]) → [`disk`] →
+//! [`formats`] → [`release`]. [`build`] drives the steps; [`report`] tells the user.
 //!
 //! Everything is built from files in user space (no loop devices, mounts or root
 //! privileges) and deterministically: the same profile, lock, key, init binary and
@@ -13,6 +13,7 @@
 pub mod apt;
 pub mod backup_gpt;
 pub mod build;
+pub mod bundle;
 pub mod deb;
 pub mod disk;
 pub mod esp;
@@ -26,8 +27,10 @@ pub mod oci;
 pub mod output;
 pub mod profile;
 pub mod release;
+pub mod repo;
 pub mod report;
 pub mod rootfs;
+pub mod secureboot;
 pub mod service;
 pub mod sign;
 pub mod sparse;

@@ -138,7 +138,7 @@ impl Inputs {
             services: profile
                 .services
                 .iter()
-                .filter_map(|s| match &s.image {
+                .filter_map(|s| match s.image()? {
                     ImageSource::Debian(pkgs) => Some((s.name.clone(), pkgs.clone())),
                     _ => None,
                 })
@@ -146,7 +146,7 @@ impl Inputs {
             images: profile
                 .services
                 .iter()
-                .filter_map(|s| match &s.image {
+                .filter_map(|s| match s.image()? {
                     ImageSource::Registry(r) => Some((s.name.clone(), r.clone())),
                     _ => None,
                 })

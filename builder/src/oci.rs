@@ -266,7 +266,8 @@ fn numeric_user(u: &str) -> Option<(u32, u32)> {
 /// Applies one layer (tar, gzip or zstd, told apart by their magic numbers) to `tree`.
 pub fn apply_layer(tree: &mut Tree, blob: &[u8]) -> Result<()> {
     let stream: Box<dyn Read + '_> = match blob {
-        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(blob)),
+        // Parallel compressors (umoci's pgzip) write several gzip members one after another.
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::MultiGzDecoder::new(blob)),
         [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::stream::read::Decoder::new(blob)?),
         _ => Box::new(blob),
     };
@@ -377,5 +378,21 @@ mod tests {
             "opaque directory hides lower content"
         );
         assert_eq!(t.get("opt/x/z").unwrap().data(), Some(&b"4"[..]));
+    }
+
+    #[test]
+    fn gzip_layers_of_several_members_are_read_whole() {
+        // Parallel gzip (umoci's pgzip) cuts one tar stream into several gzip members.
+        let tar = tar_layer(&[("a", &[1u8; 3000][..]), ("b", b"2")]);
+        let mut layer = Vec::new();
+        for piece in tar.chunks(1024) {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut gz, piece).unwrap();
+            layer.extend(gz.finish().unwrap());
+        }
+        let mut t = Tree::new();
+        apply_layer(&mut t, &layer).unwrap();
+        assert_eq!(t.get("a").unwrap().data().map(|d| d.len()), Some(3000));
+        assert_eq!(t.get("b").unwrap().data(), Some(&b"2"[..]));
     }
 }

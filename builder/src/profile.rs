@@ -20,6 +20,7 @@ use crust_format::version::{check_name, check_version};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::secureboot::Enroll;
 use crate::service::{ServiceDecl, ServiceToml};
 
 /// Where a value was written: file and 1-based line.
@@ -151,6 +152,19 @@ pub enum OutputFormat {
     Gce,
 }
 
+/// `[secure-boot]`: sign systemd-boot and the UKIs with a db key, and put the key set's
+/// enrolment files on the ESP ([`crate::secureboot`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureBoot {
+    /// The key folder made by `cargo xtask keygen --secure-boot`; `None` means the
+    /// development key set.
+    pub keys: Option<Located<PathBuf>>,
+    /// What systemd-boot does with the keys on a machine in setup mode.
+    pub enroll: Located<Enroll>,
+    /// Where the table was declared.
+    pub at: Origin,
+}
+
 /// A resolved profile: everything a build needs to know, checked.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -202,9 +216,12 @@ pub struct Profile {
     pub state_size: Located<u64>,
     /// The signing key (PKCS#8 PEM); `None` means the development key.
     pub signing_key: Option<Located<PathBuf>>,
+    /// Secure Boot signing (`[secure-boot]`); `None` when the profile does not ask for it.
+    pub secure_boot: Option<SecureBoot>,
     /// Output formats.
     pub outputs: Vec<Located<OutputFormat>>,
-    /// Services (containers), in start order.
+    /// Services (containers), in start order; the admin container among them when
+    /// `[admin] enabled = true`.
     pub services: Vec<ServiceDecl>,
 }
 
@@ -284,7 +301,9 @@ struct Layer {
     root: RootLayer,
     disk: DiskLayer,
     signing: SigningLayer,
+    secure_boot: SecureBootLayer,
     output: OutputLayer,
+    admin: AdminLayer,
     services: Vec<Located<ServiceToml>>,
 }
 
@@ -343,8 +362,21 @@ struct SigningLayer {
 }
 
 #[derive(Debug, Default)]
+struct SecureBootLayer {
+    /// Where a `[secure-boot]` table was written (its presence turns signing on).
+    declared: Option<Origin>,
+    keys: Opt<PathBuf>,
+    enroll: Opt<Enroll>,
+}
+
+#[derive(Debug, Default)]
 struct OutputLayer {
     formats: List<OutputFormat>,
+}
+
+#[derive(Debug, Default)]
+struct AdminLayer {
+    enabled: Opt<bool>,
 }
 
 // The serde shapes of a file. Every leaf is `Spanned` so its line can be reported.
@@ -369,10 +401,20 @@ mod raw {
         pub disk: Disk,
         #[serde(default)]
         pub signing: Signing,
+        #[serde(default, rename = "secure-boot")]
+        pub secure_boot: Option<Spanned<SecureBoot>>,
         #[serde(default)]
         pub output: Output,
         #[serde(default)]
+        pub admin: Admin,
+        #[serde(default)]
         pub service: Vec<Spanned<ServiceToml>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Admin {
+        pub enabled: Option<Spanned<bool>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -453,6 +495,13 @@ mod raw {
     #[serde(deny_unknown_fields)]
     pub struct Signing {
         pub key: Option<Spanned<PathBuf>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct SecureBoot {
+        pub keys: Option<Spanned<PathBuf>>,
+        pub enroll: Option<Spanned<Enroll>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -604,8 +653,23 @@ impl Layer {
             signing: SigningLayer {
                 key: relative(loc.opt(raw.signing.key)),
             },
+            secure_boot: match raw.secure_boot {
+                Some(table) => {
+                    let declared = loc.origin(table.span().start);
+                    let table = table.into_inner();
+                    SecureBootLayer {
+                        declared: Some(declared),
+                        keys: relative(loc.opt(table.keys)),
+                        enroll: loc.opt(table.enroll),
+                    }
+                }
+                None => SecureBootLayer::default(),
+            },
             output: OutputLayer {
                 formats: loc.list(raw.output.formats),
+            },
+            admin: AdminLayer {
+                enabled: loc.opt(raw.admin.enabled),
             },
             services: raw
                 .service
@@ -677,8 +741,16 @@ impl Layer {
             signing: SigningLayer {
                 key: over.signing.key.or(self.signing.key),
             },
+            secure_boot: SecureBootLayer {
+                declared: over.secure_boot.declared.or(self.secure_boot.declared),
+                keys: over.secure_boot.keys.or(self.secure_boot.keys),
+                enroll: over.secure_boot.enroll.or(self.secure_boot.enroll),
+            },
             output: OutputLayer {
                 formats: list(self.output.formats, over.output.formats),
+            },
+            admin: AdminLayer {
+                enabled: over.admin.enabled.or(self.admin.enabled),
             },
             services: list(self.services, over.services),
         }
@@ -931,6 +1003,28 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         ));
     }
 
+    if let Some(keys) = &l.secure_boot.keys
+        && !keys.is_dir()
+    {
+        return Err(invalid(
+            &keys.at,
+            "secure-boot.keys",
+            format!(
+                "{} is not a folder; make a key set with `cargo xtask keygen --secure-boot` or \
+                 remove the line to use the development keys",
+                keys.display()
+            ),
+        ));
+    }
+    let secure_boot = l.secure_boot.declared.map(|at| SecureBoot {
+        keys: l.secure_boot.keys,
+        enroll: l
+            .secure_boot
+            .enroll
+            .unwrap_or_else(|| located(Enroll::default(), &at)),
+        at,
+    });
+
     let mut outputs: Vec<Located<OutputFormat>> = Vec::new();
     for o in l.output.formats {
         if !outputs.iter().any(|p| p.value == o.value) {
@@ -995,8 +1089,12 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         verity_size,
         state_size,
         signing_key: l.signing.key,
+        secure_boot,
         outputs,
-        services: crate::service::resolve(l.services)?,
+        services: crate::service::resolve(
+            l.services,
+            l.admin.enabled.as_ref().filter(|e| e.value).map(|e| &e.at),
+        )?,
     })
 }
 
@@ -1204,5 +1302,54 @@ packages = ["crun"]
         assert_eq!(parse_size("4096"), Ok(4096));
         assert!(parse_size("1.5GiB").is_err());
         assert!(parse_size("1MB").is_err());
+    }
+
+    #[test]
+    fn secure_boot_is_off_unless_a_table_asks_and_is_inherited() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = write(dir.path(), "plain.toml", BASE);
+        assert_eq!(Profile::load(&plain).unwrap().secure_boot, None);
+
+        // An empty table: development keys, systemd-boot's default enrolment.
+        let base = write(dir.path(), "base.toml", &format!("{BASE}\n[secure-boot]\n"));
+        let sb = Profile::load(&base).unwrap().secure_boot.unwrap();
+        assert_eq!((sb.keys, sb.enroll.value), (None, Enroll::Manual));
+        assert_eq!(sb.at.line, 14);
+
+        // An including file inherits the table and sets its keys, relative to itself.
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        let top = write(
+            dir.path(),
+            "top.toml",
+            "include = \"base.toml\"\n[secure-boot]\nkeys = \"keys\"\nenroll = \"force\"\n",
+        );
+        let sb = Profile::load(&top).unwrap().secure_boot.unwrap();
+        assert_eq!(sb.keys.unwrap().value, dir.path().join("keys"));
+        assert_eq!(sb.enroll.value, Enroll::Force);
+    }
+
+    #[test]
+    fn secure_boot_mistakes_name_the_field_and_the_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "k.toml",
+            &format!("{BASE}\n[secure-boot]\nkeys = \"nowhere\"\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("k.toml:15: secure-boot.keys") && err.contains("keygen --secure-boot"),
+            "{err}"
+        );
+        let p = write(
+            dir.path(),
+            "e.toml",
+            &format!("{BASE}\n[secure-boot]\nenroll = \"always\"\n"),
+        );
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("e.toml") && err.contains("line 15") && err.contains("force"),
+            "{err}"
+        );
     }
 }

@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -24,7 +24,7 @@ use crate::build::outputs;
 use crate::formats::{self, Stamp};
 use crate::profile::OutputFormat;
 use crate::sign::SigningKey;
-use crate::{output, report};
+use crate::{output, report, sparse};
 
 /// The list of files and their SHA-256 digests.
 pub const SUMS: &str = "SHA256SUMS";
@@ -192,8 +192,11 @@ fn check_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// SHA-256 of a file, read in 4 MiB pieces; a progress bar for large files.
+/// SHA-256 of a file, read in 4 MiB pieces; a progress bar for large files. The holes of a
+/// sparse file are not read: they are zeros, hashed from memory, which spares the kernel
+/// from filling and copying the gigabytes of zeros of an image (a third of the time).
 pub fn hash_file(path: &Path) -> Result<Digest, ReleaseError> {
+    const PIECE: usize = 4 << 20;
     let read_err = |source| ReleaseError::Read {
         path: path.to_path_buf(),
         source,
@@ -209,16 +212,33 @@ pub fn hash_file(path: &Path) -> Result<Digest, ReleaseError> {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         report::bytes_bar(len, &format!("Hashing {name}"))
     });
+    let regions = sparse::data_regions(&file).map_err(read_err)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(read_err)?;
-        if n == 0 {
-            break;
+    let mut buf = vec![0u8; PIECE];
+    let zeros = vec![0u8; PIECE];
+    let mut pos = 0u64;
+    // Each data region, and before it the hole since the last; then the hole to the end.
+    for region in regions.into_iter().chain(std::iter::once(len..len)) {
+        while pos < region.start {
+            let n = (region.start - pos).min(PIECE as u64) as usize;
+            hasher.update(&zeros[..n]);
+            pos += n as u64;
+            if let Some(bar) = &bar {
+                bar.inc(n as u64);
+            }
         }
-        hasher.update(&buf[..n]);
-        if let Some(bar) = &bar {
-            bar.inc(n as u64);
+        file.seek(SeekFrom::Start(pos)).map_err(read_err)?;
+        while pos < region.end {
+            let want = (region.end - pos).min(PIECE as u64) as usize;
+            let n = file.read(&mut buf[..want]).map_err(read_err)?;
+            if n == 0 {
+                return Err(read_err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            hasher.update(&buf[..n]);
+            pos += n as u64;
+            if let Some(bar) = &bar {
+                bar.inc(n as u64);
+            }
         }
     }
     if let Some(bar) = bar {
@@ -491,6 +511,38 @@ mod tests {
             signed_sums(fresh.path(), &public),
             Err(ReleaseError::Unsigned { .. })
         ));
+    }
+
+    #[test]
+    fn sparse_files_hash_as_sha256sum_reads_them() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        let mut f = File::create(&path).unwrap();
+        // Holes at the start, between pieces of data (one across a 4 MiB piece boundary)
+        // and at the end.
+        f.set_len(21 << 20).unwrap();
+        for (at, data) in [
+            (1 << 20, &b"gpt"[..]),
+            ((4 << 20) - 2, b"across"),
+            (9 << 20, b"x"),
+        ] {
+            f.seek(SeekFrom::Start(at)).unwrap();
+            f.write_all(data).unwrap();
+        }
+        drop(f);
+        let out = Command::new("sha256sum").arg(&path).output().unwrap();
+        let expected = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        assert_eq!(hash_file(&path).unwrap().to_hex(), expected);
+        // A file with no holes, and an empty one.
+        std::fs::write(&path, b"plain").unwrap();
+        assert_eq!(hash_file(&path).unwrap(), Digest::of(b"plain"));
+        std::fs::write(&path, b"").unwrap();
+        assert_eq!(hash_file(&path).unwrap(), Digest::of(b""));
     }
 
     #[test]

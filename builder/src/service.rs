@@ -1,17 +1,20 @@
 //! Services: the `[[service]]` declarations of a profile, checked at build time, and the
 //! OCI runtime bundles made from them inside the read-only root.
 //!
-//! A declaration names an image (Debian packages the builder assembles, an OCI image layout
-//! on disk, or an image in a registry) and how to run it. [`resolve`] checks every field
-//! and the dependency graph, naming the service, the field and the profile line;
-//! [`bundle`] turns a declaration plus its image into what crun runs: a root file system and
-//! a `config.json` following the OCI runtime spec, generated from the image's configuration
-//! and the declaration, plus the init's [`ServiceSpec`]. Nothing here runs at boot.
+//! A declaration says what runs ([`ServiceKind`]) and how. Most services are containers made
+//! from an image (Debian packages the builder assembles, an OCI image layout on disk, or an
+//! image in a registry) and run by crun; a `host` service is a program of the root itself
+//! run in the host's namespaces (containerd), and an `image.pull` service names an image
+//! that containerd pulls at boot. [`resolve`] checks every field and the dependency graph,
+//! naming the service, the field and the profile line; [`bundle`] turns a declaration plus
+//! its image into what crun runs: a root file system and a `config.json` following the OCI
+//! runtime spec, generated from the image's configuration and the declaration, plus the
+//! init's [`ServiceSpec`]. [`admin`] is the optional admin shell. Nothing here runs at boot.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
-use crust_format::service::{self, CGROUP_PARENT, Health, Restart, ServiceSpec};
+use crust_format::service::{self, CGROUP_PARENT, Health, Kind, Restart, ServiceSpec};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
     LinuxNamespace, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder,
@@ -28,7 +31,8 @@ use crate::tree::{Entry, Node, Tree};
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct ServiceToml {
     name: String,
-    image: ImageToml,
+    image: Option<ImageToml>,
+    host: Option<Vec<String>>,
     command: Option<Vec<String>>,
     args: Option<Vec<String>>,
     #[serde(default)]
@@ -58,6 +62,7 @@ struct ImageToml {
     oci_layout: Option<PathBuf>,
     tag: Option<String>,
     registry: Option<String>,
+    pull: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,7 +93,7 @@ struct FileToml {
 impl ServiceToml {
     /// Makes relative paths (OCI layouts, files) relative to `dir`, the declaring profile's.
     pub fn anchor(&mut self, dir: &Path) {
-        if let Some(p) = &mut self.image.oci_layout {
+        if let Some(p) = self.image.as_mut().and_then(|i| i.oci_layout.as_mut()) {
             *p = dir.join(&*p);
         }
         for f in &mut self.files {
@@ -111,6 +116,18 @@ pub enum ImageSource {
     },
     /// An image reference in a registry, pulled at build time, digest pinned in the lock.
     Registry(String),
+}
+
+/// What a service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceKind {
+    /// A container made from this image, baked into the root as an OCI bundle, run by crun.
+    Bundle(ImageSource),
+    /// A program of the root (`host = [...]`: absolute path, then arguments) run in the
+    /// host's namespaces, in its own cgroup: containerd, say.
+    Host(Vec<String>),
+    /// An image reference containerd pulls at boot (`image.pull`) and runs.
+    Pull(String),
 }
 
 /// Network of a service.
@@ -140,8 +157,8 @@ pub struct ServiceDecl {
     pub name: String,
     /// The declaring `[[service]]` table.
     pub at: Origin,
-    /// The image.
-    pub image: ImageSource,
+    /// What runs.
+    pub kind: ServiceKind,
     /// Replaces the image's entrypoint and command.
     pub command: Option<Vec<String>>,
     /// Replaces the image's command (arguments after its entrypoint).
@@ -176,6 +193,20 @@ pub struct ServiceDecl {
     pub stop_timeout: u32,
     /// Files added to the image.
     pub files: Vec<FileSpec>,
+    /// Standard input, output and error on the console itself (the admin shell).
+    pub console: bool,
+    /// In the host's PID namespace instead of one of its own (the admin shell).
+    pub host_pid: bool,
+}
+
+impl ServiceDecl {
+    /// The image the builder makes the service's bundle from, if it has one.
+    pub fn image(&self) -> Option<&ImageSource> {
+        match &self.kind {
+            ServiceKind::Bundle(image) => Some(image),
+            ServiceKind::Host(_) | ServiceKind::Pull(_) => None,
+        }
+    }
 }
 
 /// The capabilities a container gets unless its declaration says otherwise (Docker's
@@ -193,9 +224,113 @@ const DEFAULT_CAPABILITIES: &[&str] = &[
     "CAP_SYS_CHROOT",
 ];
 
+/// The admin service's name.
+pub const ADMIN: &str = "admin";
+
+/// What the admin container runs: a banner, then a busybox shell entered into the host's
+/// mount namespace (it already shares the host's PID namespace). The shell's binary is the
+/// container's own busybox, reached through the host's view of the root.
+const ADMIN_SCRIPT: &str = "echo \"Crust admin shell (busybox) in the host's PID and mount \
+namespaces; the profile's [admin] enabled = true put it here. Type commands; exit starts a \
+new shell.\"; exec /bin/busybox nsenter -t 1 -m -- /usr/lib/crust/services/admin/rootfs/bin/busybox sh -i";
+
+/// Every capability of Linux 6.1: the admin shell is for debugging the host.
+const ALL_CAPABILITIES: &[&str] = &[
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
+
+/// The admin container a profile's `[admin] enabled = true` adds (off by default): Debian's
+/// busybox-static with every capability, in the host's PID namespace, its shell entered
+/// into the host's mount namespace, on the serial console. The host itself still has no
+/// shell: only this container's image carries one.
+pub fn admin(at: &Origin) -> ServiceDecl {
+    ServiceDecl {
+        name: ADMIN.into(),
+        at: at.clone(),
+        kind: ServiceKind::Bundle(ImageSource::Debian(vec!["busybox-static".into()])),
+        command: Some(vec![
+            "/bin/busybox".into(),
+            "sh".into(),
+            "-c".into(),
+            ADMIN_SCRIPT.into(),
+        ]),
+        args: None,
+        env: BTreeMap::from([
+            ("PS1".into(), "crust-admin# ".into()),
+            ("HOME".into(), "/".into()),
+        ]),
+        workdir: None,
+        user: None,
+        network: Network::Host,
+        mounts: Vec::new(),
+        read_only: true,
+        capabilities: Some(
+            ALL_CAPABILITIES
+                .iter()
+                .filter_map(|c| parse_capability(c))
+                .collect(),
+        ),
+        memory: None,
+        cpus: None,
+        restart: Restart::Always,
+        after: Vec::new(),
+        health: None,
+        health_interval: 10,
+        // An interactive shell ignores SIGTERM; there is nothing to wait for.
+        stop_timeout: 1,
+        files: Vec::new(),
+        console: true,
+        host_pid: true,
+    }
+}
+
 /// Checks the declarations of a profile (in the order written) and their dependency graph.
-/// Returns them in start order: every service after those it names in `after`.
-pub fn resolve(raw: Vec<Located<ServiceToml>>) -> Result<Vec<ServiceDecl>, ProfileError> {
+/// `admin` is where the profile turned the admin container on, if it did. Returns them in
+/// start order: every service after those it names in `after`.
+pub fn resolve(
+    raw: Vec<Located<ServiceToml>>,
+    admin_at: Option<&Origin>,
+) -> Result<Vec<ServiceDecl>, ProfileError> {
     let mut decls: Vec<ServiceDecl> = Vec::new();
     for s in raw {
         let decl = check(s.value, &s.at)?;
@@ -208,6 +343,17 @@ pub fn resolve(raw: Vec<Located<ServiceToml>>) -> Result<Vec<ServiceDecl>, Profi
             ));
         }
         decls.push(decl);
+    }
+    if let Some(at) = admin_at {
+        if let Some(taken) = decls.iter().find(|d| d.name == ADMIN) {
+            return Err(invalid(
+                &taken.at,
+                ADMIN,
+                "name",
+                "is the admin container's, which [admin] enabled = true adds".into(),
+            ));
+        }
+        decls.push(admin(at));
     }
     order(decls)
 }
@@ -225,14 +371,28 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
     let bad = |field: &str, message: String| invalid(at, &name, field, message);
     service::check_name(&name).map_err(|m| bad("name", m))?;
 
-    let image = match (s.image.debian, s.image.oci_layout, s.image.registry) {
-        (Some(pkgs), None, None) => {
+    let image = s.image.unwrap_or(ImageToml {
+        debian: None,
+        oci_layout: None,
+        tag: None,
+        registry: None,
+        pull: None,
+    });
+    let tagged = image.tag.is_some();
+    let kind = match (
+        image.debian,
+        image.oci_layout,
+        image.registry,
+        image.pull,
+        s.host,
+    ) {
+        (Some(pkgs), None, None, None, None) => {
             if pkgs.is_empty() {
                 return Err(bad("image.debian", "names no package".into()));
             }
-            ImageSource::Debian(pkgs)
+            ServiceKind::Bundle(ImageSource::Debian(pkgs))
         }
-        (None, Some(path), None) => {
+        (None, Some(path), None, None, None) => {
             if !path.join("index.json").is_file() {
                 return Err(bad(
                     "image.oci-layout",
@@ -242,22 +402,73 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
                     ),
                 ));
             }
-            ImageSource::OciLayout {
+            ServiceKind::Bundle(ImageSource::OciLayout {
                 path,
-                tag: s.image.tag,
-            }
+                tag: image.tag,
+            })
         }
-        (None, None, Some(reference)) => {
+        (None, None, Some(reference), None, None) => {
             crate::oci::Reference::parse(&reference).map_err(|m| bad("image.registry", m))?;
-            ImageSource::Registry(reference)
+            ServiceKind::Bundle(ImageSource::Registry(reference))
+        }
+        (None, None, None, Some(reference), None) => {
+            // `http://` marks a plain-HTTP registry for containerd.
+            let bare = reference.strip_prefix("http://").unwrap_or(&reference);
+            crate::oci::Reference::parse(bare).map_err(|m| bad("image.pull", m))?;
+            ServiceKind::Pull(reference)
+        }
+        (None, None, None, None, Some(argv)) => {
+            if !argv.first().is_some_and(|p| p.starts_with('/')) {
+                return Err(bad(
+                    "host",
+                    "must start with the absolute path of a program in the root".into(),
+                ));
+            }
+            ServiceKind::Host(argv)
         }
         _ => {
             return Err(bad(
                 "image",
-                "give exactly one of debian = [...], oci-layout = \"dir\" or registry = \"host/name:tag\"".into(),
+                "give exactly one of image.debian = [...], image.oci-layout = \"dir\", \
+                 image.registry = \"host/name:tag\", image.pull = \"host/name:tag\" or \
+                 host = [\"/usr/bin/program\", ...]"
+                    .into(),
             ));
         }
     };
+    if tagged && !matches!(kind, ServiceKind::Bundle(ImageSource::OciLayout { .. })) {
+        return Err(bad("image.tag", "belongs to image.oci-layout".into()));
+    }
+    // Host programs and pulled images are not bundles the builder makes: what only a
+    // bundle can have is refused rather than silently ignored.
+    let what = match &kind {
+        ServiceKind::Bundle(_) => None,
+        ServiceKind::Host(_) => Some("a host service"),
+        ServiceKind::Pull(_) => Some("an image.pull service"),
+    };
+    if let Some(what) = what {
+        let host = matches!(kind, ServiceKind::Host(_));
+        let set = [
+            ("command", host && s.command.is_some()),
+            ("args", s.args.is_some()),
+            ("workdir", s.workdir.is_some()),
+            ("user", s.user.is_some()),
+            ("network", s.network.is_some()),
+            ("mounts", !s.mounts.is_empty()),
+            ("read-only", s.read_only.is_some()),
+            ("capabilities", s.capabilities.is_some()),
+            ("memory", s.memory.is_some()),
+            ("cpus", s.cpus.is_some()),
+            ("files", !s.files.is_empty()),
+            (
+                "health.command",
+                !host && s.health.as_ref().is_some_and(|h| h.command.is_some()),
+            ),
+        ];
+        if let Some((field, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(bad(field, format!("is not for {what}")));
+        }
+    }
     for (field, list) in [("command", &s.command), ("args", &s.args)] {
         if list.as_ref().is_some_and(|l| l.is_empty()) {
             return Err(bad(
@@ -435,10 +646,16 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
             at: at.clone(),
         });
     }
+    let mut after = s.after;
+    if matches!(kind, ServiceKind::Pull(_))
+        && !after.iter().any(|a| a == service::CONTAINERD_SERVICE)
+    {
+        after.push(service::CONTAINERD_SERVICE.to_owned());
+    }
     Ok(ServiceDecl {
         name,
         at: at.clone(),
-        image,
+        kind,
         command: s.command,
         args: s.args,
         env: s.env,
@@ -451,11 +668,13 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
         memory,
         cpus: s.cpus,
         restart,
-        after: s.after,
+        after,
         health,
         health_interval,
         stop_timeout: s.stop_timeout.unwrap_or(10).clamp(1, 600),
         files,
+        console: false,
+        host_pid: false,
     })
 }
 
@@ -492,6 +711,21 @@ fn parse_local_url(url: &str) -> Option<(u16, String)> {
 fn order(decls: Vec<ServiceDecl>) -> Result<Vec<ServiceDecl>, ProfileError> {
     let names: BTreeSet<&str> = decls.iter().map(|d| d.name.as_str()).collect();
     for d in &decls {
+        if let ServiceKind::Pull(_) = d.kind {
+            let containerd = decls.iter().find(|c| c.name == service::CONTAINERD_SERVICE);
+            if !containerd.is_some_and(|c| matches!(c.kind, ServiceKind::Host(_))) {
+                return Err(invalid(
+                    &d.at,
+                    &d.name,
+                    "image.pull",
+                    format!(
+                        "images are pulled at boot by containerd: the profile needs a host \
+                         service named {:?} (profiles/containerd.toml has one)",
+                        service::CONTAINERD_SERVICE
+                    ),
+                ));
+            }
+        }
         if let Some(unknown) = d.after.iter().find(|a| !names.contains(a.as_str())) {
             return Err(invalid(
                 &d.at,
@@ -528,14 +762,27 @@ fn order(decls: Vec<ServiceDecl>) -> Result<Vec<ServiceDecl>, ProfileError> {
 pub struct Bundle {
     /// The service's name.
     pub name: String,
-    /// The container's root file system.
-    pub rootfs: Tree,
-    /// `config.json`.
-    pub config: String,
+    /// What the init runs.
+    pub contents: Contents,
     /// The init's policy file.
     pub spec: ServiceSpec,
     /// `health.json` for exec checks.
     pub health_process: Option<String>,
+}
+
+/// What a service's folder holds besides its policy file.
+#[derive(Debug, Clone)]
+pub enum Contents {
+    /// An OCI runtime bundle, for crun.
+    Oci {
+        /// The container's root file system.
+        rootfs: Tree,
+        /// `config.json`.
+        config: String,
+    },
+    /// `process.json`: the OCI process of a host program, or the environment (and
+    /// arguments) of a pulled image.
+    Process(String),
 }
 
 /// Facts every container is told about the host image.
@@ -603,20 +850,7 @@ pub fn bundle(
             .map_err(|e| bad("files.path", e.to_string()))?;
     }
 
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert(
-        "PATH".into(),
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
-    );
-    for kv in &image.env {
-        if let Some((k, v)) = kv.split_once('=') {
-            env.insert(k.into(), v.into());
-        }
-    }
-    env.insert("CRUST_IMAGE_NAME".into(), host.image_name.clone());
-    env.insert("CRUST_IMAGE_VERSION".into(), host.image_version.clone());
-    env.extend(decl.env.clone());
-    let env: Vec<String> = env.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let env = environment(&image.env, host, &decl.env);
     let (uid, gid) = decl.user.or(image.user).unwrap_or((0, 0));
     let cwd = decl
         .workdir
@@ -687,11 +921,10 @@ pub fn bundle(
         mounts.push(bind(&m.source, &m.target, m.read_only).map_err(build_err)?);
     }
 
-    let mut namespaces = vec![
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Ipc,
-        LinuxNamespaceType::Mount,
-    ];
+    let mut namespaces = vec![LinuxNamespaceType::Ipc, LinuxNamespaceType::Mount];
+    if !decl.host_pid {
+        namespaces.insert(0, LinuxNamespaceType::Pid);
+    }
     if decl.network == Network::Private {
         namespaces.push(LinuxNamespaceType::Network);
         namespaces.push(LinuxNamespaceType::Uts);
@@ -777,16 +1010,117 @@ pub fn bundle(
     };
     Ok(Bundle {
         name: decl.name.clone(),
-        rootfs,
-        config,
-        spec: ServiceSpec {
-            name: decl.name.clone(),
-            restart: decl.restart,
-            after: decl.after.clone(),
-            health: decl.health.as_ref().map(|(h, _)| h.clone()),
-            health_interval: decl.health_interval,
-            stop_timeout: decl.stop_timeout,
+        contents: Contents::Oci { rootfs, config },
+        spec: spec_of(decl),
+        health_process,
+    })
+}
+
+/// The init's policy for `decl`.
+fn spec_of(decl: &ServiceDecl) -> ServiceSpec {
+    ServiceSpec {
+        name: decl.name.clone(),
+        kind: match &decl.kind {
+            ServiceKind::Bundle(_) => Kind::Crun,
+            ServiceKind::Host(_) => Kind::Host,
+            ServiceKind::Pull(reference) => Kind::Pull(reference.clone()),
         },
+        console: decl.console,
+        restart: decl.restart,
+        after: decl.after.clone(),
+        health: decl.health.as_ref().map(|(h, _)| h.clone()),
+        health_interval: decl.health_interval,
+        stop_timeout: decl.stop_timeout,
+    }
+}
+
+/// The environment every service gets: a `PATH`, the image facts, then `extra`.
+fn environment(
+    image_env: &[String],
+    host: &HostFacts,
+    extra: &BTreeMap<String, String>,
+) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    for kv in image_env {
+        if let Some((k, v)) = kv.split_once('=') {
+            env.insert(k.into(), v.into());
+        }
+    }
+    env.insert("CRUST_IMAGE_NAME".into(), host.image_name.clone());
+    env.insert("CRUST_IMAGE_VERSION".into(), host.image_version.clone());
+    env.extend(extra.clone());
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// The folder of a `host` or `pull` service: its process (arguments, environment, working
+/// directory) as an OCI process object. A host program must be a file of `root`; a pulled
+/// image's process has no arguments unless the declaration replaces the image's, and only
+/// the declaration's environment (containerd adds the image's).
+pub fn process_service(
+    decl: &ServiceDecl,
+    root: &Tree,
+    host: &HostFacts,
+) -> Result<Bundle, ProfileError> {
+    let bad = |field: &str, message: String| invalid(&decl.at, &decl.name, field, message);
+    let build_err =
+        |e: oci_spec::OciSpecError| bad("host", format!("cannot make process.json: {e}"));
+    let (args, env) = match &decl.kind {
+        ServiceKind::Host(argv) => {
+            if !runnable(root, &argv[0]) {
+                return Err(bad(
+                    "host",
+                    format!(
+                        "{} is not a file in the root; add its package to root.packages",
+                        argv[0]
+                    ),
+                ));
+            }
+            (argv.clone(), environment(&[], host, &decl.env))
+        }
+        ServiceKind::Pull(_) => {
+            let mut env: Vec<String> = decl.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            env.push(format!("CRUST_IMAGE_NAME={}", host.image_name));
+            env.push(format!("CRUST_IMAGE_VERSION={}", host.image_version));
+            env.sort();
+            (decl.command.clone().unwrap_or_default(), env)
+        }
+        ServiceKind::Bundle(_) => {
+            return Err(bad("image", "is a bundle, not a process".into()));
+        }
+    };
+    let process = |args: Vec<String>| {
+        ProcessBuilder::default()
+            .terminal(false)
+            .args(args)
+            .env(env.clone())
+            .cwd("/")
+            .build()
+    };
+    let json = canonical_json(&process(args).map_err(build_err)?)
+        .map_err(|e| bad("host", e.to_string()))?;
+    let health_process = match &decl.health {
+        Some((Health::Exec, Some(cmd))) => {
+            if !runnable(root, &cmd[0]) {
+                return Err(bad(
+                    "health.command",
+                    format!("{} is not a file in the root", cmd[0]),
+                ));
+            }
+            Some(
+                canonical_json(&process(cmd.clone()).map_err(build_err)?)
+                    .map_err(|e| bad("health", e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    Ok(Bundle {
+        name: decl.name.clone(),
+        contents: Contents::Process(json),
+        spec: spec_of(decl),
         health_process,
     })
 }
@@ -860,14 +1194,25 @@ pub fn install(root: &mut Tree, bundles: &[Bundle]) -> anyhow::Result<()> {
     let mut order = String::new();
     for b in bundles {
         let base = format!("{dir}/{}", b.name);
-        root.insert(&format!("{base}/rootfs"), Entry::dir(0o755))?;
-        for (path, entry) in b.rootfs.iter() {
-            root.insert(&format!("{base}/rootfs/{path}"), entry.clone())?;
+        match &b.contents {
+            Contents::Oci { rootfs, config } => {
+                root.insert(&format!("{base}/rootfs"), Entry::dir(0o755))?;
+                for (path, entry) in rootfs.iter() {
+                    root.insert(&format!("{base}/rootfs/{path}"), entry.clone())?;
+                }
+                root.insert(
+                    &format!("{base}/config.json"),
+                    Entry::file(config.clone().into_bytes(), 0o644),
+                )?;
+            }
+            Contents::Process(process) => {
+                root.insert(&base, Entry::dir(0o755))?;
+                root.insert(
+                    &format!("{base}/{}", service::PROCESS_FILE),
+                    Entry::file(process.clone().into_bytes(), 0o644),
+                )?;
+            }
         }
-        root.insert(
-            &format!("{base}/config.json"),
-            Entry::file(b.config.clone().into_bytes(), 0o644),
-        )?;
         root.insert(
             &format!("{base}/{}", service::SERVICE_FILE),
             Entry::file(b.spec.to_text().into_bytes(), 0o644),
@@ -911,6 +1256,7 @@ mod tests {
                 .into_iter()
                 .map(|value| Located { value, at: at() })
                 .collect(),
+            None,
         )
     }
 
@@ -922,6 +1268,13 @@ mod tests {
             .unwrap();
         t.insert("bin", Entry::symlink("usr/bin")).unwrap();
         t
+    }
+
+    fn oci(b: &Bundle) -> (&Tree, &str) {
+        match &b.contents {
+            Contents::Oci { rootfs, config } => (rootfs, config),
+            Contents::Process(_) => panic!("{} is not a bundle", b.name),
+        }
     }
 
     fn host() -> HostFacts {
@@ -1011,6 +1364,123 @@ mod tests {
         }
     }
 
+    const CONTAINERD: &str = "[[service]]\nname = \"containerd\"\nhost = [\"/usr/bin/containerd\", \"--config\", \"/etc/containerd/config.toml\"]\nhealth = { command = [\"/usr/bin/ctr\", \"version\"] }\n";
+
+    #[test]
+    fn host_and_pull_services_check_their_fields() {
+        let text = format!(
+            "[[service]]\nname = \"demo\"\nimage.pull = \"10.0.2.2:5000/demo:1\"\nenv = {{ A = \"1\" }}\nhealth = {{ command = [\"/bin/true\"] }}\n{CONTAINERD}"
+        );
+        let err = decl(&text).unwrap_err().to_string();
+        assert!(
+            err.contains("service demo: health.command") && err.contains("image.pull"),
+            "{err}"
+        );
+        let text = format!(
+            "[[service]]\nname = \"demo\"\nimage.pull = \"http://10.0.2.2:5000/demo:1\"\ncommand = [\"/bin/busybox\", \"echo\"]\n{CONTAINERD}"
+        );
+        let decls = decl(&text).unwrap();
+        let names: Vec<&str> = decls.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["containerd", "demo"], "pulls wait for containerd");
+        assert_eq!(decls[1].after, ["containerd"]);
+
+        let mut root = Tree::new();
+        root.insert("usr/bin/containerd", Entry::file(&b"\x7fELF"[..], 0o755))
+            .unwrap();
+        root.insert("usr/bin/ctr", Entry::file(&b"\x7fELF"[..], 0o755))
+            .unwrap();
+        let c = process_service(&decls[0], &root, &host()).unwrap();
+        assert_eq!(c.spec.kind, Kind::Host);
+        let Contents::Process(json) = &c.contents else {
+            panic!("a host service has a process");
+        };
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["args"][0], "/usr/bin/containerd");
+        assert!(c.health_process.unwrap().contains("/usr/bin/ctr"));
+        let d = process_service(&decls[1], &root, &host()).unwrap();
+        assert_eq!(
+            d.spec.kind,
+            Kind::Pull("http://10.0.2.2:5000/demo:1".into())
+        );
+        let err = process_service(&decls[0], &Tree::new(), &host())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("service containerd: host") && err.contains("not a file"));
+
+        for (text, field, message) in [
+            (
+                "[[service]]\nname = \"demo\"\nimage.pull = \"10.0.2.2:5000/demo:1\"\n".to_string(),
+                "service demo: image.pull",
+                "containerd",
+            ),
+            (
+                format!("{CONTAINERD}mounts = [{{ source = \"/var/x\", target = \"/x\" }}]\n"),
+                "service containerd: mounts",
+                "not for a host service",
+            ),
+            (
+                "[[service]]\nname = \"c\"\nhost = [\"containerd\"]\n".to_string(),
+                "service c: host",
+                "absolute path",
+            ),
+            (
+                "[[service]]\nname = \"c\"\nhost = [\"/x\"]\nimage.debian = [\"x\"]\n".to_string(),
+                "service c: image",
+                "exactly one of",
+            ),
+        ] {
+            let err = decl(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(field) && err.contains(message),
+                "{text}\n=> {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_admin_shell_is_off_unless_asked_for() {
+        assert!(decl(WEB).unwrap().iter().all(|d| d.name != ADMIN));
+        let decls = resolve(Vec::new(), Some(&at())).unwrap();
+        let admin = &decls[0];
+        assert_eq!(admin.name, ADMIN);
+        let b = bundle(admin, busybox_tree(), &ImageConfig::default(), &host()).unwrap();
+        assert!(b.spec.console, "the admin shell is on the console");
+        let v: serde_json::Value = serde_json::from_str(oci(&b).1).unwrap();
+        let ns: Vec<&str> = v["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|n| n["type"].as_str())
+            .collect();
+        assert!(!ns.contains(&"pid"), "the host's PID namespace: {ns:?}");
+        let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
+        assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{caps:?}");
+        assert_eq!(caps.len(), ALL_CAPABILITIES.len());
+        assert!(
+            v["process"]["args"][3]
+                .as_str()
+                .unwrap()
+                .contains("nsenter -t 1 -m")
+        );
+        // A profile service cannot take the name.
+        let mut doc: Vec<Located<ServiceToml>> = Vec::new();
+        #[derive(Deserialize)]
+        struct Doc {
+            service: Vec<ServiceToml>,
+        }
+        let parsed: Doc =
+            toml::from_str("[[service]]\nname = \"admin\"\nimage.debian = [\"busybox-static\"]\n")
+                .unwrap();
+        doc.extend(
+            parsed
+                .service
+                .into_iter()
+                .map(|value| Located { value, at: at() }),
+        );
+        let err = resolve(doc, Some(&at())).unwrap_err().to_string();
+        assert!(err.contains("service admin: name"), "{err}");
+    }
+
     #[test]
     fn a_service_without_a_command_is_refused() {
         let d = &decl(WEB).unwrap()[0];
@@ -1041,10 +1511,11 @@ mod tests {
         let b = bundle(d, busybox_tree(), &image, &host()).unwrap();
         let again = bundle(d, busybox_tree(), &image, &host()).unwrap();
         assert_eq!(
-            b.config, again.config,
+            oci(&b).1,
+            oci(&again).1,
             "config.json must not depend on hash order"
         );
-        let v: serde_json::Value = serde_json::from_str(&b.config).unwrap();
+        let v: serde_json::Value = serde_json::from_str(oci(&b).1).unwrap();
         assert_eq!(
             v["process"]["args"],
             serde_json::json!(["/bin/busybox", "httpd", "-f"])
@@ -1094,7 +1565,11 @@ mod tests {
                 .iter()
                 .any(|m| m["destination"] == "/data" && m["source"] == "/var/lib/web")
         );
-        assert!(b.rootfs.get("data").is_some() && b.rootfs.get("etc/resolv.conf").is_some());
+        let rootfs = oci(&b).0;
+        assert!(rootfs.get("data").is_some() && rootfs.get("etc/resolv.conf").is_some());
+        assert_eq!(b.spec.kind, Kind::Crun);
+        assert!(!b.spec.console);
+        assert!(ns.contains(&"pid"), "a PID namespace of its own: {ns:?}");
         assert_eq!(b.spec.health, Some(Health::Exec));
         assert!(b.health_process.unwrap().contains("\"true\""));
     }

@@ -4,10 +4,17 @@
 //! No crate assembles UKIs and `ukify` is not packaged for Debian 12, so this module appends
 //! sections itself (the alternative, `objcopy --add-section` with hand-picked VMAs, needs
 //! the same arithmetic and a host tool). `object` parses and validates the stub; the new
-//! section headers go into the free space after the stub's section table, their data after
-//! the stub's file contents at `FileAlignment`, their addresses after the stub's last
+//! section headers go into the free space after the stub's section table, their data right
+//! after the stub's last section at `FileAlignment`, their addresses after the stub's last
 //! section, page-aligned. The PE checksum is zeroed (UEFI does not check it; a Secure Boot
 //! signer recomputes it), so the result is a deterministic function of its inputs.
+//!
+//! Whatever the stub's file holds after its last section is dropped: Debian's stub ends
+//! with a COFF symbol table (which no loader reads), and a signed stub with its signature.
+//! Left in place, it would sit in a gap between the stub's sections and ours, and
+//! Authenticode implementations hash such gaps differently: `osslsigncode` signs what
+//! `sbverify` then rejects. With no gaps every implementation, the firmware's among them,
+//! hashes the same bytes ([`crate::secureboot`]).
 
 use anyhow::{Context, Result, bail};
 use object::LittleEndian as LE;
@@ -97,14 +104,23 @@ pub fn assemble(stub: &[u8], parts: &Parts<'_>) -> Result<Vec<u8>> {
         .max()
         .unwrap_or(0);
 
-    let mut out = stub.to_vec();
-    // A signature of the stub would not cover the result: drop it (it sits at the end).
-    let security = optional_offset + 112 + 8 * IMAGE_DIRECTORY_ENTRY_SECURITY;
-    let cert_offset = u32::from_le_bytes(out[security..security + 4].try_into()?) as usize;
-    if cert_offset != 0 {
-        out.truncate(cert_offset);
-        out[security..security + 8].fill(0);
+    // The stub's sections end where its loaded content ends; a symbol table or a signature
+    // after them is dropped (see the module documentation), and the header no longer
+    // points at them.
+    let sections_end = sections
+        .iter()
+        .map(|s| s.pointer_to_raw_data.get(LE) as usize + s.size_of_raw_data.get(LE) as usize)
+        .max()
+        .unwrap_or(size_of_headers)
+        .max(size_of_headers);
+    if sections_end > stub.len() {
+        bail!("the UKI stub is truncated: its sections end past the end of the file");
     }
+    let mut out = stub[..sections_end].to_vec();
+    put_u32(&mut out, file_header_offset + 8, 0); // PointerToSymbolTable
+    put_u32(&mut out, file_header_offset + 12, 0); // NumberOfSymbols
+    let security = optional_offset + 112 + 8 * IMAGE_DIRECTORY_ENTRY_SECURITY;
+    out[security..security + 8].fill(0);
 
     let mut next_va = align(image_end, section_alignment);
     let mut added_data = 0u32;
@@ -221,6 +237,44 @@ mod tests {
         assert_eq!(extract(".cmdline"), b"console=ttyS0 panic=10");
         assert_eq!(extract(".initrd"), initrd);
         assert_eq!(extract(".linux"), linux);
+    }
+
+    #[test]
+    fn sections_follow_each_other_without_gaps_and_nothing_follows_them() {
+        let stub = stub();
+        let parts = Parts {
+            os_release: "ID=crust\n",
+            cmdline: "console=ttyS0",
+            uname: "6.1.0-test",
+            initrd: &[1; 3000],
+            linux: &[2; 5000],
+        };
+        let uki = assemble(&stub, &parts).unwrap();
+        let dos = ImageDosHeader::parse(uki.as_slice()).unwrap();
+        let mut offset = u64::from(dos.nt_headers_offset());
+        let (nt, _) = ImageNtHeaders64::parse(uki.as_slice(), &mut offset).unwrap();
+        assert_eq!(nt.file_header.pointer_to_symbol_table.get(LE), 0);
+        assert_eq!(nt.file_header.number_of_symbols.get(LE), 0);
+        let mut raw: Vec<(u32, u32)> = nt
+            .sections(uki.as_slice(), offset)
+            .unwrap()
+            .iter()
+            .map(|s| (s.pointer_to_raw_data.get(LE), s.size_of_raw_data.get(LE)))
+            .filter(|(_, size)| *size > 0)
+            .collect();
+        raw.sort_unstable();
+        let mut end = nt.optional_header.size_of_headers.get(LE);
+        for (at, size) in raw {
+            assert_eq!(at, end, "a gap or an overlap before the section at {at:#x}");
+            end = at + size;
+        }
+        assert_eq!(end as usize, uki.len(), "bytes after the last section");
+        // The stub this runs against is Debian's, which ends with a symbol table: the test
+        // only proves something while it does.
+        let stub_dos = ImageDosHeader::parse(stub.as_slice()).unwrap();
+        let mut stub_offset = u64::from(stub_dos.nt_headers_offset());
+        let (stub_nt, _) = ImageNtHeaders64::parse(stub.as_slice(), &mut stub_offset).unwrap();
+        assert_ne!(stub_nt.file_header.pointer_to_symbol_table.get(LE), 0);
     }
 
     #[test]

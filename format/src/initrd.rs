@@ -22,6 +22,9 @@ pub const SYSROOT: &str = "/sysroot";
 pub const RUN_DIR: &str = "/run/crust";
 /// The verified manifest, copied for stage 2 and the update agent.
 pub const RUN_MANIFEST: &str = "/run/crust/manifest";
+/// The public key that verified the manifest, copied for the update agent (it verifies
+/// update indexes and bundles with the key of the image it runs).
+pub const RUN_PUBLIC_KEY: &str = "/run/crust/verify.pub";
 /// Stage 1's boot facts for stage 2 (and the update agent), `key=value` lines with the keys
 /// of [`boot_keys`].
 pub const RUN_BOOT: &str = "/run/crust/boot";

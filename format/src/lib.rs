@@ -11,11 +11,13 @@
 //! static init can link it without growing.
 
 pub mod boot_entry;
+pub mod bundle;
 pub mod digest;
 pub mod initrd;
 pub mod layout;
 pub mod manifest;
 pub mod phase;
+pub mod repo;
 pub mod service;
 pub mod signature;
 pub mod verity;

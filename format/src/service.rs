@@ -1,12 +1,20 @@
 //! Services: how the builder tells the init what to run.
 //!
-//! Each service is an OCI runtime bundle in the read-only root under
-//! `/usr/lib/crust/services/<name>/` (`config.json` plus `rootfs/`, run by crun) with a
-//! `service` file beside it: `key=value` lines with what the OCI spec has no words for
-//! (restart policy, dependencies, health check, stop timeout). `services/order` lists the
-//! names in start order (dependencies first), computed by the builder, so the init does no
-//! graph work at boot. A service with an `exec` health check also carries
-//! `health.json`, the OCI process object `crun exec --process` runs.
+//! Each service has a folder in the read-only root under `/usr/lib/crust/services/<name>/`
+//! with a `service` file: `key=value` lines with what the OCI spec has no words for (how it
+//! runs, restart policy, dependencies, health check, stop timeout). What else the folder
+//! holds depends on the service's [`Kind`]:
+//!
+//! - `crun`: an OCI runtime bundle (`config.json` plus `rootfs/`) run by `crun run`;
+//! - `host`: `process.json`, an OCI process object (arguments, environment, working
+//!   directory) run as a program of the root in the host's namespaces (containerd);
+//! - `pull`: `process.json` with the environment (and the arguments, if the profile replaces
+//!   the image's) of an image that containerd pulls by reference at boot and runs.
+//!
+//! `services/order` lists the names in start order (dependencies first), computed by the
+//! builder. A service with an `exec` health check also carries `health.json`, the OCI
+//! process object `crun exec --process` runs in its container (a host service runs it on
+//! the host).
 
 use std::fmt;
 
@@ -18,6 +26,35 @@ pub const ORDER_FILE: &str = "order";
 pub const SERVICE_FILE: &str = "service";
 /// The OCI process of an `exec` health check inside a bundle.
 pub const HEALTH_PROCESS_FILE: &str = "health.json";
+/// The OCI process of a `host` or `pull` service.
+pub const PROCESS_FILE: &str = "process.json";
+/// The containerd namespace that `pull` services' containers live in.
+pub const CONTAINERD_NAMESPACE: &str = "crust";
+/// containerd's API socket, as the containerd profile configures it.
+pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
+/// The name of the host service that `pull` services need.
+pub const CONTAINERD_SERVICE: &str = "containerd";
+
+/// How a service runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// An OCI runtime bundle in the root, run by crun.
+    Crun,
+    /// A program of the root run in the host's namespaces (in its own cgroup).
+    Host,
+    /// An image pulled by containerd at boot from this reference, and run by it.
+    Pull(String),
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Crun => f.write_str("crun"),
+            Kind::Host => f.write_str("host"),
+            Kind::Pull(reference) => write!(f, "pull {reference}"),
+        }
+    }
+}
 /// The cgroup (below the cgroup2 root) that holds the services' cgroups.
 pub const CGROUP_PARENT: &str = "crust";
 
@@ -100,6 +137,11 @@ impl Health {
 pub struct ServiceSpec {
     /// Name (also the container id).
     pub name: String,
+    /// How it runs.
+    pub kind: Kind,
+    /// Its standard input, output and error are the console itself (the admin shell),
+    /// not a pipe through the init.
+    pub console: bool,
     /// Restart policy.
     pub restart: Restart,
     /// Services that must be started first.
@@ -143,12 +185,20 @@ pub fn check_name(name: &str) -> Result<(), String> {
 impl ServiceSpec {
     /// The file's text.
     pub fn to_text(&self) -> String {
-        let mut s = format!(
-            "name={}\nrestart={}\nafter={}\n",
-            self.name,
+        let mut s = format!("name={}\n", self.name);
+        match &self.kind {
+            Kind::Crun => s.push_str("kind=crun\n"),
+            Kind::Host => s.push_str("kind=host\n"),
+            Kind::Pull(reference) => s.push_str(&format!("kind=pull\nimage={reference}\n")),
+        }
+        if self.console {
+            s.push_str("console=true\n");
+        }
+        s.push_str(&format!(
+            "restart={}\nafter={}\n",
             self.restart.as_str(),
             self.after.join(",")
-        );
+        ));
         if let Some(h) = &self.health {
             s.push_str(&format!("health={h}\n"));
         }
@@ -163,12 +213,16 @@ impl ServiceSpec {
     pub fn parse(text: &str) -> Result<Self, ServiceError> {
         let mut spec = ServiceSpec {
             name: String::new(),
+            kind: Kind::Crun,
+            console: false,
             restart: Restart::Always,
             after: Vec::new(),
             health: None,
             health_interval: 10,
             stop_timeout: 10,
         };
+        let mut kind = None;
+        let mut image = None;
         for (i, line) in text.lines().enumerate() {
             let err = |message: String| ServiceError {
                 line: i + 1,
@@ -185,6 +239,20 @@ impl ServiceSpec {
                 "name" => {
                     check_name(value).map_err(err)?;
                     spec.name = value.to_owned();
+                }
+                "kind" => match value {
+                    "crun" | "host" | "pull" => kind = Some(value.to_owned()),
+                    other => {
+                        return Err(err(format!("kind: {other:?} is not crun, host or pull")));
+                    }
+                },
+                "image" => image = Some(value.to_owned()),
+                "console" => {
+                    spec.console = match value {
+                        "true" => true,
+                        "false" => false,
+                        other => return Err(err(format!("console: {other:?} is not a bool"))),
+                    }
                 }
                 "restart" => {
                     spec.restart = Restart::parse(value).ok_or_else(|| {
@@ -217,6 +285,29 @@ impl ServiceSpec {
                 message: "no name".into(),
             });
         }
+        spec.kind = match (kind.as_deref(), image) {
+            (None | Some("crun"), None) => Kind::Crun,
+            (Some("host"), None) => Kind::Host,
+            (Some("pull"), Some(reference)) if !reference.is_empty() => Kind::Pull(reference),
+            (Some("pull"), _) => {
+                return Err(ServiceError {
+                    line: 0,
+                    message: "kind=pull needs image=REFERENCE".into(),
+                });
+            }
+            (_, Some(_)) => {
+                return Err(ServiceError {
+                    line: 0,
+                    message: "image= belongs to kind=pull only".into(),
+                });
+            }
+            (Some(other), None) => {
+                return Err(ServiceError {
+                    line: 0,
+                    message: format!("kind {other:?}"),
+                });
+            }
+        };
         Ok(spec)
     }
 }
@@ -238,6 +329,8 @@ mod tests {
         ] {
             let spec = ServiceSpec {
                 name: "web".into(),
+                kind: Kind::Crun,
+                console: false,
                 restart: Restart::OnFailure,
                 after: vec!["db".into(), "cache".into()],
                 health,
@@ -246,6 +339,28 @@ mod tests {
             };
             assert_eq!(ServiceSpec::parse(&spec.to_text()), Ok(spec));
         }
+        for (kind, console) in [
+            (Kind::Host, false),
+            (Kind::Pull("10.0.2.2:5000/demo:1".into()), false),
+            (Kind::Crun, true),
+        ] {
+            let spec = ServiceSpec {
+                name: "svc".into(),
+                kind,
+                console,
+                restart: Restart::Always,
+                after: Vec::new(),
+                health: None,
+                health_interval: 10,
+                stop_timeout: 10,
+            };
+            assert_eq!(ServiceSpec::parse(&spec.to_text()), Ok(spec));
+        }
+        // Files written before kinds existed are crun bundles.
+        assert_eq!(
+            ServiceSpec::parse("name=web\n").map(|s| s.kind),
+            Ok(Kind::Crun)
+        );
     }
 
     #[test]
@@ -254,6 +369,9 @@ mod tests {
         assert!(ServiceSpec::parse("name=web\ncolour=red\n").is_err());
         assert!(ServiceSpec::parse("restart=always\n").is_err());
         assert!(ServiceSpec::parse("name=web\nhealth=tcp:0\n").is_err());
+        assert!(ServiceSpec::parse("name=web\nkind=pull\n").is_err());
+        assert!(ServiceSpec::parse("name=web\nkind=crun\nimage=x/y\n").is_err());
+        assert!(ServiceSpec::parse("name=web\nkind=vm\n").is_err());
         assert!(check_name("Web").is_err());
         assert!(check_name("1web").is_err());
         assert!(check_name("web-1").is_ok());

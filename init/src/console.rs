@@ -36,6 +36,17 @@ pub fn phase_at(at: Duration, phase: Phase, detail: &str) {
     print_line(&format_line(at, phase, detail));
 }
 
+/// Prints a line on behalf of `who` (a service, the update agent): `[time] <who>: <line>`.
+/// Not a phase line: these may appear any number of times.
+pub fn note(who: &str, line: &str) {
+    let at = now();
+    print_line(&format!(
+        "[{:5}.{:06}] {who}: {line}",
+        at.as_secs(),
+        at.subsec_micros()
+    ));
+}
+
 /// Prints a warning: something is off but the boot goes on. Unlike a phase, a warning
 /// may appear any number of times.
 pub fn warning(detail: &str) {

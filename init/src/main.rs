@@ -28,6 +28,7 @@ mod efivar;
 mod error;
 mod event;
 mod grow;
+mod http;
 mod manifest;
 mod modules;
 mod mounts;
@@ -39,6 +40,7 @@ mod stage1;
 mod stage2;
 mod state;
 mod switch_root;
+mod update;
 
 use std::io::Write;
 use std::panic::PanicHookInfo;

@@ -281,6 +281,13 @@ fn hand_over(verified: &Verified, boot: &BootInfo) -> Result<()> {
         .context("root", || format!("cannot create {}", initrd::RUN_DIR))?;
     fs::write(initrd::RUN_MANIFEST, &verified.bytes)
         .context("root", || format!("cannot write {}", initrd::RUN_MANIFEST))?;
+    fs::copy(
+        Path::new("/").join(initrd::PUBLIC_KEY),
+        initrd::RUN_PUBLIC_KEY,
+    )
+    .context("root", || {
+        format!("cannot write {}", initrd::RUN_PUBLIC_KEY)
+    })?;
     write_boot_info(boot)
 }
 

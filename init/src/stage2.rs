@@ -18,9 +18,13 @@ use crate::mounts::{self, MountEntry};
 use crate::power::PowerButtons;
 use crate::services::{self, Services};
 use crate::shutdown;
+use crate::update::{Booted, Updater};
 use crate::{clock, cmdline, config, console, manifest, net, state};
 use crust_format::initrd::boot_keys as keys;
+use crust_format::layout::Slot;
+use crust_format::signature::PublicKey;
 use crust_format::verity::{self, DM_UUID_PREFIX};
+use std::path::PathBuf;
 
 /// The signals PID 1 handles, all through a signalfd.
 const SIGNALS: [Signal; 7] = [
@@ -79,7 +83,7 @@ pub fn run() -> Result<Infallible> {
 
     services::mount_cgroups();
     prepare_etc();
-    let mut services = Services::load(Path::new("/"));
+    let mut services = Services::load(Path::new("/"), &host.service);
     console::phase(Phase::Services, &services.start());
 
     let buttons = PowerButtons::new();
@@ -98,10 +102,56 @@ pub fn run() -> Result<Infallible> {
         ),
     );
 
-    let mut tasks: Vec<Box<dyn Task>> =
-        vec![Box::new(buttons), Box::new(network), Box::new(services)];
+    services.report_healthy();
+    let updater = Updater::new(
+        booted(&boot, manifest.clone(), &root)?,
+        run_key()?,
+        services.healthy_flag(),
+    );
+
+    // Stopped in reverse: the updater first, then the services, then the network.
+    let mut tasks: Vec<Box<dyn Task>> = vec![
+        Box::new(buttons),
+        Box::new(network),
+        Box::new(services),
+        Box::new(updater),
+    ];
     let exit = event::run(&signals, &mut tasks);
     shutdown::shutdown(exit.action, &exit.reason)
+}
+
+/// Where this boot came from, for the update agent.
+fn booted(boot: &BootInfo, manifest: Manifest, root: &VerifiedRoot) -> Result<Booted> {
+    let slot = match boot.get(keys::SLOT) {
+        Some("a") => Slot::A,
+        Some("b") => Slot::B,
+        other => {
+            return Err(Error::new(
+                "stage2",
+                format!("{} names no slot ({other:?})", initrd::RUN_BOOT),
+            ));
+        }
+    };
+    let devices = [keys::ROOT_DEVICE, keys::VERITY_DEVICE]
+        .iter()
+        .filter_map(|k| boot.get(k))
+        .map(PathBuf::from)
+        .chain(std::iter::once(Path::new("/dev").join(&root.device)))
+        .collect();
+    Ok(Booted {
+        manifest,
+        slot,
+        disk: boot.get(keys::DISK).unwrap_or("").to_owned(),
+        devices,
+    })
+}
+
+/// The key that verified this image, which also verifies its updates.
+fn run_key() -> Result<PublicKey> {
+    let bytes = std::fs::read(initrd::RUN_PUBLIC_KEY).context("stage2", || {
+        format!("cannot read {}", initrd::RUN_PUBLIC_KEY)
+    })?;
+    PublicKey::from_bytes(&bytes).context("stage2", || initrd::RUN_PUBLIC_KEY.to_string())
 }
 
 /// Files containers bind from the host's `/etc` (on the overlay): present, even if empty.

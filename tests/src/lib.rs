@@ -16,6 +16,8 @@ use crust_builder::build::outputs;
 use crust_format::Manifest;
 use crust_vm::{Accel, Config, Vm, firmware::Firmware};
 
+pub mod registry;
+
 /// The image built for this test run.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {
@@ -415,4 +417,34 @@ pub fn edit_initramfs(raw: &Path, uki_name: &str, edit: impl FnOnce(&Path)) {
             .arg(&uki)
             .arg(format!("::/EFI/Linux/{uki_name}")),
     );
+}
+
+/// A copy of the committed `profiles/` folder (profiles, locks, files) in a temporary
+/// folder, for variant profiles that include them.
+pub fn profiles_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("profile folder");
+    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+    run_ok(
+        Command::new("cp")
+            .arg("-r")
+            .arg(profiles.join("."))
+            .arg(dir.path()),
+    );
+    dir
+}
+
+/// Builds the profile `name` of `dir` (a [`profiles_copy`]) into `dir/out-<name>` with the
+/// test init; `locked` refuses a lock that is out of date.
+pub fn build_profile(dir: &Path, name: &str, locked: bool) -> crust_builder::build::BuildOutcome {
+    let out = dir.join(format!("out-{name}"));
+    crust_builder::build::build(&crust_builder::build::BuildRequest {
+        profile: dir.join(format!("{name}.toml")),
+        init: init_binary(),
+        out_dir: out.clone(),
+        dev_key_dir: out.join("keys"),
+        cache: crust_builder::fetch::Cache::new(crust_builder::fetch::Cache::default_root()),
+        locked,
+        source_date_epoch: None,
+    })
+    .unwrap_or_else(|e| panic!("{name} does not build: {e:#}"))
 }

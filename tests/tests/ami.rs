@@ -2,11 +2,13 @@
 //! loopback): the snapshot's blocks, read back with boto3 through the EBS direct APIs,
 //! equal the image's, blocks of zeros are not sent, and the RegisterImage request (which
 //! moto accepts and ignores) carries the parameters a Crust disk needs, as moto's request
-//! recorder saw them on the wire.
+//! recorder saw them on the wire, among them the UEFI variable store with a Secure Boot key
+//! set (`UefiData`, made by AWS's `uefivars` and read back by Red Hat's `virt-fw-vars`).
 //!
 //! moto gives snapshots 512-byte blocks (EBS: 512 KiB), one request each, so the image is
 //! a made-up 4 MiB disk rather than the built one. `cargo xtask test` builds the publisher
-//! and installs moto (`CRUST_TEST_AMI`, `CRUST_TEST_MOTO_PYTHON`); `--no-ami` skips this.
+//! and installs moto (`CRUST_TEST_AMI`, `CRUST_TEST_MOTO_PYTHON`) and the UEFI store tools
+//! (`CRUST_TEST_UEFIVARS`, `CRUST_TEST_VIRT_FW_VARS`); `--no-ami` skips this.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crust_builder::secureboot::{self, KeySet, Role};
 use crust_tests::run_ok;
 
 const MIB: u64 = 1 << 20;
@@ -104,6 +107,43 @@ fn tiny_image(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read image")
 }
 
+/// Reads an AWS variable store with `virt-fw-vars` and checks it holds exactly the key
+/// set's PK, KEK and db lists, under their UEFI names and vendor GUIDs.
+fn check_uefi_data(store: &Path, keys: &KeySet, dir: &Path) {
+    let json = dir.join("uefi-data.json");
+    run_ok(
+        Command::new(env_path("CRUST_TEST_VIRT_FW_VARS"))
+            .arg("--input")
+            .arg(store)
+            .arg("--output-json")
+            .arg(&json),
+    );
+    let vars: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("virt-fw-vars JSON");
+    let vars = vars["variables"].as_array().expect("variables");
+    assert_eq!(vars.len(), 3, "{vars:?}");
+    for role in Role::ALL {
+        let list = std::fs::read(keys.signature_list(role)).expect("list");
+        let hex: String = list.iter().map(|b| format!("{b:02x}")).collect();
+        let var = vars
+            .iter()
+            .find(|v| v["name"] == role.variable())
+            .unwrap_or_else(|| panic!("no {} in the store: {vars:?}", role.variable()));
+        assert_eq!(
+            var["data"].as_str(),
+            Some(hex.as_str()),
+            "{}",
+            role.variable()
+        );
+        assert_eq!(
+            var["guid"].as_str(),
+            Some(secureboot::lists::vendor(role).to_string().as_str()),
+            "{}",
+            role.variable()
+        );
+    }
+}
+
 fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/moto_check.py")
 }
@@ -118,6 +158,12 @@ fn ami_publish_against_moto() {
     let image_path = dir.join("tiny.raw");
     let image = tiny_image(&image_path);
     let recording = dir.join("recording.jsonl");
+    let keys = secureboot::generate(&dir.join("secure-boot"), "AMI test").expect("keygen");
+    let uefi_data = secureboot::aws::uefi_data(&env_path("CRUST_TEST_UEFIVARS"), &keys)
+        .expect("the AWS variable store");
+    let uefi_file = dir.join("uefi-data");
+    std::fs::write(&uefi_file, &uefi_data).expect("write the variable store");
+    check_uefi_data(&uefi_file, &keys, dir);
     let moto = Moto::start(&python, &recording, &dir.join("moto.log"));
 
     // The standard credential chain, pointed at nothing real: keys from the environment,
@@ -128,6 +174,8 @@ fn ami_publish_against_moto() {
             .arg(&image_path)
             .args(["--name", "crust-test-1.0", "--region", "us-east-1"])
             .args(["--endpoint-url", &moto.endpoint, "--workers", "16"])
+            .arg("--uefi-data")
+            .arg(&uefi_file)
             .env_remove("AWS_PROFILE")
             .env("HOME", dir)
             .env("AWS_ACCESS_KEY_ID", "testing")
@@ -221,6 +269,7 @@ fn ami_publish_against_moto() {
         ("BlockDeviceMapping.1.Ebs.SnapshotId", &snapshot),
         ("BlockDeviceMapping.1.Ebs.VolumeType", "gp3"),
         ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
+        ("UefiData", &uefi_data),
     ] {
         assert_eq!(params[key], value, "RegisterImage {key} in {params}");
     }

@@ -131,3 +131,35 @@ fn a_failed_build_keeps_the_previous_image() {
         .collect();
     assert!(stray.is_empty(), "temporary files left: {stray:?}");
 }
+
+#[test]
+#[ignore = "needs the init built by `cargo xtask test`"]
+fn bad_service_declarations_are_refused_with_the_service_and_field() {
+    // Refused while the profile is read: a dependency cycle.
+    let (dir, profile) = profile_dir(&format!(
+        "{QEMU_LIKE}[[service]]\nname = \"a\"\nimage.debian = [\"busybox-static\"]\nafter = [\"b\"]\n\
+         [[service]]\nname = \"b\"\nimage.debian = [\"busybox-static\"]\nafter = [\"a\"]\n"
+    ));
+    let out = dir.path().join("out");
+    let err = try_build(&profile, &out);
+    assert!(err.contains("variant.toml:"), "{err}");
+    assert!(
+        err.contains("service a: after") && err.contains("dependency cycle among a, b"),
+        "{err}"
+    );
+    assert_nothing_written(&out);
+
+    // Refused once the image is unpacked: busybox-static says nothing about what to run.
+    let (dir, profile) = profile_dir(&format!(
+        "{QEMU_LIKE}[[service]]\nname = \"idle\"\nimage.debian = [\"busybox-static\"]\nmemory = \"64MiB\"\n"
+    ));
+    let out = dir.path().join("out");
+    let err = try_build(&profile, &out);
+    assert!(err.contains("variant.toml:"), "{err}");
+    assert!(
+        err.contains("service idle: command")
+            && err.contains("neither the declaration nor the image says what to run"),
+        "{err}"
+    );
+    assert_nothing_written(&out);
+}

@@ -1,7 +1,8 @@
 //! Containers as the host's only workload: the qemu profile's demo web service runs under
 //! crun, answers through a port forward, passes its health check (which marks the boot
-//! healthy), and stops on SIGTERM (its handler runs) before the power-off; a service that
-//! keeps failing is restarted with growing delays; dependencies start first.
+//! healthy), and stops on SIGTERM (its handler runs) before the power-off, and nothing on
+//! the console runs typed commands (the admin shell is off by default); a service that keeps
+//! failing is restarted with growing delays; dependencies start first.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -37,7 +38,10 @@ fn demo_web_service_answers_is_healthy_and_stops_on_sigterm() {
     let img = built_image();
     let mut disk = Disk::new(&img);
     let port = free_port();
-    let mut t = disk.boot_with(BootOptions::default(), |c| c.forwards.push((port, 80)));
+    let mut t = disk.boot_with(BootOptions::default(), |c| {
+        c.forwards.push((port, 80));
+        c.console_input = true;
+    });
     let timeout = boot_timeout(t.accel);
     let started =
         t.vm.wait_for_phase(Phase::Services, timeout)
@@ -45,6 +49,9 @@ fn demo_web_service_answers_is_healthy_and_stops_on_sigterm() {
     assert!(started.detail.contains("web"), "{}", started.detail);
     t.vm.wait_for_phase(Phase::Ready, timeout)
         .unwrap_or_else(|e| panic!("{e}"));
+    // No admin shell by default: what is typed on the console runs nowhere (the check is
+    // at the end, after the power-off, so the command has had all that time).
+    t.vm.type_text(NOT_A_SHELL).unwrap();
     let healthy =
         t.vm.wait_for_phase(Phase::Healthy, timeout)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -81,7 +88,23 @@ fn demo_web_service_answers_is_healthy_and_stops_on_sigterm() {
     t.vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(t.vm.wait_exit(Duration::from_secs(60)).unwrap().success());
+    assert!(
+        !started.detail.contains("admin"),
+        "the admin shell is off by default"
+    );
+    assert!(
+        !t.vm
+            .console()
+            .history()
+            .iter()
+            .any(|l| l.contains("no-shell-42")),
+        "a command typed on the console ran"
+    );
 }
+
+/// Typed on the console of the default image: a shell would print `no-shell-42`; the
+/// terminal's echo of the typed text does not contain it.
+const NOT_A_SHELL: &str = "echo no-shell-$((6*7))\n";
 
 /// The qemu profile plus a service that fails every time and one that waits for it.
 const VARIANT: &str = r#"include = "qemu.toml"

@@ -6,8 +6,9 @@
 //! socket. `-nodefaults` keeps the firmware from trying a CD-ROM and network boot first, and
 //! the NIC carries no option ROM, which saves seconds of firmware time under TCG.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -48,6 +49,9 @@ pub struct Config {
     pub qmp_socket: Option<PathBuf>,
     /// Exit instead of rebooting (tests that must see a reboot as the end).
     pub no_reboot: bool,
+    /// Limit the boot disk's writes to this many bytes per second (a slow disk, so a test
+    /// can cut the power in the middle of a long write).
+    pub write_limit: Option<u64>,
     /// Further raw disk images, attached read-only as virtio disks after the boot disk
     /// (NoCloud seeds, [`crate::seed`]).
     pub extra_drives: Vec<PathBuf>,
@@ -59,6 +63,9 @@ pub struct Config {
     /// The user network's address range (QEMU's `net=`) instead of 10.0.2.0/24; a
     /// `guestfwd` address must lie inside it ([`crate::imds::NETWORK`]).
     pub user_network: Option<String>,
+    /// Let [`Vm::type_text`] type on the serial console (QEMU's standard input becomes a
+    /// pipe instead of nothing).
+    pub console_input: bool,
 }
 
 impl Config {
@@ -74,10 +81,12 @@ impl Config {
             forwards: Vec::new(),
             qmp_socket: None,
             no_reboot: false,
+            write_limit: None,
             extra_drives: Vec::new(),
             guestfwds: Vec::new(),
             smbios: Vec::new(),
             user_network: None,
+            console_input: false,
         }
     }
 
@@ -110,8 +119,12 @@ impl Config {
         } else {
             "raw"
         };
+        let throttle = self
+            .write_limit
+            .map(|bps| format!(",throttling.bps-write={bps}"))
+            .unwrap_or_default();
         cmd.arg("-drive").arg(format!(
-            "if=none,id=disk0,format={format},file={}",
+            "if=none,id=disk0,format={format},file={}{throttle}",
             self.disk.display()
         ));
         match self.bus {
@@ -168,6 +181,8 @@ impl Config {
 #[derive(Debug)]
 pub struct Vm {
     child: Child,
+    /// QEMU's standard input: the serial console's keyboard, when asked for.
+    keyboard: Option<ChildStdin>,
     console: Console,
     qmp_socket: Option<PathBuf>,
     started: Instant,
@@ -181,18 +196,35 @@ impl Vm {
         }
         let mut child = config
             .command(false)
-            .stdin(Stdio::null())
+            .stdin(if config.console_input {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .context("cannot run qemu-system-x86_64 (install qemu-system-x86)")?;
         let stdout = child.stdout.take().context("QEMU has no stdout")?;
         Ok(Self {
+            keyboard: child.stdin.take(),
             child,
             console: Console::spawn(stdout, log, echo)?,
             qmp_socket: config.qmp_socket.clone(),
             started: Instant::now(),
         })
+    }
+
+    /// Types `text` on the serial console (the machine must have been started with
+    /// [`Config::console_input`]); a newline is the Enter key.
+    pub fn type_text(&mut self, text: &str) -> Result<()> {
+        let keyboard = self
+            .keyboard
+            .as_mut()
+            .context("the machine was started without console input")?;
+        keyboard.write_all(text.as_bytes())?;
+        keyboard.flush()?;
+        Ok(())
     }
 
     /// The console.

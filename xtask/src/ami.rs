@@ -1,6 +1,11 @@
 //! `cargo xtask ami`: checks the image's release, builds the AMI publisher (`ami/`) on
 //! first use, and runs it.
 //!
+//! An image signed for Secure Boot is registered with a UEFI variable store holding the
+//! key set's PK, KEK and db (`UefiData`, made by AWS's `uefivars`), so its instances start
+//! with Secure Boot enforced: the keys of `--secure-boot DIR`, or of the profile whose
+//! output folder holds the image.
+//!
 //! The publisher links the AWS SDK (through `coldsnap`), whose EC2 crate is one of the
 //! largest crates there are: about 9 minutes and 8 GB of memory in release mode on two
 //! cores, and rustc's peak memory even in the dev profile is 7 GB. It is therefore its own
@@ -14,10 +19,12 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use crust_builder::profile::Profile;
 use crust_builder::release;
 use crust_builder::report;
+use crust_builder::secureboot::{self, KeySet};
 
-use crate::{image, keys};
+use crate::{host, image, keys};
 
 /// The publisher's manifest.
 pub fn manifest() -> PathBuf {
@@ -91,6 +98,30 @@ pub struct Options<'a> {
     pub description: Option<&'a str>,
     /// The key the release must be signed with.
     pub key: Option<&'a Path>,
+    /// The Secure Boot key folder to enrol (default: the image's profile's).
+    pub secure_boot: Option<&'a Path>,
+}
+
+/// The Secure Boot keys to register the AMI with: `explicit`, else those of the profile
+/// whose output folder is `dir`, if it has `[secure-boot]`.
+fn secure_boot_keys(dir: &Path, explicit: Option<&Path>) -> Result<Option<KeySet>> {
+    if let Some(keys) = explicit {
+        return KeySet::open(keys).map(Some);
+    }
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    let profile_path = image::profile_path(&name);
+    let is_output_folder = image::out_dir(&profile_path)
+        .canonicalize()
+        .is_ok_and(|out| out == dir);
+    if !is_output_folder || !profile_path.is_file() {
+        return Ok(None);
+    }
+    let profile = Profile::load(&profile_path)?;
+    crust_builder::build::secure_boot_keys(&profile, &image::crust_target().join("keys"))
+        .map(|keys| keys.map(|(keys, _)| keys))
 }
 
 /// Verifies the image against its signed release, then publishes it.
@@ -115,8 +146,29 @@ pub fn run(opts: &Options<'_>) -> Result<()> {
         "Verified",
         format!("{} against the signed SHA256SUMS", opts.image.display()),
     );
+    let uefi_data = match secure_boot_keys(dir, opts.secure_boot)? {
+        Some(keys) => {
+            let tools = host::uefi_tools()?;
+            let data = secureboot::aws::uefi_data(&tools.uefivars, &keys)?;
+            report::status(
+                "Secure Boot",
+                format!(
+                    "registering with the PK, KEK and db of {} enrolled",
+                    keys.dir().display()
+                ),
+            );
+            let file = tempfile::NamedTempFile::new().context("cannot make a temporary file")?;
+            std::fs::write(file.path(), data)
+                .with_context(|| format!("cannot write {}", file.path().display()))?;
+            Some(file)
+        }
+        None => None,
+    };
     let binary = build()?;
     let mut cmd = Command::new(&binary);
+    if let Some(file) = &uefi_data {
+        cmd.arg("--uefi-data").arg(file.path());
+    }
     cmd.arg("--image")
         .arg(opts.image)
         .arg("--name")

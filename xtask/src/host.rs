@@ -34,6 +34,11 @@ pub const BUILD: &[Need] = &[
     need("qemu-img", "qemu-utils"),
     need("tar", "tar"),
     need("gzip", "gzip"),
+    // Secure Boot ([secure-boot] profiles, `keygen --secure-boot`): keys, signed variable
+    // updates, Authenticode signatures with a fixed signing time.
+    need("openssl", "openssl"),
+    need("sign-efi-sig-list", "efitools"),
+    need("osslsigncode", "osslsigncode"),
 ];
 
 /// A Python virtual environment with Debian's Python (for moto in the AMI test).
@@ -44,6 +49,7 @@ pub const QEMU: &[Need] = &[
     need("qemu-system-x86_64", "qemu-system-x86"),
     need("qemu-img", "qemu-utils"),
     need("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    need("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "ovmf"),
 ];
 
 /// The test suite's independent checkers.
@@ -67,6 +73,15 @@ pub const TEST: &[Need] = &[
     // NoCloud seeds as cloud-localds makes them (ISO 9660, label cidata).
     need("genisoimage", "genisoimage"),
     need("sha256sum", "coreutils"),
+    // Secure Boot signatures checked by another implementation than the signer's.
+    need("sbverify", "sbsigntool"),
+    // Container images for the service tests: a registry, OCI layouts made by umoci,
+    // copied by skopeo (which the builder also uses for registry images), busybox from
+    // its package.
+    need("docker-registry", "docker-registry"),
+    need("skopeo", "skopeo"),
+    need("umoci", "umoci"),
+    need("dpkg-deb", "dpkg"),
     need(
         "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
         "systemd-boot-efi",
@@ -177,4 +192,64 @@ pub fn init_target() -> InitTarget {
         );
         InitTarget::GlibcStatic
     }
+}
+
+/// The PyPI packages behind Secure Boot variable stores, pinned: Red Hat's `virt-fw-vars`
+/// (OVMF stores with keys enrolled) and AWS's `uefivars` (an AMI's `UefiData`).
+const UEFI_TOOLS: &[&str] = &["virt-firmware==26.10", "uefivars==1.2"];
+
+/// The programs that make UEFI variable stores.
+#[derive(Debug, Clone)]
+pub struct UefiTools {
+    /// `virt-fw-vars`.
+    pub virt_fw_vars: std::path::PathBuf,
+    /// `uefivars`.
+    pub uefivars: std::path::PathBuf,
+}
+
+/// [`UefiTools`] in a Python virtual environment under `target/crust/uefi-tools`, installed
+/// from PyPI on first use (neither is packaged for Debian 12).
+pub fn uefi_tools() -> Result<UefiTools> {
+    let venv = crate::image::crust_target().join("uefi-tools");
+    let bin = venv.join("bin");
+    let tools = UefiTools {
+        virt_fw_vars: bin.join("virt-fw-vars"),
+        uefivars: bin.join("uefivars"),
+    };
+    let stamp = venv.join("crust-requirements");
+    let wanted = UEFI_TOOLS.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(tools);
+    }
+    eprintln!(
+        "crust: installing {wanted} from PyPI into {}",
+        venv.display()
+    );
+    let made = |python: &str| {
+        Command::new(python)
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !made("python3") {
+        // Debian's Python needs its venv module from a separate package.
+        ensure(&[PYTHON_VENV])?;
+        if !made("/usr/bin/python3") {
+            bail!(
+                "cannot make a Python virtual environment in {}",
+                venv.display()
+            );
+        }
+    }
+    let status = Command::new(bin.join("pip"))
+        .args(["install", "--quiet"])
+        .args(UEFI_TOOLS)
+        .status()
+        .context("cannot run pip")?;
+    if !status.success() {
+        bail!("pip install {wanted} failed (PyPI must be reachable once)");
+    }
+    std::fs::write(&stamp, &wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
+    Ok(tools)
 }

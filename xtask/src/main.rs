@@ -4,6 +4,7 @@
 //! first.
 
 mod ami;
+mod bench;
 mod flash;
 mod host;
 mod image;
@@ -46,6 +47,10 @@ struct BootArgs {
     /// machine then claims to be EC2, on the user network 169.254.169.0/24).
     #[arg(long, value_name = "FILE")]
     imds: Option<std::path::PathBuf>,
+    /// Boot with OVMF's Secure Boot firmware, the profile's PK, KEK and db enrolled: only
+    /// what its db key signed runs (the profile needs [secure-boot]; docs/SECURE-BOOT.md).
+    #[arg(long)]
+    secure_boot: bool,
 }
 
 #[derive(Subcommand)]
@@ -112,20 +117,25 @@ enum Cmd {
         /// The public key the release must be signed with (default as for `verify`).
         #[arg(long)]
         key: Option<std::path::PathBuf>,
+        /// Register the AMI with this Secure Boot key folder's PK, KEK and db in its UEFI
+        /// variables, so instances enforce Secure Boot (default: the keys of the profile
+        /// whose output folder holds the image, if it has [secure-boot]).
+        #[arg(long, value_name = "DIR")]
+        secure_boot: Option<std::path::PathBuf>,
     },
     /// Build the image, boot it in QEMU until it is up, then power it off (no terminal needed).
     Run {
-        /// Profile name or path.
-        #[arg(long, default_value = "qemu")]
-        profile: String,
+        /// Profile name or path [default: qemu, or qemu-secure-boot with --secure-boot].
+        #[arg(long)]
+        profile: Option<String>,
         #[command(flatten)]
         boot: BootArgs,
     },
     /// Boot the built image in QEMU (KVM when it works here, TCG otherwise).
     Qemu {
-        /// Profile name or path.
-        #[arg(long, default_value = "qemu")]
-        profile: String,
+        /// Profile name or path [default: qemu, or qemu-secure-boot with --secure-boot].
+        #[arg(long)]
+        profile: Option<String>,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -138,14 +148,65 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
-    /// Make an Ed25519 signing key pair (private key mode 0600).
+    /// Add the profile's update bundle to an update repository (static files for any HTTP server).
+    Publish {
+        /// Profile name or path (its last build's update.bundle is published).
+        #[arg(long, default_value = "qemu")]
+        profile: String,
+        /// The repository folder (created if missing).
+        #[arg(long)]
+        repo: std::path::PathBuf,
+        /// The channel whose index lists the release.
+        #[arg(long, default_value = "stable")]
+        channel: String,
+        /// Days until the channel index expires (hosts refuse an expired index).
+        #[arg(long, default_value_t = 30)]
+        valid_days: u64,
+        /// Let hosts move to a lower version than they run.
+        #[arg(long)]
+        allow_downgrade: bool,
+        /// Sign with this key instead of the profile's (key rotation: publish an image that
+        /// carries a new key with the key the hosts still trust).
+        #[arg(long, value_name = "KEY")]
+        key: Option<std::path::PathBuf>,
+    },
+    /// Make an Ed25519 signing key pair (private key mode 0600), or with --secure-boot a
+    /// Secure Boot key set (PK, KEK, db) in DIR/secure-boot.
     Keygen {
         /// Folder for the key files.
         #[arg(long, default_value = "keys")]
         dir: std::path::PathBuf,
-        /// Base name: NAME.key and NAME.pub.
+        /// Base name: NAME.key and NAME.pub (with --secure-boot: the certificates' name).
         #[arg(long, default_value = "crust")]
         name: String,
+        /// Make the Secure Boot key set instead (docs/SECURE-BOOT.md).
+        #[arg(long)]
+        secure_boot: bool,
+    },
+    /// Measure build time, image size and boot time against the reference floor
+    /// (docs/BENCHMARKS.md); results in target/crust/bench/.
+    Bench {
+        /// Profile name or path.
+        #[arg(long, default_value = "qemu")]
+        profile: String,
+        /// Runs of each build kind and boots of the image and the floor (medians reported).
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        iterations: u32,
+        /// One iteration and no cold build: a quick check that everything works.
+        #[arg(long)]
+        quick: bool,
+        /// Skip the cold builds (they download every package again).
+        #[arg(long)]
+        no_cold: bool,
+        /// Skip the boots (and the boot chart).
+        #[arg(long)]
+        no_boot: bool,
+        /// Folder for the results instead of target/crust/bench.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// Use this static init binary instead of building the workspace's.
+        #[arg(long, value_name = "FILE")]
+        init: Option<std::path::PathBuf>,
     },
     /// Run every test: formats checked by independent tools, and boots in QEMU.
     Test {
@@ -175,15 +236,32 @@ fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     ))
 }
 
-fn qemu_options(args: &BootArgs) -> qemu::QemuOptions {
-    qemu::QemuOptions {
+/// The profile of `run` and `qemu`: the one named, else `qemu-secure-boot` for a Secure
+/// Boot machine and `qemu` otherwise.
+fn boot_profile(profile: Option<String>, args: &BootArgs) -> String {
+    profile.unwrap_or_else(|| {
+        if args.secure_boot {
+            "qemu-secure-boot".to_owned()
+        } else {
+            "qemu".to_owned()
+        }
+    })
+}
+
+fn qemu_options(args: &BootArgs, profile: &str) -> Result<qemu::QemuOptions> {
+    Ok(qemu::QemuOptions {
         nvme: args.nvme,
         reset: args.reset,
         memory_mib: args.memory,
         forwards: args.forwards.clone(),
         user_data: args.user_data.clone(),
         imds: args.imds.clone(),
-    }
+        secure_boot: if args.secure_boot {
+            Some(qemu::secure_boot_keys(&image::profile_path(profile))?)
+        } else {
+            None
+        },
+    })
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -217,6 +295,7 @@ fn run(cli: Cli) -> Result<()> {
             endpoint_url,
             description,
             key,
+            secure_boot,
         } => ami::run(&ami::Options {
             image: &image,
             name: &name,
@@ -224,14 +303,16 @@ fn run(cli: Cli) -> Result<()> {
             endpoint_url: endpoint_url.as_deref(),
             description: description.as_deref(),
             key: key.as_deref(),
+            secure_boot: secure_boot.as_deref(),
         })?,
         Cmd::Run {
             profile,
             boot: args,
         } => {
+            let profile = boot_profile(profile, &args);
             let outcome = image::build(&profile, None, false)?;
             let out = outcome.image.parent().unwrap_or(std::path::Path::new("."));
-            let mut opts = qemu_options(&args);
+            let mut opts = qemu_options(&args, &profile)?;
             if opts.forwards.is_empty() {
                 // Show the demo web service: a free host port to the guest's port 80.
                 let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -245,8 +326,9 @@ fn run(cli: Cli) -> Result<()> {
             profile,
             boot: args,
         } => {
+            let profile = boot_profile(profile, &args);
             let out = image::out_dir(&image::profile_path(&profile));
-            qemu::interactive(&out, &qemu_options(&args))?;
+            qemu::interactive(&out, &qemu_options(&args, &profile)?)?;
         }
         Cmd::Lock { profile, all } => {
             host::ensure(&[host::BUILD])?;
@@ -273,7 +355,81 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
         }
-        Cmd::Keygen { dir, name } => {
+        Cmd::Publish {
+            profile,
+            repo,
+            channel,
+            valid_days,
+            allow_downgrade,
+            key: publishing_key,
+        } => {
+            let path = image::profile_path(&profile);
+            let profile = crust_builder::profile::Profile::load(&path)?;
+            let build_key =
+                crust_builder::build::signing_key(&profile, &image::crust_target().join("keys"))?;
+            let built_with = build_key.public_key();
+            let key = match &publishing_key {
+                Some(k) => crust_builder::sign::SigningKey::load(k)?,
+                None => build_key,
+            };
+            let bundle = image::out_dir(&path).join(crust_builder::build::outputs::BUNDLE);
+            if !bundle.is_file() {
+                anyhow::bail!(
+                    "{} does not exist; build it with `cargo xtask build --profile {}`",
+                    bundle.display(),
+                    profile.name
+                );
+            }
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let published = crust_builder::repo::publish(
+                &crust_builder::repo::Publish {
+                    repo: &repo,
+                    bundle: &bundle,
+                    channel: &channel,
+                    valid_for: valid_days * 86_400,
+                    allow_downgrade,
+                    now,
+                    built_with: publishing_key.is_some().then_some(&built_with),
+                },
+                &key,
+            )?;
+            report::status(
+                "Published",
+                format!(
+                    "{} on channel {channel} of {} ({} releases, index expires in {valid_days} days)",
+                    published.release.version,
+                    repo.display(),
+                    published.index.releases.len()
+                ),
+            );
+        }
+        Cmd::Keygen {
+            dir,
+            name,
+            secure_boot: true,
+        } => {
+            host::ensure(&[host::BUILD])?;
+            let keys = crust_builder::secureboot::generate(&dir.join("secure-boot"), &name)?;
+            let shown = keys
+                .dir()
+                .canonicalize()
+                .unwrap_or_else(|_| keys.dir().to_path_buf());
+            report::status(
+                "Created",
+                format!(
+                    "{}: PK, KEK and db (.key: keep secret; .crt, .esl, .auth: public)",
+                    shown.display()
+                ),
+            );
+            eprintln!(
+                "Set `[secure-boot] keys = \"{}\"` in your profile to sign with them. Builds \
+                 need only db.key: keep PK.key and KEK.key offline (docs/SECURE-BOOT.md).",
+                shown.display()
+            );
+        }
+        Cmd::Keygen { dir, name, .. } => {
             let (private, public) = crust_builder::sign::generate(&dir, &name)?;
             report::status(
                 "Created",
@@ -287,6 +443,25 @@ fn run(cli: Cli) -> Result<()> {
                 "Set `[signing] key = \"{}\"` in your profile to sign with it.",
                 private.display()
             );
+        }
+        Cmd::Bench {
+            profile,
+            iterations,
+            quick,
+            no_cold,
+            no_boot,
+            out,
+            init,
+        } => {
+            bench::run(&bench::Options {
+                profile,
+                iterations: if quick { 1 } else { iterations as usize },
+                cold: !quick && !no_cold,
+                boot: !no_boot,
+                quick,
+                out,
+                init,
+            })?;
         }
         Cmd::Test { no_lint, no_ami } => test::run_all(!no_lint, !no_ami)?,
         Cmd::ImdsConnection { dir } => crust_vm::imds::Emulator::open(&dir)

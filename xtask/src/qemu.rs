@@ -5,16 +5,23 @@
 //! `efivars.fd` (the firmware's variables), so state such as `/var` and boot counters
 //! survives from one `cargo xtask qemu` to the next. A rebuilt image, or `--reset`, starts
 //! them afresh.
+//!
+//! With `--secure-boot` the machine runs OVMF's Secure Boot build, its variables
+//! (`efivars-secure-boot.fd`) starting from a store with the profile's PK, KEK and db
+//! enrolled and Secure Boot on ([`crust_vm::firmware::enrolled_store`]): the firmware then
+//! runs only what the profile's db key signed.
 
 use std::path::Path;
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use crust_builder::build::outputs;
 use crust_builder::report;
+use crust_builder::secureboot::{KeySet, Role};
 use crust_format::phase::{self, Phase};
-use crust_vm::{Config, DiskBus, Vm, firmware::Firmware};
+use crust_vm::firmware::{self, Firmware};
+use crust_vm::{Config, DiskBus, Vm};
 
 use crate::host;
 use crate::image;
@@ -34,7 +41,12 @@ pub struct QemuOptions {
     pub user_data: Option<std::path::PathBuf>,
     /// User-data to serve from the EC2 IMDSv2 emulator.
     pub imds: Option<std::path::PathBuf>,
+    /// Boot with OVMF's Secure Boot firmware, this Secure Boot key folder enrolled.
+    pub secure_boot: Option<std::path::PathBuf>,
 }
+
+/// The kernel's console line when the firmware booted it with Secure Boot on.
+pub const SECURE_BOOT_ENABLED: &str = "secureboot: Secure boot enabled";
 
 /// Prepares the machine for the image in `out_dir`: the overlay and firmware variables
 /// (fresh when the image was rebuilt or `reset` is asked) and the accelerator.
@@ -49,18 +61,23 @@ fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<Config> {
     }
     let overlay = out_dir.join("run.qcow2");
     let vars = out_dir.join("efivars.fd");
+    let secure_vars = out_dir.join("efivars-secure-boot.fd");
     let base_id = std::fs::read_to_string(out_dir.join(outputs::BUILD_ID)).unwrap_or_default();
     let stamp = out_dir.join("run.build-id");
     let stale = std::fs::read_to_string(&stamp).ok().as_deref() != Some(base_id.as_str());
     if opts.reset || stale || !overlay.exists() {
-        for f in [&overlay, &vars] {
+        for f in [&overlay, &vars, &secure_vars] {
             let _ = std::fs::remove_file(f);
         }
         crust_vm::overlay::create(&image, &overlay)?;
         std::fs::write(&stamp, &base_id)?;
     }
     let accel = crust_vm::accel::detect(&out_dir.join("vmlinuz"), &image::crust_target())?;
-    let mut config = Config::new(&overlay, accel, Firmware::with_vars(&vars)?);
+    let firmware = match &opts.secure_boot {
+        Some(keys) => secure_boot_firmware(out_dir, keys, &secure_vars)?,
+        None => Firmware::with_vars(&vars)?,
+    };
+    let mut config = Config::new(&overlay, accel, firmware);
     config.bus = if opts.nvme {
         DiskBus::Nvme
     } else {
@@ -86,6 +103,56 @@ fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<Config> {
         )?;
     }
     Ok(config)
+}
+
+/// The Secure Boot key folder of `profile`, for `--secure-boot`: its `secure-boot.keys`, or
+/// the development set. A profile without `[secure-boot]` makes unsigned images, which the
+/// firmware would refuse: that is an error here rather than a machine that does not boot.
+pub fn secure_boot_keys(profile: &Path) -> Result<std::path::PathBuf> {
+    let loaded = crust_builder::profile::Profile::load(profile)?;
+    match loaded.secure_boot.map(|s| s.keys) {
+        Some(Some(dir)) => Ok(dir.value),
+        // The build that made the image warned about these.
+        Some(None) => Ok(KeySet::development(&image::crust_target().join("keys"))?
+            .dir()
+            .to_path_buf()),
+        None => bail!(
+            "{} has no [secure-boot] table: its images are not signed, and Secure Boot \
+             firmware would refuse them. Add one (docs/SECURE-BOOT.md) or use \
+             --profile qemu-secure-boot",
+            profile.display()
+        ),
+    }
+}
+
+/// OVMF's Secure Boot build, the machine's variables in `vars` starting from a store with
+/// the PK, KEK and db of the key folder `keys_dir` enrolled. The enrolled store is made
+/// afresh each time (a second's work); the machine's copy is kept like the plain one,
+/// unless the key set changed.
+fn secure_boot_firmware(out_dir: &Path, keys_dir: &Path, vars: &Path) -> Result<Firmware> {
+    let keys = KeySet::open(keys_dir)?;
+    let tools = host::uefi_tools()?;
+    let template = out_dir.join("efivars-secure-boot.template.fd");
+    let owner = keys.owner().to_string();
+    let (pk, kek, db) = (
+        keys.certificate(Role::Pk),
+        keys.certificate(Role::Kek),
+        keys.certificate(Role::Db),
+    );
+    let enrolment = firmware::Enrolment {
+        owner: &owner,
+        pk: &pk,
+        kek: &kek,
+        db: &db,
+    };
+    firmware::enrolled_store(&tools.virt_fw_vars, &enrolment, &template)?;
+    let stamp = out_dir.join("efivars-secure-boot.owner");
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(owner.as_str()) {
+        let _ = std::fs::remove_file(vars);
+        std::fs::write(&stamp, &owner)
+            .with_context(|| format!("cannot write {}", stamp.display()))?;
+    }
+    Firmware::secure_boot(vars, &template)
 }
 
 /// Boots the image in `out_dir` with the console on this terminal, until QEMU exits.
@@ -145,6 +212,16 @@ pub fn demonstrate(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
     } else {
         None
     };
+    let secure_boot = vm
+        .console()
+        .history()
+        .iter()
+        .any(|l| l.contains(SECURE_BOOT_ENABLED));
+    if opts.secure_boot.is_some() && !secure_boot {
+        bail!(
+            "the machine came up without Secure Boot: the kernel never said \"{SECURE_BOOT_ENABLED}\""
+        );
+    }
     let phases: Vec<String> = vm
         .console()
         .history()
@@ -177,6 +254,12 @@ pub fn demonstrate(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
         "Phases",
         format!("since kernel start: {}", phases.join(", ")),
     );
+    if secure_boot {
+        report::status(
+            "Secure Boot",
+            format!("enforced by the firmware; the kernel says \"{SECURE_BOOT_ENABLED}\""),
+        );
+    }
     if let Some(h) = healthy {
         report::status("Healthy", h.detail);
     }

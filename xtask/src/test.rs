@@ -6,7 +6,8 @@
 //! the workspace with the end-to-end tests included, pointed at that one image so they
 //! share it. The AMI test also needs the AMI publisher (its own workspace, `ami/`: the AWS
 //! SDK, about 4 minutes to build here) and moto, the AWS API emulator, from PyPI in a
-//! virtual environment; `--no-ami` leaves all three out and says so.
+//! virtual environment; `--no-ami` leaves all three out and says so. The Secure Boot tests
+//! need the UEFI variable store tools (`virt-fw-vars`, `uefivars`), also from PyPI.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -84,6 +85,7 @@ pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
     // Every output format, so the tests check each and the release that lists them.
     let outcome = image::build_with("qemu", None, true, &OutputFormat::ALL)?;
     let init = image::build_init()?;
+    let uefi = host::uefi_tools()?;
     let out_dir = outcome
         .image
         .parent()
@@ -99,7 +101,9 @@ pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
         "--include-ignored",
     ])
     .env(IMAGE_DIR_VAR, &out_dir)
-    .env(INIT_VAR, &init);
+    .env(INIT_VAR, &init)
+    .env(VIRT_FW_VARS_VAR, &uefi.virt_fw_vars)
+    .env(UEFIVARS_VAR, &uefi.uefivars);
     match &ami_env {
         Some((publisher, moto)) => {
             test.env(AMI_VAR, publisher).env(MOTO_VAR, moto);
@@ -111,6 +115,10 @@ pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
     run("cargo test (unit, format and end-to-end tests)", &mut test)
 }
 
+/// Environment variable naming `virt-fw-vars` (OVMF variable stores with keys enrolled).
+pub const VIRT_FW_VARS_VAR: &str = "CRUST_TEST_VIRT_FW_VARS";
+/// Environment variable naming AWS's `uefivars` (an AMI's UEFI variable store).
+pub const UEFIVARS_VAR: &str = "CRUST_TEST_UEFIVARS";
 /// Environment variable naming the AMI publisher binary for the AMI test.
 pub const AMI_VAR: &str = "CRUST_TEST_AMI";
 /// Environment variable naming the Python that has moto (the AWS API emulator).

@@ -136,7 +136,10 @@ pub fn update(settings: Option<&Update>) -> Result<(), String> {
     match settings {
         Some(u) => fs::write(
             RUN_UPDATE,
-            format!("repository={}\nchannel={}\n", u.repository, u.channel),
+            format!(
+                "repository={}\nchannel={}\ninterval={}\nreboot={}\nhealth-timeout={}\n",
+                u.repository, u.channel, u.interval, u.reboot, u.health_timeout
+            ),
         )
         .map_err(|e| format!("cannot write {RUN_UPDATE}: {e}")),
         None => match fs::remove_file(RUN_UPDATE) {

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
-use super::http::{self, HttpError};
+use crate::http::{self, HttpError};
 
 /// Where IMDS listens.
 pub const ADDRESS: SocketAddr =

@@ -13,10 +13,10 @@
 //! configuration.
 
 pub mod apply;
-pub mod http;
 pub mod imds;
 pub mod nocloud;
 pub mod schema;
+pub mod services;
 pub mod source;
 
 use std::fs::{self, OpenOptions};
@@ -53,11 +53,10 @@ pub fn phase(network: &mut net::Network) -> HostConfig {
     let (loaded, refused) = match find(network) {
         None => (image_default(), None),
         Some((origin, found)) => {
-            match found.and_then(source::to_text).and_then(|text| {
-                schema::parse(&text)
-                    .map(|c| (c, text))
-                    .map_err(|e| e.to_string())
-            }) {
+            match found
+                .and_then(source::to_text)
+                .and_then(|text| parse(&text).map(|c| (c, text)).map_err(|e| e.to_string()))
+            {
                 Ok((config, text)) => (
                     Loaded {
                         config,
@@ -89,6 +88,14 @@ pub fn phase(network: &mut net::Network) -> HostConfig {
     };
     console::phase(Phase::Config, &detail);
     loaded.config
+}
+
+/// Parses user-data and checks its services against the root's (a service that is not
+/// there is refused like any other mistake).
+fn parse(text: &str) -> Result<HostConfig, schema::SchemaError> {
+    let config = schema::parse(text)?;
+    crate::services::check_user_data(Path::new("/"), &config.service)?;
+    Ok(config)
 }
 
 /// The first source that has user-data, with the bytes or why they could not be read.
@@ -131,7 +138,7 @@ fn image_default() -> Loaded {
     };
     match fs::read_to_string(source::IMAGE_DEFAULT) {
         Err(_) => builtin,
-        Ok(text) => match schema::parse(&text) {
+        Ok(text) => match parse(&text) {
             Ok(config) => Loaded {
                 config,
                 origin: Origin::Image,

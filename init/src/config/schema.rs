@@ -5,8 +5,7 @@
 //! interfaces.eth0.mtu`) and, where the TOML parser knows it, the line. Nothing here reads
 //! files or touches the system; `docs/CONFIGURATION.md` is the reference for users.
 //!
-//! Services (`[[service]]`) are not part of version 1 yet: they join [`HostConfig`] as one
-//! more `#[serde(default)]` field once the container supervisor exists.
+//! Services (`[[service]]`) have their own module, [`super::services`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,6 +41,9 @@ pub struct HostConfig {
     /// Where the update agent looks for new versions.
     #[serde(default)]
     pub update: Option<Update>,
+    /// Services added, changed or turned off ([`super::services`]).
+    #[serde(default)]
+    pub service: Vec<super::services::Service>,
 }
 
 impl Default for HostConfig {
@@ -54,6 +56,7 @@ impl Default for HostConfig {
             sysctl: BTreeMap::new(),
             kernel: Kernel::default(),
             update: None,
+            service: Vec::new(),
         }
     }
 }
@@ -208,13 +211,36 @@ pub struct Kernel {
 
 /// `[update]`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Update {
-    /// The update repository, an `http://` or `https://` URL.
+    /// The update repository, an `http://` URL (indexes and bundles are signed, so the
+    /// transport needs no trust of its own).
     pub repository: String,
     /// The channel to follow.
     #[serde(default = "default_channel")]
     pub channel: String,
+    /// Seconds between checks (a tenth of it is added at random); at least 10.
+    #[serde(default = "default_interval")]
+    pub interval: u64,
+    /// When an installed update may reboot the host: `"now"`, or a daily UTC window
+    /// `"HH:MM-HH:MM"`.
+    #[serde(default = "default_reboot")]
+    pub reboot: String,
+    /// Seconds a newly updated boot may take to become healthy before it counts as failed.
+    #[serde(default = "default_health_timeout")]
+    pub health_timeout: u64,
+}
+
+fn default_interval() -> u64 {
+    3600
+}
+
+fn default_reboot() -> String {
+    "now".into()
+}
+
+fn default_health_timeout() -> u64 {
+    300
 }
 
 fn default_channel() -> String {
@@ -263,7 +289,8 @@ pub struct SchemaError {
 }
 
 impl SchemaError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    /// An error about `field` (no line).
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             line: None,
@@ -434,6 +461,30 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
     }
     if let Some(update) = &c.update {
         check_url(&update.repository).map_err(|m| SchemaError::new("update.repository", m))?;
+        if !update.repository.starts_with("http://") {
+            return Err(SchemaError::new(
+                "update.repository",
+                format!(
+                    "{:?}: only http:// repositories are supported (indexes and bundles are signed)",
+                    update.repository
+                ),
+            ));
+        }
+        if update.interval < 10 {
+            return Err(SchemaError::new(
+                "update.interval",
+                format!("{} s is too often; use at least 10", update.interval),
+            ));
+        }
+        if crate::update::RebootWindow::parse(&update.reboot).is_none() {
+            return Err(SchemaError::new(
+                "update.reboot",
+                format!(
+                    "{:?} is not \"now\" or a UTC window \"HH:MM-HH:MM\"",
+                    update.reboot
+                ),
+            ));
+        }
         let ok = !update.channel.is_empty()
             && update.channel.len() <= 64
             && update
@@ -452,6 +503,7 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
             ));
         }
     }
+    super::services::validate(&c.service)?;
     Ok(())
 }
 
@@ -619,7 +671,7 @@ servers = ["10.0.2.2:1123", "time.example.com", "[2001:db8::123]"]
 modules = ["wireguard", "br_netfilter"]
 
 [update]
-repository = "https://updates.example.com/crust"
+repository = "http://updates.example.com/crust"
 channel = "beta"
 "#,
         )
@@ -664,8 +716,8 @@ channel = "beta"
         let e = err("version = 1\n[network.interfaces.eth0]\nadress = \"10.0.0.1/8\"\n");
         assert_eq!(e.field, "network.interfaces.eth0.adress");
         assert_eq!(e.line, Some(3));
-        let e = err("version = 1\n[[service]]\nname = \"x\"\n");
-        assert_eq!(e.field, "service");
+        let e = err("version = 1\n[[service]]\nnme = \"x\"\n");
+        assert_eq!(e.field, "service[0].nme");
     }
 
     #[test]
@@ -748,7 +800,7 @@ channel = "beta"
                 "update.repository",
             ),
             (
-                "version = 1\n[update]\nrepository = \"https://x\"\nchannel = \"Beta!\"\n",
+                "version = 1\n[update]\nrepository = \"http://x\"\nchannel = \"Beta!\"\n",
                 "update.channel",
             ),
         ] {

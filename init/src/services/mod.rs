@@ -1,38 +1,50 @@
-//! The host's services: OCI bundles from the read-only root, run by crun, supervised here.
+//! The host's services: containers from the read-only root run by crun, host programs
+//! (containerd), and images containerd pulls at boot, all supervised here.
 //!
-//! The builder lays the bundles out under `/usr/lib/crust/services` with a start order and a
-//! policy file each ([`crust_format::service`]). Stage 2 mounts cgroup2, then this task
-//! starts every service (`crun run`, in the foreground, one process per service that this
-//! task watches), sends each one's output to the console and its log, restarts it per
-//! policy with exponential backoff, runs its health checks, and reports the boot healthy
-//! once every service that has a check passed it. At shutdown it stops the services in
-//! reverse order: SIGTERM, up to the service's stop timeout, then SIGKILL.
+//! The builder lays the services out under `/usr/lib/crust/services` with a start order and
+//! a policy file each ([`crust_format::service`]); user-data may change, add or turn off
+//! services ([`plan`]). Stage 2 mounts cgroup2, then this task starts every service (one
+//! foreground process per service that this task watches, made by [`runner`] for its kind,
+//! after the steps it needs first, such as a pull), sends each one's output to the console
+//! and its log, restarts it per policy with exponential backoff, runs its health checks, and
+//! reports the boot healthy once every service that has a check passed it. A service starts
+//! once those it names in `after` run and, if they have a health check, have passed it. At
+//! shutdown it stops the services in reverse order: SIGTERM, up to the service's stop
+//! timeout, then SIGKILL. The admin shell's service has the console itself as its input and
+//! output instead of a pipe.
 
 mod health;
 mod output;
+mod plan;
+mod process;
+mod runner;
 
-use std::fs;
+pub use plan::check as check_user_data;
+
+use std::cell::Cell;
+use std::collections::VecDeque;
+use std::fs::{self, OpenOptions};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use crust_format::phase::Phase;
-use crust_format::service::{self, Health, Restart, ServiceSpec};
+use crust_format::service::{self, Health, Kind, Restart, ServiceSpec};
 use nix::mount::{MsFlags, mount};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::config::services::Service as UserService;
 use crate::console;
 use crate::event::{Control, Task};
 use output::{Log, OutputPipe};
+use plan::Changes;
+use runner::{CGROUP_ROOT, CRUN, CTR, Launch, Step};
 
-/// crun, from the root.
-const CRUN: &str = "/usr/bin/crun";
-/// crun's state (on the /run tmpfs).
-const CRUN_ROOT: &str = "/run/crun";
-/// Where cgroup2 is mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The console, for services that are interactive (the admin shell).
+const CONSOLE: &str = "/dev/console";
 /// A service that ran at least this long before it ended starts its backoff afresh.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// Longest wait between restarts.
@@ -43,7 +55,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(60);
 enum State {
     /// Not started yet (waiting for the services it follows).
     Waiting,
-    /// `crun run` is running.
+    /// A step before the process runs (removing leftovers, the pull).
+    Preparing { pid: Pid, must_succeed: bool },
+    /// The service's process runs.
     Running { pid: Pid, since: Instant },
     /// Ended; starts again at the instant.
     Backoff { until: Instant },
@@ -54,7 +68,15 @@ enum State {
 #[derive(Debug)]
 struct Service {
     spec: ServiceSpec,
-    bundle: PathBuf,
+    /// Its folder in the root (`health.json`), if it has one.
+    dir: Option<PathBuf>,
+    launch: Launch,
+    /// Steps left before the process starts.
+    steps: VecDeque<Step>,
+    /// Whether this boot pulled its image already.
+    pulled: bool,
+    /// The step running now, and whether its outcome is shown.
+    step: Option<(String, bool)>,
     state: State,
     failures: u32,
     starts: u32,
@@ -70,7 +92,9 @@ struct Service {
 #[derive(Debug)]
 pub struct Services {
     services: Vec<Service>,
+    changes: Changes,
     healthy_reported: bool,
+    healthy: Rc<Cell<bool>>,
 }
 
 /// Mounts cgroup2 and turns on the controllers services' limits need.
@@ -108,47 +132,89 @@ pub fn mount_cgroups() {
 }
 
 impl Services {
-    /// Reads the bundles listed in the root's start order. A service whose files cannot be
-    /// read is reported and left out; the others still run.
-    pub fn load(root: &Path) -> Self {
-        let dir = root.join(service::SERVICES_DIR);
-        let order = fs::read_to_string(dir.join(service::ORDER_FILE)).unwrap_or_default();
-        let mut services = Vec::new();
-        for name in order.lines().filter(|l| !l.is_empty()) {
-            let bundle = dir.join(name);
-            let spec = fs::read_to_string(bundle.join(service::SERVICE_FILE))
-                .map_err(|e| e.to_string())
-                .and_then(|t| ServiceSpec::parse(&t).map_err(|e| e.to_string()));
-            match spec {
-                Ok(spec) => services.push(Service {
-                    log: Log::new(Path::new(output::LOG_DIR), &spec.name),
-                    spec,
-                    bundle,
-                    state: State::Waiting,
-                    failures: 0,
-                    starts: 0,
-                    pipe: None,
-                    health_ok: None,
-                    passed_once: false,
-                    next_check: None,
-                    check_pid: None,
-                }),
-                Err(e) => console::warning(&format!("service {name} left out: {e}")),
-            }
+    /// Reads the services listed in the root's start order and applies user-data's
+    /// `tables` (the config phase checked them against the same root). A service whose
+    /// files cannot be read is reported and left out; the others still run.
+    pub fn load(root: &Path, tables: &[UserService]) -> Self {
+        let (defs, problems) = plan::load_root(root);
+        for p in problems {
+            console::warning(&p);
         }
+        let (defs, changes) = match plan::apply(defs.clone(), tables) {
+            Ok(applied) => applied,
+            Err(e) => {
+                console::warning(&format!(
+                    "services: user-data not applied ({e}); running the image's services"
+                ));
+                (defs, Changes::default())
+            }
+        };
+        let (defs, problems) = plan::write_bundles(defs);
+        for p in problems {
+            console::warning(&p);
+        }
+        let services = defs
+            .into_iter()
+            .map(|def| Service {
+                log: Log::new(Path::new(output::LOG_DIR), &def.spec.name),
+                spec: def.spec,
+                dir: def.dir,
+                launch: def.launch,
+                steps: VecDeque::new(),
+                pulled: false,
+                step: None,
+                state: State::Waiting,
+                failures: 0,
+                starts: 0,
+                pipe: None,
+                health_ok: None,
+                passed_once: false,
+                next_check: None,
+                check_pid: None,
+            })
+            .collect();
         Self {
             services,
+            changes,
             healthy_reported: false,
+            healthy: Rc::new(Cell::new(false)),
+        }
+    }
+
+    /// Turns true once every service with a health check passed it (the update agent
+    /// blesses a trial boot then).
+    pub fn healthy_flag(&self) -> Rc<Cell<bool>> {
+        self.healthy.clone()
+    }
+
+    /// Prints the `healthy` phase once every health check passed (at once if none are
+    /// declared).
+    pub fn report_healthy(&mut self) {
+        if !self.healthy_reported
+            && let Some(detail) = self.all_healthy()
+        {
+            self.healthy_reported = true;
+            self.healthy.set(true);
+            console::phase(Phase::Healthy, &detail);
         }
     }
 
     /// Starts what can start now; returns the console detail of the `services` phase.
     pub fn start(&mut self) -> String {
         if self.services.is_empty() {
-            return "none declared".into();
+            return format!("none declared{}", self.changes.describe());
         }
-        if !Path::new(CRUN).is_file() {
-            console::warning(&format!("{CRUN} is not in the image: no service can run"));
+        for (program, needed_by) in [(CRUN, "crun"), (CTR, "pull")] {
+            let needed = self.services.iter().any(|s| match &s.spec.kind {
+                Kind::Crun => needed_by == "crun",
+                Kind::Pull(_) => needed_by == "pull",
+                Kind::Host => false,
+            });
+            if needed && !Path::new(program).is_file() {
+                console::warning(&format!(
+                    "{program} is not in the image: services of kind {needed_by} cannot run"
+                ));
+            }
         }
         self.start_ready(Instant::now());
         let names: Vec<&str> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
@@ -158,9 +224,10 @@ impl Services {
             .filter(|s| s.spec.health.is_some())
             .count();
         format!(
-            "started {} ({} with health checks)",
+            "started {} ({} with health checks){}",
             names.join(", "),
-            checks
+            checks,
+            self.changes.describe()
         )
     }
 
@@ -171,9 +238,16 @@ impl Services {
                 State::Backoff { until } => until <= now,
                 _ => false,
             };
+            // A dependency runs (and passed its health check, if it has one), or ended for
+            // good.
             let deps_up = self.services[i].spec.after.iter().all(|dep| {
                 self.services.iter().any(|s| {
-                    &s.spec.name == dep && matches!(s.state, State::Running { .. } | State::Done)
+                    &s.spec.name == dep
+                        && match s.state {
+                            State::Running { .. } => s.spec.health.is_none() || s.passed_once,
+                            State::Done => true,
+                            _ => false,
+                        }
                 })
             });
             if due && deps_up {
@@ -219,28 +293,84 @@ impl Service {
         self.log.write(line);
     }
 
+    /// Starts the service: the steps its kind needs first, then its process.
     fn launch(&mut self, now: Instant) {
-        // A container left over from a crashed run would make `crun run` fail.
-        let _ = crun(&["delete", "--force", &self.spec.name]);
-        let spawned = OutputPipe::new().and_then(|(pipe, write)| {
-            let child = Command::new(CRUN)
-                .args(["--root", CRUN_ROOT, "run", "--no-new-keyring", "--bundle"])
-                .arg(&self.bundle)
-                .arg(&self.spec.name)
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(write.try_clone()?))
-                .stderr(Stdio::from(write))
-                .spawn()?;
-            Ok((pipe, child.id()))
-        });
+        self.steps = self.launch.steps(&self.spec.name, self.pulled).into();
+        self.next(now);
+    }
+
+    /// Runs the next step, or the service's process when no step is left.
+    fn next(&mut self, now: Instant) {
+        if let Some(mut step) = self.steps.pop_front() {
+            if step.show_errors {
+                self.say(&step.what);
+            }
+            let spawned = OutputPipe::new().and_then(|(pipe, write)| {
+                let stderr = if step.show_errors {
+                    Stdio::from(write)
+                } else {
+                    Stdio::null()
+                };
+                let child = step
+                    .command
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr)
+                    .spawn()?;
+                Ok((pipe, child.id()))
+            });
+            match spawned {
+                Ok((pipe, pid)) => {
+                    self.pipe = step.show_errors.then_some(pipe);
+                    self.step = Some((step.what, step.show_errors));
+                    self.state = State::Preparing {
+                        pid: Pid::from_raw(pid as i32),
+                        must_succeed: step.must_succeed,
+                    };
+                }
+                Err(e) if step.must_succeed => {
+                    self.say(&format!("cannot start ({}): {e}", step.what));
+                    self.ended(now, false);
+                }
+                Err(_) => self.next(now),
+            }
+            return;
+        }
+        let spawned = if self.spec.console {
+            // The console itself: an interactive shell writes prompts without newlines and
+            // reads what is typed.
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(CONSOLE)
+                .and_then(|tty| {
+                    let child = self
+                        .launch
+                        .command(&self.spec.name)
+                        .stdin(Stdio::from(tty.try_clone()?))
+                        .stdout(Stdio::from(tty.try_clone()?))
+                        .stderr(Stdio::from(tty))
+                        .spawn()?;
+                    Ok((None, child.id()))
+                })
+        } else {
+            OutputPipe::new().and_then(|(pipe, write)| {
+                let child = self
+                    .launch
+                    .command(&self.spec.name)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::from(write.try_clone()?))
+                    .stderr(Stdio::from(write))
+                    .spawn()?;
+                Ok((Some(pipe), child.id()))
+            })
+        };
         match spawned {
             Ok((pipe, pid)) => {
+                let pid = Pid::from_raw(pid as i32);
                 self.starts += 1;
-                self.pipe = Some(pipe);
-                self.state = State::Running {
-                    pid: Pid::from_raw(pid as i32),
-                    since: now,
-                };
+                self.pipe = pipe;
+                self.state = State::Running { pid, since: now };
                 self.next_check = self
                     .spec
                     .health
@@ -250,11 +380,34 @@ impl Service {
                     let n = self.starts - 1;
                     self.say(&format!("restarted (restart {n})"));
                 }
+                if let Err(e) = self.launch.started(&self.spec.name, pid) {
+                    self.say(&e);
+                }
             }
             Err(e) => {
                 self.say(&format!("cannot start: {e}"));
                 self.ended(now, false);
             }
+        }
+    }
+
+    /// A step ended: the next one (or the process) starts, unless a step that must
+    /// succeed failed.
+    fn step_ended(&mut self, now: Instant, must_succeed: bool, status: WaitStatus) {
+        self.pump();
+        self.pipe = None;
+        let ok = matches!(status, WaitStatus::Exited(_, 0));
+        if let Some((what, true)) = self.step.take() {
+            let outcome = if ok { "done".into() } else { describe(status) };
+            self.say(&format!("{what}: {outcome}"));
+        }
+        if !must_succeed {
+            self.next(now);
+        } else if ok {
+            self.pulled = true;
+            self.next(now);
+        } else {
+            self.ended(now, false);
         }
     }
 
@@ -305,15 +458,21 @@ impl Service {
             Health::Tcp(port) => self.record(health::tcp(port)),
             Health::Http { port, path } => self.record(health::http(port, &path)),
             Health::Exec => {
-                let process = self.bundle.join(service::HEALTH_PROCESS_FILE);
-                let spawned = Command::new(CRUN)
-                    .args(["--root", CRUN_ROOT, "exec", "--process"])
-                    .arg(process)
-                    .arg(&self.spec.name)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn();
+                let process = self
+                    .dir
+                    .as_ref()
+                    .map(|d| d.join(service::HEALTH_PROCESS_FILE))
+                    .unwrap_or_default();
+                let spawned = self
+                    .launch
+                    .health_command(&self.spec.name, &process)
+                    .map_err(std::io::Error::other)
+                    .and_then(|mut cmd: Command| {
+                        cmd.stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .spawn()
+                    });
                 match spawned {
                     Ok(child) => self.check_pid = Some(Pid::from_raw(child.id() as i32)),
                     Err(e) => {
@@ -352,24 +511,32 @@ impl Service {
 
     /// SIGTERM, wait up to the stop timeout (still relaying output), then SIGKILL.
     fn stop(&mut self, budget: Duration) {
-        let State::Running { pid, .. } = self.state else {
-            return;
+        let pid = match self.state {
+            State::Running { pid, .. } => pid,
+            State::Preparing { pid, .. } => {
+                // A step (a pull, say) is not worth waiting for.
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = wait_for(pid, Duration::from_secs(5), || {});
+                self.state = State::Done;
+                return;
+            }
+            _ => return,
         };
         let start = Instant::now();
         let timeout = Duration::from_secs(u64::from(self.spec.stop_timeout)).min(budget);
         self.say("stopping: SIGTERM");
-        let _ = crun(&["kill", &self.spec.name, "TERM"]);
+        self.launch.terminate(&self.spec.name, pid);
         let mut status = wait_for(pid, timeout, || self.pump());
         if status.is_none() {
             self.say(&format!(
                 "still running after {} s: SIGKILL",
                 timeout.as_secs()
             ));
-            let _ = crun(&["kill", "--all", &self.spec.name, "KILL"]);
+            self.launch.kill(&self.spec.name, pid);
             status = wait_for(pid, Duration::from_secs(5), || self.pump());
         }
         self.pump();
-        let _ = crun(&["delete", "--force", &self.spec.name]);
+        self.launch.cleanup(&self.spec.name);
         self.state = State::Done;
         self.say(&format!(
             "stopped in {:.1} s ({})",
@@ -377,17 +544,6 @@ impl Service {
             status.map_or("did not exit".into(), describe)
         ));
     }
-}
-
-/// Runs a short crun command and waits for it.
-fn crun(args: &[&str]) -> std::io::Result<std::process::ExitStatus> {
-    Command::new(CRUN)
-        .args(["--root", CRUN_ROOT])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
 }
 
 /// Waits for `pid` to exit, calling `tick` meanwhile; `None` on timeout.
@@ -446,12 +602,7 @@ impl Task for Services {
             }
         }
         self.start_ready(now);
-        if !self.healthy_reported
-            && let Some(detail) = self.all_healthy()
-        {
-            self.healthy_reported = true;
-            console::phase(Phase::Healthy, &detail);
-        }
+        self.report_healthy();
         Control::Continue
     }
 
@@ -461,6 +612,15 @@ impl Task for Services {
             if s.check_pid == Some(pid) {
                 s.check_pid = None;
                 s.record(matches!(status, WaitStatus::Exited(_, 0)));
+                return true;
+            }
+            if let State::Preparing {
+                pid: p,
+                must_succeed,
+            } = s.state
+                && p == pid
+            {
+                s.step_ended(now, must_succeed, status);
                 return true;
             }
             if matches!(s.state, State::Running { pid: p, .. } if p == pid) {

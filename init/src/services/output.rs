@@ -133,15 +133,7 @@ impl Log {
 
 /// Prints a service's line on the console: `[time] <name>: <line>`.
 pub fn to_console(name: &str, line: &str) {
-    let now = console::now();
-    let mut out = io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "[{:5}.{:06}] {name}: {line}",
-        now.as_secs(),
-        now.subsec_micros()
-    );
-    let _ = out.flush();
+    console::note(name, line);
 }
 
 /// Reads a pipe's pending output to the console and the log; returns whether it closed.

@@ -1,9 +1,9 @@
-//! A minimal HTTP/1.1 client over `std::net::TcpStream`, for the EC2 instance metadata
-//! service only.
+//! A minimal HTTP/1.1 client over `std::net::TcpStream`: the EC2 instance metadata service,
+//! health checks, and the update agent's repository (plain HTTP; bundles are signed, so the
+//! transport needs no trust).
 //!
-//! Hand-written on purpose: IMDS is plain HTTP on a link-local address, and the init needs
-//! exactly one request at a time with a fixed method, path and a few headers, a bounded
-//! wait and a bounded body. The general clients (ureq, reqwest, hyper) bring TLS stacks,
+//! Hand-written on purpose: the init needs exactly one request at a time with a fixed
+//! method, path and a few headers, a bounded wait and a bounded body (or a streamed one). The general clients (ureq, reqwest, hyper) bring TLS stacks,
 //! connection pools or async runtimes that would make the static PID 1 several times larger
 //! for none of that. Each request uses its own connection (`Connection: close`); responses
 //! are read to the end, framed by `Content-Length` when the server sends it. Chunked
@@ -61,6 +61,143 @@ impl fmt::Display for HttpError {
 
 impl std::error::Error for HttpError {}
 
+/// An `http://host[:port]/path` URL (plain HTTP: what travels over it is signed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Url {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Path, starting with `/`, without a trailing `/`.
+    pub path: String,
+}
+
+impl Url {
+    /// Parses a URL; only `http://` is supported.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+        let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (
+                h,
+                p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+            ),
+            None => (hostport, 80),
+        };
+        if host.is_empty() {
+            return Err(format!("{url:?} has no host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            path: path.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// The first address the host resolves to (DNS through the C library's resolver).
+    pub fn address(&self) -> Result<SocketAddr, HttpError> {
+        use std::net::ToSocketAddrs;
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(HttpError::Connect)?
+            .next()
+            .ok_or_else(|| {
+                HttpError::Connect(io::Error::other(format!("{} has no address", self.host)))
+            })
+    }
+
+    /// The path of `rel` below this URL's path.
+    pub fn join(&self, rel: &str) -> String {
+        format!("{}/{}", self.path, rel.trim_start_matches('/'))
+    }
+}
+
+/// `GET path`, the body streamed into `sink` (at most `limit` bytes; each network step waits
+/// at most `timeout`). Anything but `200 OK` is an error. Returns the body's length.
+pub fn download(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    limit: u64,
+    sink: &mut dyn Write,
+) -> Result<u64, HttpError> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(HttpError::Connect)?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(HttpError::Io)?;
+    stream
+        .write_all(request_bytes(addr, "GET", path, &[]).as_bytes())
+        .map_err(HttpError::Io)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 64 << 10];
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        if buf.len() > 64 << 10 {
+            return Err(HttpError::Malformed("header too long".into()));
+        }
+        let n = stream.read(&mut chunk).map_err(HttpError::Io)?;
+        if n == 0 {
+            return Err(HttpError::Malformed("no end of the header".into()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = std::str::from_utf8(&buf[..end])
+        .map_err(|_| HttpError::Malformed("header is not text".into()))?;
+    let (status, headers) = parse_head(head)?;
+    if status != 200 {
+        return Err(HttpError::Malformed(format!(
+            "{path}: HTTP status {status}"
+        )));
+    }
+    let field = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if field("transfer-encoding").is_some_and(|te| !te.eq_ignore_ascii_case("identity")) {
+        return Err(HttpError::Malformed(
+            "chunked transfer encoding is not supported".into(),
+        ));
+    }
+    let length: Option<u64> = match field("content-length") {
+        Some(l) => Some(
+            l.parse()
+                .map_err(|_| HttpError::Malformed(format!("Content-Length {l:?}")))?,
+        ),
+        None => None,
+    };
+    let mut written = 0u64;
+    let mut take = |bytes: &[u8]| -> Result<(), HttpError> {
+        written += bytes.len() as u64;
+        if written > limit || length.is_some_and(|l| written > l) {
+            return Err(HttpError::Malformed(format!(
+                "{path}: body larger than expected"
+            )));
+        }
+        sink.write_all(bytes).map_err(HttpError::Io)
+    };
+    take(&buf[end + 4..])?;
+    loop {
+        let n = stream.read(&mut chunk).map_err(HttpError::Io)?;
+        if n == 0 {
+            break;
+        }
+        take(&chunk[..n])?;
+    }
+    if length.is_some_and(|l| written != l) {
+        return Err(HttpError::Malformed(format!(
+            "{path}: the body ended early"
+        )));
+    }
+    Ok(written)
+}
+
 /// Sends one request with an empty body and reads the response; every step waits at most
 /// `timeout`.
 pub fn request(
@@ -109,14 +246,9 @@ fn request_bytes(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &
     text
 }
 
-/// Parses a complete response (the server closed the connection after it).
-pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
+/// Parses a response's status line and header fields (without the blank line).
+fn parse_head(head: &str) -> Result<(u16, Vec<(String, String)>), HttpError> {
     let bad = |why: &str| HttpError::Malformed(why.to_owned());
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of the header"))?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("header is not text"))?;
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let mut parts = status_line.splitn(3, ' ');
@@ -136,6 +268,18 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
             .ok_or_else(|| bad(&format!("header line {line:?}")))?;
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
     }
+    Ok((status, headers))
+}
+
+/// Parses a complete response (the server closed the connection after it).
+pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
+    let bad = |why: &str| HttpError::Malformed(why.to_owned());
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no end of the header"))?;
+    let head = std::str::from_utf8(&raw[..end]).map_err(|_| bad("header is not text"))?;
+    let (status, headers) = parse_head(head)?;
     let response = Response {
         status,
         headers,

@@ -1,0 +1,268 @@
+//! `[[service]]` in user-data: services the host configuration adds, changes or turns off.
+//!
+//! A table whose `name` is a service of the image changes it (`command`, `env`, `restart`)
+//! or turns it off (`enabled = false`). Any other name adds a service, which needs an image:
+//! `image.service` reuses the image of one of the root's services (a new container from the
+//! same read-only files), and `image.pull` names an image containerd pulls at boot (images
+//! built from the containerd profile). This module checks what needs nothing but the text;
+//! [`crate::services::plan`] then checks the names against the root, in the same config
+//! phase, so a service that does not exist is refused like any other mistake.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crust_format::service::{Restart, check_name};
+use serde::Deserialize;
+
+use super::schema::SchemaError;
+
+/// One `[[service]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    /// The service's name: one of the image's, or a new one.
+    pub name: String,
+    /// `false` turns a service of the image off.
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    /// The image of a new service.
+    #[serde(default)]
+    pub image: Option<Image>,
+    /// Program and arguments, replacing the service's (or its image's) whole command.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Environment variables set on top of the service's.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Restart policy.
+    #[serde(default)]
+    pub restart: Option<Policy>,
+    /// Services a new service starts after (and after their health checks pass).
+    #[serde(default)]
+    pub after: Vec<String>,
+}
+
+/// `image` of a new service: exactly one of the two.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// The image of this service of the root.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// An image reference containerd pulls at boot (`http://` first for a plain-HTTP
+    /// registry).
+    #[serde(default)]
+    pub pull: Option<String>,
+}
+
+/// `restart`, as in profiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    /// Whatever the exit status.
+    Always,
+    /// After a non-zero exit or a signal.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+impl From<Policy> for Restart {
+    fn from(p: Policy) -> Self {
+        match p {
+            Policy::Always => Restart::Always,
+            Policy::OnFailure => Restart::OnFailure,
+            Policy::Never => Restart::Never,
+        }
+    }
+}
+
+impl Service {
+    /// Whether the service runs (the default) or is turned off.
+    pub fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+}
+
+/// The field path of entry `i`'s `field`, as the TOML parser names them.
+pub fn field(i: usize, field: &str) -> String {
+    if field.is_empty() {
+        format!("service[{i}]")
+    } else {
+        format!("service[{i}].{field}")
+    }
+}
+
+/// Checks a reference's form: `[http://]host[:port]/repository[:tag][@sha256:…]`, with an
+/// explicit registry host (no implied Docker Hub).
+pub fn check_reference(reference: &str) -> Result<(), String> {
+    let rest = reference.strip_prefix("http://").unwrap_or(reference);
+    let host = rest.split('/').next().unwrap_or("");
+    let ok = rest.len() > host.len() + 1
+        && (host.contains('.') || host.contains(':') || host == "localhost")
+        && !rest
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{reference:?} is not an image reference with its registry host, such as \
+             registry.example.com/name:tag (or http://10.0.2.2:5000/name:tag for a plain-HTTP \
+             registry)"
+        ))
+    }
+}
+
+/// Checks the tables on their own (names, forms, exclusive fields).
+pub fn validate(services: &[Service]) -> Result<(), SchemaError> {
+    let mut seen = BTreeSet::new();
+    for (i, s) in services.iter().enumerate() {
+        let bad = |f: &str, m: String| SchemaError::new(field(i, f), m);
+        check_name(&s.name).map_err(|m| bad("name", m))?;
+        if !seen.insert(s.name.as_str()) {
+            return Err(bad("name", format!("{:?} is named twice", s.name)));
+        }
+        if !s.enabled() {
+            let other = s.image.is_some()
+                || s.command.is_some()
+                || !s.env.is_empty()
+                || s.restart.is_some()
+                || !s.after.is_empty();
+            if other {
+                return Err(bad(
+                    "enabled",
+                    "a service turned off takes no other settings".into(),
+                ));
+            }
+        }
+        if let Some(image) = &s.image {
+            match (&image.service, &image.pull) {
+                (Some(base), None) => check_name(base).map_err(|m| bad("image.service", m))?,
+                (None, Some(reference)) => {
+                    check_reference(reference).map_err(|m| bad("image.pull", m))?
+                }
+                _ => {
+                    return Err(bad(
+                        "image",
+                        "give exactly one of service = \"NAME\" (an image in the root) or \
+                         pull = \"REFERENCE\" (pulled by containerd)"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        if let Some(command) = &s.command {
+            if !command.first().is_some_and(|p| p.starts_with('/')) {
+                return Err(bad(
+                    "command",
+                    "must start with the absolute path of a program in the image".into(),
+                ));
+            }
+            if command.iter().any(|a| a.contains('\0')) {
+                return Err(bad("command", "holds a NUL character".into()));
+            }
+        }
+        for (key, value) in &s.env {
+            if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+                return Err(bad(
+                    &format!("env.{key}"),
+                    format!("{key:?} is not a variable name"),
+                ));
+            }
+        }
+        for (j, dep) in s.after.iter().enumerate() {
+            check_name(dep).map_err(|m| bad(&format!("after[{j}]"), m))?;
+            if dep == &s.name {
+                return Err(bad(
+                    &format!("after[{j}]"),
+                    "a service cannot wait for itself".into(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::schema::parse;
+
+    fn field_of(text: &str) -> String {
+        parse(&format!("version = 1\n{text}")).unwrap_err().field
+    }
+
+    #[test]
+    fn services_parse() {
+        let c = parse(
+            r#"version = 1
+[[service]]
+name = "web"
+env = { GREETING = "hi" }
+restart = "on-failure"
+
+[[service]]
+name = "cache"
+enabled = false
+
+[[service]]
+name = "demo"
+image.pull = "http://10.0.2.2:5000/demo:1"
+command = ["/bin/busybox", "echo", "hello"]
+after = ["web"]
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.service.len(), 3);
+        assert_eq!(c.service[0].env["GREETING"], "hi");
+        assert!(!c.service[1].enabled());
+        assert_eq!(
+            c.service[2].image.as_ref().unwrap().pull.as_deref(),
+            Some("http://10.0.2.2:5000/demo:1")
+        );
+    }
+
+    #[test]
+    fn bad_services_name_the_field() {
+        for (text, field) in [
+            ("[[service]]\nname = \"Web\"\n", "service[0].name"),
+            (
+                "[[service]]\nname = \"web\"\nrestart = \"sometimes\"\n",
+                "service[0].restart",
+            ),
+            (
+                "[[service]]\nname = \"web\"\ncolour = \"red\"\n",
+                "service[0].colour",
+            ),
+            (
+                "[[service]]\nname = \"web\"\n[[service]]\nname = \"web\"\n",
+                "service[1].name",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nenabled = false\nrestart = \"never\"\n",
+                "service[0].enabled",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage = { service = \"web\", pull = \"r.example/x\" }\n",
+                "service[0].image",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.pull = \"busybox\"\n",
+                "service[0].image.pull",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = [\"sh\"]\n",
+                "service[0].command",
+            ),
+            (
+                "[[service]]\nname = \"x\"\ncommand = []\n",
+                "service[0].command",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nafter = [\"x\"]\n",
+                "service[0].after[0]",
+            ),
+        ] {
+            assert_eq!(field_of(text), field, "{text}");
+        }
+    }
+}

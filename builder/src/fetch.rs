@@ -396,3 +396,78 @@ pub fn sha256_file(path: &Path) -> Result<Digest> {
     }
     Ok(Digest(hasher.finalize().into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(dir: &Path, services: &[(&str, &str)]) -> Profile {
+        let mut text = String::from(
+            "[image]\nname = \"crust\"\nversion = \"0.1.0\"\n[kernel]\npackage = \"linux-image-cloud-amd64\"\n[root]\npackages = [\"crun\"]\n",
+        );
+        for (name, package) in services {
+            text.push_str(&format!(
+                "[[service]]\nname = \"{name}\"\nimage.debian = [\"{package}\"]\ncommand = [\"/bin/busybox\"]\n"
+            ));
+        }
+        let path = dir.join("p.toml");
+        std::fs::write(&path, text).unwrap();
+        Profile::load(&path).unwrap()
+    }
+
+    fn package(name: &str, role: Role, service: Option<&str>) -> LockedPackage {
+        LockedPackage {
+            name: name.into(),
+            version: "1".into(),
+            architecture: "amd64".into(),
+            role,
+            sha256: Digest::of(name.as_bytes()).to_hex(),
+            size: 1,
+            filename: format!("pool/{name}.deb"),
+            service: service.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn service_variants_reuse_pinned_packages_without_apt() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = profile(dir.path(), &[("web", "busybox-static")]);
+        let old = Lock {
+            version: LOCK_VERSION,
+            source_date_epoch: 7,
+            inputs: Inputs::of(&base),
+            packages: vec![
+                package("crun", Role::Root, None),
+                package("busybox-static", Role::Service, Some("web")),
+            ],
+            images: Vec::new(),
+        };
+        let variant = profile(
+            dir.path(),
+            &[("web", "busybox-static"), ("admin", "busybox-static")],
+        );
+        let lock = refresh_images(&old, &variant)
+            .unwrap()
+            .expect("no apt needed");
+        assert_eq!(lock.inputs, Inputs::of(&variant));
+        assert_eq!(lock.source_date_epoch, 7);
+        let admin: Vec<_> = lock
+            .packages
+            .iter()
+            .filter(|p| p.service.as_deref() == Some("admin"))
+            .collect();
+        assert_eq!(admin.len(), 1);
+        assert_eq!(admin[0].sha256, old.packages[1].sha256);
+
+        // A package list no service had, or other root packages, need apt.
+        let other = profile(dir.path(), &[("web", "bash")]);
+        assert!(refresh_images(&old, &other).unwrap().is_none());
+        let mut changed_root = Inputs::of(&base);
+        changed_root.packages.push("e2fsprogs".into());
+        let old_root = Lock {
+            inputs: changed_root,
+            ..old.clone()
+        };
+        assert!(refresh_images(&old_root, &variant).unwrap().is_none());
+    }
+}

@@ -13,11 +13,11 @@ use crust_format::initrd;
 use crate::kernel::{Kernel, ModuleSet};
 use crate::tree::{Entry, Node, Tree};
 
-/// zstd level for the initramfs. Measured on the default profile's 5.2 MB archive (init
-/// and modules): level 12 gives 1.61 MB in 0.16 s, level 19 1.47 MB in 1.3 s, a seventh of
-/// a warm build, to save 140 KB that the firmware reads in about 4 ms (it reads the UKI at
-/// some 34 MB/s under TCG) and the kernel decompresses no faster. Above 12 the time
-/// doubles for a few kilobytes (`docs/BENCHMARKS.md`).
+/// zstd level for the initramfs. Measured on the default profile's archive (5.2 MB: init
+/// and modules): level 12 takes 0.16 s, level 19 1.3 s (a third of a warm build) to make it
+/// about 0.14 MB smaller, which the firmware reads in some 4 ms (it reads the UKI at about
+/// 34 MB/s under TCG) and the kernel decompresses no faster. Above 12 the time doubles for
+/// a few kilobytes (`docs/BENCHMARKS.md`).
 const ZSTD_LEVEL: i32 = 12;
 
 /// What goes into an initramfs.

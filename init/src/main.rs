@@ -34,6 +34,7 @@ mod modules;
 mod mounts;
 mod net;
 mod power;
+mod random;
 mod services;
 mod shutdown;
 mod stage1;

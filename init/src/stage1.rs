@@ -65,6 +65,10 @@ pub fn run() -> Result<Infallible> {
         console::phase(Phase::Modules, &detail),
     );
 
+    // The NICs' drivers are loaded: start their links now, so they are carrying traffic
+    // by the time stage 2 asks DHCP for an address.
+    crate::net::Network::bring_up_early();
+
     // manifest: nothing in it is used before its signature is checked.
     let verified = manifest::load_from_initramfs(root)?;
     let m = &verified.manifest;

@@ -10,7 +10,7 @@
 //! tmpfs on `/var` instead and says so on the console, naming the device and what to do.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -263,9 +263,9 @@ pub fn parse_machine_id(text: &str) -> Option<String> {
 
 fn new_machine_id() -> Result<String> {
     let mut bytes = [0u8; 16];
-    File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("state", || "cannot read /dev/urandom".into())?;
+    // Unique, not secret: no need to wait (a second and more under emulation) for the
+    // kernel's generator to be fully seeded.
+    crate::random::fill(&mut bytes).context("state", || "no randomness from the kernel".into())?;
     // Formatted as a random (version 4) UUID without dashes, as systemd does.
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;

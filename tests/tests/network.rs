@@ -128,7 +128,7 @@ fn imds_user_data_through_a_token() {
     let state = disk.scratch.path().join("imds");
     let handler = [env!("CARGO_BIN_EXE_crust-imds").to_owned()];
     let user_data = "version = 1\nhostname = \"crust-imds-e2e\"\n\n[update]\n\
-                     repository = \"https://updates.example.com/crust\"\nchannel = \"beta\"\n";
+                     repository = \"http://updates.example.com/crust\"\nchannel = \"beta\"\n";
     let mut emulator = None;
     let mut t = disk.boot_with(BootOptions::default(), |c| {
         emulator = Some(
@@ -141,7 +141,7 @@ fn imds_user_data_through_a_token() {
     assert!(config.contains("from EC2 IMDS"), "{config}");
     assert!(config.contains("hostname crust-imds-e2e"), "{config}");
     assert!(
-        config.contains("updates beta from https://updates.example.com/crust"),
+        config.contains("updates beta from http://updates.example.com/crust"),
         "{config}"
     );
     let network = wait(&mut t, Phase::Network);

@@ -12,6 +12,7 @@
 mod boot;
 mod build_time;
 mod chart;
+mod extents;
 mod floor;
 mod report;
 mod size;
@@ -73,10 +74,15 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     let load_before = load_average();
 
-    let init = match &opts.init {
+    let built = match &opts.init {
         Some(path) => path.clone(),
         None => image::build_init()?,
     };
+    // A copy: a cargo build elsewhere may replace the original while this runs, and every
+    // build here must see the same init.
+    let init = work.join("init");
+    std::fs::copy(&built, &init)
+        .with_context(|| format!("cannot copy the init {}", built.display()))?;
     let floor_init = if opts.boot {
         Some(floor::build_init()?)
     } else {

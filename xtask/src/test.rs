@@ -7,7 +7,9 @@
 //! share it. The AMI test also needs the AMI publisher (its own workspace, `ami/`: the AWS
 //! SDK, about 4 minutes to build here) and moto, the AWS API emulator, from PyPI in a
 //! virtual environment; `--no-ami` leaves all three out and says so. The Secure Boot tests
-//! need the UEFI variable store tools (`virt-fw-vars`, `uefivars`), also from PyPI.
+//! need the UEFI variable store tools (`virt-fw-vars`, `uefivars`), also from PyPI. Last,
+//! the benchmark runs once with `--quick` into `target/crust/test-bench`, a check that it
+//! works (`docs/BENCHMARKS.md`).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -112,7 +114,21 @@ pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
             test.args(["--skip", AMI_TEST]);
         }
     }
-    run("cargo test (unit, format and end-to-end tests)", &mut test)
+    run("cargo test (unit, format and end-to-end tests)", &mut test)?;
+    // The benchmark once, quickly, in a folder of its own: a check that it runs and writes a
+    // report and chart that read back (its numbers are not judged here; 40 s on a quiet
+    // machine).
+    eprintln!("crust: cargo xtask bench --quick (a check that the benchmark works)");
+    crate::bench::run(&crate::bench::Options {
+        profile: "qemu".into(),
+        iterations: 1,
+        cold: false,
+        boot: true,
+        quick: true,
+        out: Some(image::crust_target().join("test-bench")),
+        init: None,
+    })?;
+    Ok(())
 }
 
 /// Environment variable naming `virt-fw-vars` (OVMF variable stores with keys enrolled).

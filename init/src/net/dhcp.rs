@@ -17,11 +17,15 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::{Decodable, Decoder};
 
 use super::lease::Lease;
 
-/// First retransmission delay.
-pub const FIRST_DELAY: Duration = Duration::from_secs(1);
+/// First retransmission delay. Short: right after a link comes up, the kernel may still
+/// drop what is sent until its link watcher has activated the transmit queue, so the first
+/// DISCOVER is often lost; retrying soon (and then doubling) costs a few packets and saves
+/// most of a second of boot.
+pub const FIRST_DELAY: Duration = Duration::from_millis(250);
 /// Longest retransmission delay.
 pub const MAX_DELAY: Duration = Duration::from_secs(64);
 /// REQUESTs sent for one offer before starting over.
@@ -347,16 +351,7 @@ impl Client {
 
     /// A message with what every client message carries.
     fn message(&self, kind: MessageType, now: Instant) -> Message {
-        let unspecified = Ipv4Addr::UNSPECIFIED;
-        let mut msg = Message::new_with_id(
-            self.xid,
-            unspecified,
-            unspecified,
-            unspecified,
-            unspecified,
-            &self.mac,
-        );
-        msg.set_opcode(Opcode::BootRequest);
+        let mut msg = blank_request(self.xid, &self.mac);
         let secs = now.saturating_duration_since(self.began).as_secs();
         msg.set_secs(u16::try_from(secs).unwrap_or(u16::MAX));
         let opts = msg.opts_mut();
@@ -389,9 +384,10 @@ impl Client {
         self.next = Some(now + self.jitter(self.delay));
     }
 
-    /// `delay` ± up to 250 ms.
+    /// `delay` ± up to a quarter of it (at most 250 ms).
     fn jitter(&mut self, delay: Duration) -> Duration {
-        let ms = (self.random() % 501) as i64 - 250;
+        let spread = (delay.as_millis() as i64 / 4).clamp(1, 250);
+        let ms = (self.random() % (2 * spread as u64 + 1)) as i64 - spread;
         let base = delay.as_millis() as i64;
         Duration::from_millis((base + ms).max(base / 2) as u64)
     }
@@ -407,10 +403,30 @@ impl Client {
     }
 }
 
+/// An empty BOOTREQUEST (RFC 2131 §2) with transaction id `xid` from the hardware address
+/// `mac`: every address zero, no flags, the magic cookie and no options yet.
+///
+/// Built by decoding the fixed header rather than with `Message::new_with_id`, which starts
+/// from dhcproto's `Message::default()` and so draws a transaction id from `rand`: that
+/// reads `getrandom(2)` in blocking mode, and before the kernel's generator is seeded
+/// (a second or more under emulation) the DISCOVER would wait for it.
+fn blank_request(xid: u32, mac: &[u8; 6]) -> Message {
+    const HEADER: usize = 236;
+    let mut bytes = [0u8; HEADER + 5];
+    bytes[0] = 1; // op: BOOTREQUEST
+    bytes[1] = 1; // htype: Ethernet
+    bytes[2] = 6; // hlen
+    bytes[4..8].copy_from_slice(&xid.to_be_bytes());
+    bytes[28..34].copy_from_slice(mac);
+    bytes[HEADER..HEADER + 4].copy_from_slice(&[99, 130, 83, 99]);
+    bytes[HEADER + 4] = 255; // end of options
+    Message::decode(&mut Decoder::new(&bytes)).expect("a fixed, well-formed BOOTP header")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dhcproto::{Decodable, Decoder, Encodable};
+    use dhcproto::Encodable;
 
     const MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
     const SERVER: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 2);
@@ -481,6 +497,25 @@ mod tests {
         );
         assert!(matches!(&actions[..], [Action::Apply(l)] if l.address == ADDRESS));
         c
+    }
+
+    #[test]
+    fn the_blank_request_is_the_header_new_with_id_makes() {
+        let mac = [0x52, 0x54, 0, 0x12, 0x34, 0x56];
+        let ours = blank_request(0xdead_beef, &mac);
+        let unspecified = Ipv4Addr::UNSPECIFIED;
+        let theirs = Message::new_with_id(
+            0xdead_beef,
+            unspecified,
+            unspecified,
+            unspecified,
+            unspecified,
+            &mac,
+        );
+        assert_eq!(ours.to_vec().unwrap(), theirs.to_vec().unwrap());
+        assert_eq!(ours.opcode(), Opcode::BootRequest);
+        assert_eq!(ours.xid(), 0xdead_beef);
+        assert_eq!(&ours.chaddr()[..6], &mac);
     }
 
     #[test]
@@ -572,13 +607,14 @@ mod tests {
             let actions = c.on_timer(now);
             assert_eq!(kind(sent(&actions).0), MessageType::Discover);
         }
-        // 1, 2, 4, ... 64 s (±0.25 s), never beyond 64.
-        for (gap, expected) in gaps.iter().zip([1u64, 2, 4, 8, 16, 32, 64, 64]) {
-            let e = Duration::from_secs(expected);
-            assert!(
-                *gap + Duration::from_millis(250) >= e && *gap <= e + Duration::from_millis(250),
-                "{gaps:?}"
-            );
+        // 0.25, 0.5, 1, 2, ... s (± a quarter, at most 0.25 s), doubling up to 64 s.
+        for (gap, expected_ms) in gaps
+            .iter()
+            .zip([250u64, 500, 1000, 2000, 4000, 8000, 16_000, 32_000])
+        {
+            let e = Duration::from_millis(expected_ms);
+            let spread = Duration::from_millis((expected_ms / 4).min(250));
+            assert!(*gap + spread >= e && *gap <= e + spread, "{gaps:?}");
         }
         // An offer, then no ACK: four REQUESTs, then back to DISCOVER.
         let actions = c.on_timer(c.deadline().unwrap());

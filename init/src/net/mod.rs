@@ -19,7 +19,6 @@ pub mod resolv;
 pub mod socket;
 
 use std::fmt::Write as _;
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -85,6 +84,21 @@ pub struct Network {
 
 impl Network {
     /// Brings up loopback and every Ethernet link; nothing is addressed yet.
+    /// Brings every Ethernet link (and loopback) up, as early as stage 1 can: a NIC takes
+    /// about a second from "up" to carrying traffic, which then overlaps the rest of the
+    /// boot instead of delaying DHCP. Problems are left for [`Network::start`] to report.
+    pub fn bring_up_early() {
+        let Ok(mut nl) = Netlink::open() else { return };
+        let Ok(links) = nl.links() else { return };
+        for link in links
+            .iter()
+            .filter(|l| (l.name == "lo" || l.ethernet) && !l.up)
+        {
+            let _ = nl.set_up(link.index);
+        }
+    }
+
+    /// Brings the links up (if stage 1 has not) and prepares their configuration.
     pub fn start() -> Self {
         let mut network = Self {
             netlink: None,
@@ -628,11 +642,11 @@ fn accept_router_advertisements(interface: &str) {
     }
 }
 
-/// Randomness for transaction ids (the kernel's; a fixed value if it cannot be read).
+/// Randomness for transaction ids: the kernel's, without waiting for its generator to be
+/// seeded (ids must differ, not be secret); a clock value if there is none.
 fn random_seed() -> u64 {
     let mut bytes = [0u8; 8];
-    let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    match read {
+    match crate::random::fill(&mut bytes) {
         Ok(()) => u64::from_le_bytes(bytes),
         Err(_) => crate::console::now().as_nanos() as u64,
     }

@@ -168,8 +168,13 @@ impl Launch {
                 cmd
             }
             Launch::Host { process } => {
-                let mut cmd = Command::new(&process.args[0]);
-                cmd.args(&process.args[1..])
+                // An empty program fails to start (and says so) rather than panicking.
+                let (program, args) = process
+                    .args
+                    .split_first()
+                    .map_or(("", &[][..]), |(p, a)| (p.as_str(), a));
+                let mut cmd = Command::new(program);
+                cmd.args(args)
                     .env_clear()
                     .envs(process.env_pairs())
                     .current_dir(&process.cwd);

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use crust_format::Digest;
 use crust_format::boot_entry::{BootEntryName, DEFAULT_TRIES};
 use crust_format::bundle::{Header, PartKind};
-use crust_format::layout::{self, Role, Slot, type_guid};
+use crust_format::layout::{self, Role, Slot};
 use gpt::disk::LogicalBlockSize;
 use sha2::Digest as _;
 
@@ -90,12 +90,6 @@ pub fn find(disk: &str, slot: Slot) -> Result<Target> {
         root: find(Role::Root(slot))?,
         verity: find(Role::Verity(slot))?,
         esp: find(Role::Esp)?,
-    })
-    .and_then(|t: Target| {
-        if t.esp.size == 0 || type_guid::ESP != Role::Esp.type_guid() {
-            return Err(Error::new("update", "no usable ESP"));
-        }
-        Ok(t)
     })
 }
 

@@ -636,8 +636,7 @@ impl Task for Updater {
 /// Up to a tenth of `interval`, so a fleet does not check in step.
 fn jitter(interval: Duration) -> Duration {
     let mut b = [0u8; 4];
-    let _ = std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
+    let _ = crate::random::fill(&mut b);
     let tenth = interval.as_millis() as u64 / 10;
     Duration::from_millis(u64::from(u32::from_le_bytes(b)) % tenth.max(1))
 }

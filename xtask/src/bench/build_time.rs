@@ -206,7 +206,10 @@ fn command_times(plan: &Plan) -> Result<Option<Series>> {
     xtask_build(&plan.profile, &out)?;
     let mut runs = Vec::new();
     for i in 0..n {
-        report::status("Bench", format!("cargo xtask build, unchanged {}/{n}", i + 1));
+        report::status(
+            "Bench",
+            format!("cargo xtask build, unchanged {}/{n}", i + 1),
+        );
         match xtask_build(&plan.profile, &out)? {
             (secs, true) => runs.push(secs),
             (_, false) => report::warn(

@@ -1,8 +1,8 @@
 //! The image's size: allocated bytes, the compressed release, and what the allocated bytes
 //! are made of.
 //!
-//! Every component is measured, not estimated. The disk's data regions (`SEEK_DATA`) are
-//! split by partition. The ESP's share is split with the builder's own figures (kernel,
+//! Every component is measured, not estimated. The image file's extents ([`extents`]) are
+//! split by partition, written and allocated-but-unwritten apart. The ESP's share is split with the builder's own figures (kernel,
 //! initramfs, UKI). The root partition's share is split by reading the squashfs itself:
 //! each file's data blocks carry their compressed length in its inode, and the blocks
 //! that pack the tails of small files (fragments) are shared among those files by the
@@ -14,7 +14,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufReader, Read};
-use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -26,6 +25,7 @@ use crust_builder::formats::{self, Stamp};
 use crust_builder::profile::OutputFormat;
 use crust_format::layout::{Role, Slot};
 
+use super::extents;
 use super::report::{Component, ImageSize};
 
 /// Where the services' bundles live in the root (`docs/FORMAT.md` §3b).
@@ -65,16 +65,16 @@ pub fn measure(
     work: &Path,
 ) -> Result<ImageSize> {
     let image = out_dir.join(crust_builder::build::outputs::IMAGE);
-    let file = File::open(&image).with_context(|| format!("cannot open {}", image.display()))?;
-    let meta = file.metadata()?;
+    let meta =
+        std::fs::metadata(&image).with_context(|| format!("cannot open {}", image.display()))?;
     let allocated = {
         use std::os::unix::fs::MetadataExt;
         meta.blocks() * 512
     };
-    let regions = crust_builder::sparse::data_regions(&file)?;
+    let extents = extents::of(&image)?;
     let in_partition = |role: Role| {
         let p = layout.get(role);
-        overlap(&regions, p.offset..p.offset + p.size)
+        extents::within(&extents, &(p.offset..p.offset + p.size))
     };
 
     std::fs::create_dir_all(work)?;
@@ -87,14 +87,12 @@ pub fn measure(
     let root = layout.get(Role::Root(Slot::A));
     let listing = read_root(&image, root.offset)?;
     let services = service_names(&listing);
-    let mut components = esp_components(breakdown, in_partition(Role::Esp));
+    let mut components = esp_components(breakdown, in_partition(Role::Esp).0);
     components.extend(root_components(
         &listing,
         &services,
-        in_partition(Role::Root(Slot::A)),
-    )?);
-    let data_len = crust_builder::sparse::data_len(&regions);
-    let mut placed = 0;
+        in_partition(Role::Root(Slot::A)).0,
+    ));
     for (role, name) in [
         (Role::Verity(Slot::A), "dm-verity hash tree"),
         (Role::Root(Slot::B), "slot B root (empty until an update)"),
@@ -102,25 +100,38 @@ pub fn measure(
             Role::Verity(Slot::B),
             "slot B verity (empty until an update)",
         ),
-        (Role::State, "state ext4: metadata and journal"),
+        (Role::State, "state ext4: metadata"),
     ] {
-        let bytes = in_partition(role);
-        if bytes > 0 || matches!(role, Role::Verity(Slot::A) | Role::State) {
+        let (written, _) = in_partition(role);
+        if written > 0 || matches!(role, Role::Verity(Slot::A) | Role::State) {
             components.push(Component {
                 name: name.into(),
                 place: role.label().into(),
-                stored: bytes,
+                stored: written,
                 uncompressed: None,
             });
         }
     }
     for role in Role::ALL {
-        placed += in_partition(role);
+        let (_, unwritten) = in_partition(role);
+        if unwritten > 0 {
+            components.push(Component {
+                name: match role {
+                    Role::State => "state ext4: journal, allocated unwritten (reads as zeros)",
+                    _ => "allocated unwritten (reads as zeros)",
+                }
+                .into(),
+                place: role.label().into(),
+                stored: unwritten,
+                uncompressed: None,
+            });
+        }
     }
+    let placed: u64 = components.iter().map(|c| c.stored).sum();
     components.push(Component {
-        name: "partition tables (GPT, protective MBR)".into(),
+        name: "partition tables, file system overhead".into(),
         place: "disk".into(),
-        stored: data_len.saturating_sub(placed),
+        stored: allocated.saturating_sub(placed),
         uncompressed: None,
     });
     Ok(ImageSize {
@@ -131,18 +142,6 @@ pub fn measure(
         compress_seconds,
         components,
     })
-}
-
-/// Bytes of `regions` inside `window`.
-pub fn overlap(regions: &[Range<u64>], window: Range<u64>) -> u64 {
-    regions
-        .iter()
-        .map(|r| {
-            r.end
-                .min(window.end)
-                .saturating_sub(r.start.max(window.start))
-        })
-        .sum()
 }
 
 /// The ESP: the UKI's parts from the builder's figures, the rest of the partition's data
@@ -297,11 +296,7 @@ fn service_names(listing: &RootListing) -> Vec<String> {
 }
 
 /// The root partition's data split into groups of files (see the module documentation).
-fn root_components(
-    listing: &RootListing,
-    services: &[String],
-    root_bytes: u64,
-) -> Result<Vec<Component>> {
+fn root_components(listing: &RootListing, services: &[String], root_bytes: u64) -> Vec<Component> {
     let crun = listing.closure("usr/bin/crun");
     let e2fsck = listing.closure("usr/sbin/e2fsck");
     let group = |path: &str| -> String {
@@ -355,7 +350,7 @@ fn root_components(
         stored: root_bytes.saturating_sub(owned),
         uncompressed: None,
     });
-    Ok(out)
+    out
 }
 
 impl RootListing {
@@ -534,7 +529,7 @@ mod tests {
         let l = listing();
         let services = service_names(&l);
         assert_eq!(services, ["web"]);
-        let parts = root_components(&l, &services, 10_000).unwrap();
+        let parts = root_components(&l, &services, 10_000);
         let get = |name: &str| parts.iter().find(|c| c.name == name).unwrap().clone();
         assert_eq!(get("init").uncompressed, Some(900));
         assert_eq!(get("crun and its libraries").uncompressed, Some(500));
@@ -549,11 +544,7 @@ mod tests {
     }
 
     #[test]
-    fn overlaps_and_esp_parts() {
-        let regions = [0..10, 20..30, 40..50];
-        assert_eq!(overlap(&regions, 5..25), 10);
-        assert_eq!(overlap(&regions, 50..60), 0);
-        assert_eq!(overlap(&regions, 0..100), 30);
+    fn esp_parts_add_up_to_the_partition() {
         let b = Breakdown {
             kernel: 100,
             initramfs: 20,

@@ -229,10 +229,13 @@ pub const ADMIN: &str = "admin";
 
 /// What the admin container runs: a banner, then a busybox shell entered into the host's
 /// mount namespace (it already shares the host's PID namespace). The shell's binary is the
-/// container's own busybox, reached through the host's view of the root.
+/// container's own busybox, reached through the host's view of the root. `setsid -c` makes
+/// the console (the shell's standard input) its controlling terminal, so Ctrl-C interrupts
+/// the command in the foreground and the shell has job control.
 const ADMIN_SCRIPT: &str = "echo \"Crust admin shell (busybox) in the host's PID and mount \
 namespaces; the profile's [admin] enabled = true put it here. Type commands; exit starts a \
-new shell.\"; exec /bin/busybox nsenter -t 1 -m -- /usr/lib/crust/services/admin/rootfs/bin/busybox sh -i";
+new shell.\"; B=/usr/lib/crust/services/admin/rootfs/bin/busybox; \
+exec /bin/busybox nsenter -t 1 -m -- $B setsid -c $B sh -i";
 
 /// Every capability of Linux 6.1: the admin shell is for debugging the host.
 const ALL_CAPABILITIES: &[&str] = &[

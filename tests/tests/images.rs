@@ -8,7 +8,8 @@
 //! - the first boot carries user-data that changes one service, adds one made from an image
 //!   in the root, and turns the demo web service off; both images' services print their
 //!   lines, and the admin shell on the serial console runs a typed command in the host's
-//!   PID and mount namespaces;
+//!   PID and mount namespaces, and Ctrl-C interrupts a command in it (the console is its
+//!   controlling terminal);
 //! - the second boot carries user-data naming a service the image does not have: it is
 //!   refused with its field, and the host runs its built-in services.
 
@@ -142,6 +143,15 @@ fn layout_and_registry_images_user_data_services_and_the_admin_shell() {
             .any(|l| l.contains("crust-admin# ")),
         "no shell prompt"
     );
+    // The console is the shell's controlling terminal: Ctrl-C ends a command that would
+    // otherwise hold the shell for ten minutes, and the next command runs.
+    t.vm.type_text("sleep 600\n").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    t.vm.type_text("\x03").unwrap();
+    t.vm.type_text("echo \"admin-$((6*8)): interrupted\"\n")
+        .unwrap();
+    t.vm.wait_for_text("admin-48: interrupted", Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("Ctrl-C did not interrupt the admin shell's command: {e}"));
     t.power_off();
     // The image's own SIGTERM handler ran in the layout container.
     assert!(

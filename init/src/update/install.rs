@@ -25,6 +25,7 @@ use crust_format::layout::{self, Role, Slot};
 use gpt::disk::LogicalBlockSize;
 use sha2::Digest as _;
 
+use super::check::Cancel;
 use super::esp::Esp;
 use crate::disk;
 use crate::error::{Context, Error, Result};
@@ -239,6 +240,7 @@ pub fn install(
     target: &Target,
     keep: &dyn Fn(&BootEntryName) -> bool,
     running_devices: &[PathBuf],
+    cancel: &Cancel,
 ) -> Result<Installed> {
     for part in [&target.root, &target.verity] {
         if running_devices.contains(&part.node) {
@@ -261,7 +263,9 @@ pub fn install(
             removed.push(entry.file_name());
         }
     }
+    cancel.check()?;
     let mut written = write_part(&bundle, header, header_len, PartKind::Root, &target.root)?;
+    cancel.check()?;
     written += write_part(
         &bundle,
         header,
@@ -270,6 +274,8 @@ pub fn install(
         &target.verity,
     )?;
     set_uuids(target, &header.root_hash)?;
+    // The last point to stop: once the UKI is in place the slot is bootable.
+    cancel.check()?;
     let entry = BootEntryName::new(&header.name, &header.version, Some(DEFAULT_TRIES));
     let uki = header
         .part(PartKind::Uki)

@@ -13,32 +13,36 @@
 //! own key) and expiry, the highest version above the running one (lower only if the index
 //! allows it), the bundle downloaded to `/var` and checked in full (signature, every digest)
 //! before anything is written, then [`install`] into the other slot, and a reboot now or
-//! in the configured window.
+//! in the configured window. Each check runs on a thread of its own ([`check`]), so the
+//! main loop goes on supervising while it downloads and writes.
 
+mod check;
 mod esp;
 mod install;
 mod record;
 
 use std::cell::Cell;
 use std::io::Write;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crust_format::Manifest;
 use crust_format::boot_entry::BootEntryName;
-use crust_format::bundle::{self, Header};
 use crust_format::layout::Slot;
-use crust_format::repo::{self, Index};
 use crust_format::signature::PublicKey;
-use crust_format::{Digest, Manifest};
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::console;
-use crate::error::{Context, Error, Result};
+use crate::error::{Error, Result};
 use crate::event::{Control, Task};
-use crate::http::{self, Url};
+use crate::http::Url;
 use crate::shutdown::Action;
-use record::{Pending, Records};
+use check::{Cancel, Checked, Checker};
+use record::Records;
 
 /// The update settings the configuration step leaves (`key=value` lines).
 pub const RUN_UPDATE: &str = "/run/crust/update";
@@ -145,6 +149,8 @@ enum Stage {
     },
     /// Checking the channel at the instant.
     Idle { next: Instant },
+    /// A check runs on its thread.
+    Checking,
     /// An update is installed; rebooting in the window.
     RebootPending { next: Instant },
     /// Nothing more to do this boot.
@@ -163,6 +169,53 @@ pub struct Updater {
     stage: Stage,
     retry: Duration,
     last_report: String,
+    /// The check running now, if one is.
+    job: Option<Job>,
+    cancel: Cancel,
+}
+
+/// A check on its thread. `done` is the read end of a pipe whose write end the thread
+/// holds: it reads as ready (end of file) once the thread has ended, however it ended.
+#[derive(Debug)]
+struct Job {
+    thread: JoinHandle<Result<Checked>>,
+    done: OwnedFd,
+}
+
+impl Job {
+    /// Runs `work` on a thread of its own.
+    fn start(work: impl FnOnce() -> Result<Checked> + Send + 'static) -> Result<Self> {
+        let (done, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| Error::new("update", format!("cannot make a pipe: {}", e.desc())))?;
+        let thread = std::thread::Builder::new()
+            .name("update".into())
+            .spawn(move || {
+                let outcome = work();
+                drop(write_end);
+                outcome
+            })
+            .map_err(|e| Error::new("update", format!("cannot start the check: {e}")))?;
+        Ok(Self { thread, done })
+    }
+
+    /// Waits up to `budget` for the thread to end: its outcome if it did, else the job.
+    fn wait(self, budget: Duration) -> std::result::Result<Result<Checked>, Self> {
+        let ms = budget.as_millis().min(u128::from(u16::MAX)) as u16;
+        let mut fds = [PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        if self.thread.is_finished() {
+            Ok(self.finish())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The thread's outcome (it has ended).
+    fn finish(self) -> Result<Checked> {
+        self.thread
+            .join()
+            .unwrap_or_else(|_| Err(Error::new("update", "the check's thread failed")))
+    }
 }
 
 fn say(line: &str) {
@@ -238,6 +291,8 @@ impl Updater {
             },
             retry: RETRY,
             last_report: String::new(),
+            job: None,
+            cancel: Cancel::default(),
         }
     }
 
@@ -275,220 +330,61 @@ impl Updater {
         }
     }
 
-    /// Checks the channel and installs what it offers; returns whether an update was
-    /// installed.
-    fn check(&mut self) -> Result<bool> {
-        let Some(s) = self.settings.clone() else {
-            return Ok(false);
+    /// Starts a check on its thread.
+    fn start_check(&mut self, now: Instant) -> Control {
+        let Some(settings) = self.settings.clone() else {
+            self.stage = Stage::Done;
+            return Control::Continue;
         };
-        let addr = s
-            .repository
-            .address()
-            .map_err(|e| Error::new("update", format!("{}: {e}", s.repository.host)))?;
-        let fetch = |rel: &str, limit: u64| -> Result<Vec<u8>> {
-            let mut body = Vec::new();
-            http::download(addr, &s.repository.join(rel), NET_TIMEOUT, limit, &mut body)
-                .map_err(|e| Error::new("update", format!("{}: {e}", rel)))?;
-            Ok(body)
+        let checker = Checker {
+            settings,
+            key: self.key.clone(),
+            booted: self.booted.clone(),
+            records: self.records.clone(),
+            cancel: self.cancel.clone(),
         };
-        let text = fetch(&repo::index_path(&s.channel), 1 << 20)?;
-        let sig = fetch(&repo::signature_path(&s.channel), 64)?;
-        self.key.verify(&text, &sig).map_err(|e| {
-            Error::new(
-                "update",
-                format!(
-                    "the {} index is not signed by this image's key ({e}); refused",
-                    s.channel
-                ),
-            )
-        })?;
-        let index = Index::parse(&String::from_utf8_lossy(&text))
-            .map_err(|e| Error::new("update", e.to_string()))?;
-        let now = unix_now();
-        if index.expires <= now {
-            return Err(Error::new(
-                "update",
-                format!(
-                    "the {} index expired {} s ago; refused (the repository must be republished)",
-                    s.channel,
-                    now - index.expires
-                ),
-            ));
+        match Job::start(move || checker.check()) {
+            Ok(job) => {
+                self.job = Some(job);
+                self.stage = Stage::Checking;
+                Control::Continue
+            }
+            Err(e) => self.checked(Err(e), now),
         }
-        let running = &self.booted.manifest.version;
-        let failed = self.records.failed();
-        let Some(release) = index.target(running, &failed).cloned() else {
-            let newest = index
-                .releases
-                .first()
-                .map_or("nothing".to_owned(), |r| r.version.clone());
-            let why = if crust_format::version::compare_versions(&newest, running)
-                == std::cmp::Ordering::Less
-            {
-                format!(
-                    "the channel offers {newest}, older than {running}: downgrades are refused unless the index allows them"
-                )
-            } else {
-                format!("up to date ({running}; the channel's newest is {newest})")
-            };
-            self.report(why);
-            return Ok(false);
-        };
-        say(&format!(
-            "found {} on channel {} ({} bytes); running {running}",
-            release.version, s.channel, release.size
-        ));
-        let started = Instant::now();
-        let path = self.download(addr, &s, &release)?;
-        say(&format!(
-            "downloaded {} bytes in {:.1} s; checking every digest and the signature",
-            release.size,
-            started.elapsed().as_secs_f64()
-        ));
-        let (header, header_len) = self.verify_bundle(&path, &release.version)?;
-        let target = install::find(&self.booted.disk, self.booted.slot.other())?;
-        // Everything but the running version's UKI goes: that is what the other slot held
-        // (or a failed version's leftovers).
-        let keep_version = running.clone();
-        let keep = move |e: &BootEntryName| e.version == keep_version;
-        say(&format!(
-            "writing {} into slot {}",
-            release.version,
-            target.slot.as_str()
-        ));
-        let installed = install::install(
-            &path,
-            &header,
-            header_len,
-            &target,
-            &keep,
-            &self.booted.devices,
-        )?;
-        self.records
-            .set_pending(&Pending {
-                version: release.version.clone(),
-                slot: target.slot.as_str().into(),
-                from: running.clone(),
-            })
-            .context("update", || "cannot record the installed update".into())?;
-        let _ = std::fs::remove_file(&path);
-        say(&format!(
-            "{} installed in slot {} as {} ({} bytes written{}) in {:.1} s",
-            release.version,
-            target.slot.as_str(),
-            installed.entry.file_name(),
-            installed.written,
-            if installed.removed.is_empty() {
-                String::new()
-            } else {
-                format!(", removed {}", installed.removed.join(" "))
-            },
-            started.elapsed().as_secs_f64()
-        ));
-        Ok(true)
     }
 
-    /// Downloads a release's bundle to `/var` (streamed, hashed on the way); an already
-    /// complete download is reused.
-    fn download(
-        &self,
-        addr: std::net::SocketAddr,
-        s: &Settings,
-        release: &repo::Release,
-    ) -> Result<PathBuf> {
-        let dir = self.records.downloads();
-        std::fs::create_dir_all(&dir)
-            .context("update", || format!("cannot create {}", dir.display()))?;
-        let path = dir.join(format!("{}.bundle", release.sha256));
-        if file_digest(&path).is_some_and(|d| d == release.sha256) {
-            return Ok(path);
-        }
-        let partial = dir.join("partial");
-        let mut file = std::fs::File::create(&partial)
-            .context("update", || format!("cannot create {}", partial.display()))?;
-        let mut hashing = HashingWriter::new(&mut file);
-        http::download(
-            addr,
-            &s.repository.join(&repo::bundle_path(&release.sha256)),
-            NET_TIMEOUT,
-            release.size,
-            &mut hashing,
-        )
-        .map_err(|e| Error::new("update", format!("bundle {}: {e}", release.version)))?;
-        let (bytes, digest) = hashing.finish();
-        if bytes != release.size || digest != release.sha256 {
-            let _ = std::fs::remove_file(&partial);
-            return Err(Error::new(
-                "update",
-                format!(
-                    "the bundle of {} does not match the signed index (got {bytes} bytes, {}); refused, nothing written",
-                    release.version,
-                    digest.short(12)
-                ),
-            ));
-        }
-        file.sync_all()
-            .context("update", || "cannot sync the download".into())?;
-        std::fs::rename(&partial, &path).context("update", || "cannot keep the download".into())?;
-        // The rename must survive a power cut too, or the next boot downloads it again.
-        std::fs::File::open(&dir)
-            .and_then(|d| d.sync_all())
-            .context("update", || "cannot sync the download folder".into())?;
-        Ok(path)
-    }
-
-    /// Checks a downloaded bundle in full before anything is written.
-    fn verify_bundle(&self, path: &Path, version: &str) -> Result<(Header, u64)> {
-        let bytes =
-            std::fs::read(path).context("update", || format!("cannot read {}", path.display()))?;
-        let bad = |m: String| {
-            Error::new(
-                "update",
-                format!("bundle {version}: {m}; refused, nothing written"),
-            )
-        };
-        let prefix: &[u8; 12] = bytes
-            .get(..12)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| bad("truncated".into()))?;
-        let len = bundle::header_len(prefix).map_err(|e| bad(e.to_string()))? as usize;
-        let text = bytes
-            .get(12..12 + len)
-            .ok_or_else(|| bad("truncated".into()))?;
-        let sig = bytes
-            .get(12 + len..12 + len + 64)
-            .ok_or_else(|| bad("truncated".into()))?;
-        self.key
-            .verify(text, sig)
-            .map_err(|e| bad(format!("header signature: {e}")))?;
-        let header =
-            Header::parse(&String::from_utf8_lossy(text)).map_err(|e| bad(e.to_string()))?;
-        let m = &self.booted.manifest;
-        if header.name != m.name || header.version != version {
-            return Err(bad(format!(
-                "it holds {} {}, not {} {version}",
-                header.name, header.version, m.name
-            )));
-        }
-        if header.layout != m.layout {
-            return Err(bad(format!(
-                "it needs disk layout {} but this disk has layout {}",
-                header.layout, m.layout
-            )));
-        }
-        if header.file_size(len as u64) != bytes.len() as u64 {
-            return Err(bad("its size does not match its header".into()));
-        }
-        for part in &header.parts {
-            let at = header.part_offset(len as u64, part.kind) as usize;
-            if Digest::of(&bytes[at..at + part.size as usize]) != part.sha256 {
-                return Err(bad(format!(
-                    "the {} part does not match its digest",
-                    part.kind.as_str()
-                )));
+    /// Acts on a check's outcome.
+    fn checked(&mut self, outcome: Result<Checked>, now: Instant) -> Control {
+        let interval = self
+            .settings
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |s| s.interval);
+        match outcome {
+            Ok(Checked::Installed) => {
+                self.stage = Stage::RebootPending { next: now };
+                return self.run(&[], now);
+            }
+            Ok(Checked::Nothing(why)) => {
+                self.report(why);
+                self.retry = RETRY;
+                self.stage = Stage::Idle {
+                    next: now + interval + jitter(interval),
+                };
+            }
+            Err(e) => {
+                let wait = self.retry.min(interval);
+                // The error names its check ("update"), which the line's prefix says already.
+                let what = if e.advice.is_empty() {
+                    e.message.clone()
+                } else {
+                    format!("{}; {}", e.message, e.advice)
+                };
+                say(&format!("{what}; trying again in {} s", wait.as_secs()));
+                self.retry = (self.retry * 2).min(interval);
+                self.stage = Stage::Idle { next: now + wait };
             }
         }
-        Ok((header, len as u64))
+        Control::Continue
     }
 }
 
@@ -502,50 +398,9 @@ fn running_entry(booted: &Booted) -> Option<BootEntryName> {
         .find(|e| e.name == m.name && e.version == m.version)
 }
 
-fn file_digest(path: &Path) -> Option<Digest> {
-    std::fs::read(path).ok().map(|b| Digest::of(&b))
-}
-
-/// Hashes what is written through it.
-struct HashingWriter<'a> {
-    inner: &'a mut std::fs::File,
-    hasher: sha2::Sha256,
-    bytes: u64,
-}
-
-impl<'a> HashingWriter<'a> {
-    fn new(inner: &'a mut std::fs::File) -> Self {
-        use sha2::Digest as _;
-        Self {
-            inner,
-            hasher: sha2::Sha256::new(),
-            bytes: 0,
-        }
-    }
-
-    fn finish(self) -> (u64, Digest) {
-        use sha2::Digest as _;
-        (self.bytes, Digest(self.hasher.finalize().into()))
-    }
-}
-
-impl Write for HashingWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        use sha2::Digest as _;
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 impl Task for Updater {
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        Vec::new()
+        self.job.iter().map(|j| j.done.as_fd()).collect()
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -553,11 +408,11 @@ impl Task for Updater {
             Stage::AwaitHealthy { next, .. }
             | Stage::Idle { next }
             | Stage::RebootPending { next } => Some(next),
-            Stage::Done => None,
+            Stage::Checking | Stage::Done => None,
         }
     }
 
-    fn run(&mut self, _ready: &[bool], now: Instant) -> Control {
+    fn run(&mut self, ready: &[bool], now: Instant) -> Control {
         match self.stage {
             Stage::AwaitHealthy { deadline, .. } => {
                 // The health flag is looked at once a second until it is up.
@@ -581,38 +436,13 @@ impl Task for Updater {
                     return Control::Shutdown(Action::Reboot, "update on trial not healthy".into());
                 }
             }
-            Stage::Idle { next } if now >= next => match self.check() {
-                Ok(true) => {
-                    self.stage = Stage::RebootPending { next: now };
-                    return self.run(&[], now);
+            Stage::Idle { next } if now >= next => return self.start_check(now),
+            Stage::Checking if ready.first().copied().unwrap_or(false) => {
+                if let Some(job) = self.job.take() {
+                    let outcome = job.finish();
+                    return self.checked(outcome, now);
                 }
-                Ok(false) => {
-                    self.retry = RETRY;
-                    let interval = self
-                        .settings
-                        .as_ref()
-                        .map_or(Duration::from_secs(3600), |s| s.interval);
-                    self.stage = Stage::Idle {
-                        next: now + interval + jitter(interval),
-                    };
-                }
-                Err(e) => {
-                    let interval = self
-                        .settings
-                        .as_ref()
-                        .map_or(Duration::from_secs(3600), |s| s.interval);
-                    let wait = self.retry.min(interval);
-                    // The error names its check ("update"), which the line's prefix says already.
-                    let what = if e.advice.is_empty() {
-                        e.message.clone()
-                    } else {
-                        format!("{}; {}", e.message, e.advice)
-                    };
-                    say(&format!("{what}; trying again in {} s", wait.as_secs()));
-                    self.retry = (self.retry * 2).min(interval);
-                    self.stage = Stage::Idle { next: now + wait };
-                }
-            },
+            }
             Stage::RebootPending { next } if now >= next => {
                 let window = self
                     .settings
@@ -631,6 +461,21 @@ impl Task for Updater {
         }
         Control::Continue
     }
+
+    fn stop(&mut self, budget: Duration) {
+        let Some(job) = self.job.take() else {
+            return;
+        };
+        self.cancel.set();
+        match job.wait(budget) {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => say(&e.message),
+            Err(_) => say(&format!(
+                "the check did not stop within {} s; the next boot starts the update over",
+                budget.as_secs()
+            )),
+        }
+    }
 }
 
 /// Up to a tenth of `interval`, so a fleet does not check in step.
@@ -644,6 +489,50 @@ fn jitter(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ready(job: &Job) -> bool {
+        let mut fds = [PollFd::new(job.done.as_fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    #[test]
+    fn a_job_reads_ready_once_its_thread_ended() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let job = Job::start(move || {
+            wait.recv().unwrap();
+            Ok(Checked::Nothing("up to date".into()))
+        })
+        .unwrap();
+        assert!(!ready(&job), "ready while the check still runs");
+        go.send(()).unwrap();
+        let mut fds = [PollFd::new(job.done.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)).unwrap(), 1);
+        assert_eq!(job.finish().unwrap(), Checked::Nothing("up to date".into()));
+    }
+
+    #[test]
+    fn a_stop_waits_only_its_budget_and_a_cancelled_check_fails() {
+        let cancel = Cancel::default();
+        let seen = cancel.clone();
+        let job = Job::start(move || {
+            while !seen.is_set() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            seen.check().map(|()| Checked::Installed)
+        })
+        .unwrap();
+        cancel.set();
+        // The thread is still busy after a short budget: the job comes back, unjoined.
+        let job = job
+            .wait(Duration::from_millis(50))
+            .expect_err("the check ended before it could");
+        let outcome = job
+            .wait(Duration::from_secs(5))
+            .expect("the check did not end within 5 s");
+        let error = outcome.expect_err("a cancelled check succeeded");
+        assert_eq!(error.message, check::STOPPED);
+    }
 
     #[test]
     fn reboot_windows() {

@@ -1,14 +1,23 @@
-//! The wall clock: set once at boot from a time server with SNTP (RFC 4330), so that what
-//! checks dates later (signature expiry, TLS) sees the right time.
+//! The wall clock: set at boot from a time server with SNTP (RFC 4330), so that what
+//! checks dates later (signature expiry, TLS) sees the right time, then kept right.
 //!
 //! Servers are the configured ones (`[time] servers`), then the NTP servers DHCP offered
 //! (option 42); the first that answers sets the clock. Packets are built, checked (mode,
 //! stratum, kiss-of-death, leap indicator, that the reply echoes our transmit time) and the
 //! offset computed by the `sntpc` crate; this module picks servers, bounds the wait and
-//! calls `clock_settime`. Without an answer the clock stays at what the RTC gave the
-//! kernel, and the `clock` line says so.
+//! moves the clock. At boot the clock is stepped; without an answer it stays at what the
+//! RTC gave the kernel, and the `clock` line says so.
+//!
+//! After boot the [`Keeper`] task asks again every `time.interval` (sooner, backing off,
+//! while no server answers, so a host that booted without its time server gets the time
+//! once the server is reachable). An offset up to [`SLEW_LIMIT`] is slewed (`adjtime`:
+//! the kernel runs the clock slightly fast or slow until it is gone, so time never jumps
+//! back); a larger one is stepped and said on the console. Each exchange runs on a
+//! [`Worker`] thread: name lookups and the one-second waits stay off PID 1's loop.
 
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::os::fd::BorrowedFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crust_format::phase::Phase;
@@ -18,14 +27,21 @@ use sntpc::{NtpContext, NtpResult, NtpTimestampGenerator, NtpUdpSocket};
 
 use crate::config::HostConfig;
 use crate::config::schema::{self, NTP_PORT, ServerName};
+use crate::event::{Control, Task, Worker};
+use crate::services::output::{LOG_DIR, Log};
 use crate::{console, net};
 
 /// How long one request waits for its answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// Requests per server.
 pub const TRIES: u32 = 2;
-/// Bound on the whole phase, name lookups included.
+/// Bound on one exchange (the boot's phase or a later check), name lookups included.
 pub const BUDGET: Duration = Duration::from_secs(6);
+/// Offsets up to this are slewed after boot; larger ones are stepped. At the kernel's
+/// 500 ppm, half a second is gone in about 17 minutes, within the default interval.
+pub const SLEW_LIMIT: Duration = Duration::from_millis(500);
+/// First retry after no server answered (doubling up to the interval).
+const RETRY: Duration = Duration::from_secs(16);
 
 /// What a successful exchange did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,45 +50,75 @@ pub struct Synced {
     pub server: String,
     /// Its stratum.
     pub stratum: u8,
-    /// How far the clock moved, in microseconds.
+    /// How far the clock was off, in microseconds (positive: it was behind).
     pub offset_us: i64,
     /// The round trip, in microseconds.
     pub delay_us: u64,
     /// The clock afterwards, Unix seconds.
     pub now: i64,
+    /// Whether the clock was slewed rather than stepped.
+    pub slewed: bool,
 }
 
-/// The `clock` phase.
-pub fn phase(config: &HostConfig, network: &net::Network) {
+/// How an offset is applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Correction {
+    /// Set the clock at once.
+    Step,
+    /// Run the clock fast or slow until the offset is gone, or step it if the offset is
+    /// larger than [`SLEW_LIMIT`].
+    SlewOrStep,
+}
+
+/// The `clock` phase; returns the task that keeps the clock right afterwards.
+pub fn phase(config: &HostConfig, network: &net::Network) -> Keeper {
     let offered = if config.time.dhcp {
         network.ntp_servers()
     } else {
         Vec::new()
     };
     let servers = servers(&config.time.servers, &offered);
-    let detail = if servers.is_empty() {
-        format!(
+    let interval = Duration::from_secs(u64::from(config.time.interval));
+    let (detail, synced) = if servers.is_empty() {
+        let detail = format!(
             "no time server (none configured, none from DHCP); the clock stays at {} from \
              the RTC",
             format_utc(now_unix())
-        )
+        );
+        (detail, false)
     } else {
-        match sync(&servers, BUDGET) {
-            Ok(s) => format!(
-                "set from {} (stratum {}, delay {} ms): {}, moved {:+.3} s",
-                s.server,
-                s.stratum,
-                s.delay_us / 1000,
-                format_utc(s.now),
-                s.offset_us as f64 / 1e6
+        match sync(&servers, BUDGET, Correction::Step) {
+            Ok(s) => (
+                format!(
+                    "set from {} (stratum {}, delay {} ms): {}, moved {:+.3} s; checked again \
+                     every {} s",
+                    s.server,
+                    s.stratum,
+                    s.delay_us / 1000,
+                    format_utc(s.now),
+                    s.offset_us as f64 / 1e6,
+                    interval.as_secs()
+                ),
+                true,
             ),
-            Err(why) => format!(
-                "{why}; the clock stays at {} from the RTC",
-                format_utc(now_unix())
+            Err(why) => (
+                format!(
+                    "{why}; the clock stays at {} from the RTC; asking again in {} s",
+                    format_utc(now_unix()),
+                    RETRY.as_secs()
+                ),
+                false,
             ),
         }
     };
     console::phase(Phase::Clock, &detail);
+    Keeper::new(
+        servers,
+        interval,
+        synced,
+        Instant::now(),
+        Path::new(LOG_DIR),
+    )
 }
 
 /// The servers to try, configured ones first, without repeats.
@@ -93,8 +139,12 @@ pub fn servers(configured: &[String], offered: &[std::net::Ipv4Addr]) -> Vec<Ser
     all
 }
 
-/// Asks the servers in turn until one answers, within `budget`; sets the clock.
-pub fn sync(servers: &[ServerName], budget: Duration) -> Result<Synced, String> {
+/// Asks the servers in turn until one answers, within `budget`; corrects the clock.
+pub fn sync(
+    servers: &[ServerName],
+    budget: Duration,
+    correction: Correction,
+) -> Result<Synced, String> {
     let deadline = Instant::now() + budget;
     let mut failures = Vec::new();
     for server in servers {
@@ -113,13 +163,21 @@ pub fn sync(servers: &[ServerName], budget: Duration) -> Result<Synced, String> 
             match query(addr, TRIES, deadline) {
                 Ok(result) => {
                     let offset_us = result.offset();
-                    set_clock(offset_us).map_err(|e| format!("cannot set the clock: {e}"))?;
+                    let slewed = correction == Correction::SlewOrStep
+                        && offset_us.unsigned_abs() <= SLEW_LIMIT.as_micros() as u64;
+                    let moved = if slewed {
+                        slew_clock(offset_us)
+                    } else {
+                        set_clock(offset_us)
+                    };
+                    moved.map_err(|e| format!("cannot correct the clock: {e}"))?;
                     return Ok(Synced {
                         server: server.to_string(),
                         stratum: result.stratum(),
                         offset_us,
                         delay_us: result.roundtrip(),
                         now: now_unix(),
+                        slewed,
                     });
                 }
                 Err(e) => failures.push(format!("{server}: {e}")),
@@ -127,6 +185,142 @@ pub fn sync(servers: &[ServerName], budget: Duration) -> Result<Synced, String> 
         }
     }
     Err(format!("no time server answered ({})", failures.join("; ")))
+}
+
+/// The task that keeps the clock right after boot.
+#[derive(Debug)]
+pub struct Keeper {
+    servers: Vec<ServerName>,
+    interval: Duration,
+    /// When the next check starts (none without servers, or while one runs).
+    next: Option<Instant>,
+    /// The wait after the next failure.
+    retry: Duration,
+    /// Whether the last exchange got an answer (the console hears of changes only).
+    answering: bool,
+    worker: Option<Worker<Result<Synced, String>>>,
+    log: Log,
+}
+
+impl Keeper {
+    /// Checks `servers` every `interval`, logging to `clock.log` in `log_dir`; the boot's
+    /// exchange `synced` or not at `now`.
+    pub fn new(
+        servers: Vec<ServerName>,
+        interval: Duration,
+        synced: bool,
+        now: Instant,
+        log_dir: &Path,
+    ) -> Self {
+        let next = if servers.is_empty() {
+            None
+        } else if synced {
+            Some(now + interval + crate::random::below(interval / 10))
+        } else {
+            Some(now + RETRY)
+        };
+        Self {
+            servers,
+            interval,
+            next,
+            retry: if synced {
+                RETRY
+            } else {
+                (RETRY * 2).min(interval)
+            },
+            answering: synced,
+            worker: None,
+            log: Log::new(log_dir, "clock"),
+        }
+    }
+
+    /// Acts on a check's outcome: the console hears of steps and of servers that stop or
+    /// start answering; every check goes to `/var/log/crust/clock.log`.
+    fn checked(&mut self, outcome: Result<Synced, String>, now: Instant) {
+        match outcome {
+            Ok(s) => {
+                let how = if s.slewed { "slewing" } else { "stepped" };
+                let line = format!(
+                    "{} (stratum {}, delay {} ms): off by {:+.6} s, {how}",
+                    s.server,
+                    s.stratum,
+                    s.delay_us / 1000,
+                    s.offset_us as f64 / 1e6
+                );
+                self.log.write(&line);
+                if !s.slewed {
+                    console::note(
+                        "clock",
+                        &format!(
+                            "stepped {:+.3} s by {} to {}",
+                            s.offset_us as f64 / 1e6,
+                            s.server,
+                            format_utc(s.now)
+                        ),
+                    );
+                } else if !self.answering {
+                    console::note("clock", &format!("{line} (answering again)"));
+                }
+                self.answering = true;
+                self.retry = RETRY;
+                self.next = Some(now + self.interval + crate::random::below(self.interval / 10));
+            }
+            Err(why) => {
+                let wait = self.retry.min(self.interval);
+                let line = format!("{why}; asking again in {} s", wait.as_secs());
+                self.log.write(&line);
+                if self.answering {
+                    console::note("clock", &line);
+                }
+                self.answering = false;
+                self.retry = (self.retry * 2).min(self.interval);
+                self.next = Some(now + wait);
+            }
+        }
+    }
+}
+
+impl Task for Keeper {
+    fn fds(&self) -> Vec<BorrowedFd<'_>> {
+        self.worker.iter().map(Worker::fd).collect()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.next
+    }
+
+    fn run(&mut self, ready: &[bool], now: Instant) -> Control {
+        if let Some(worker) = self.worker.take() {
+            if ready.first().copied().unwrap_or(false) {
+                let outcome = worker
+                    .finish()
+                    .unwrap_or_else(|| Err("the check's thread failed".into()));
+                self.checked(outcome, now);
+            } else {
+                self.worker = Some(worker);
+            }
+        } else if self.next.is_some_and(|n| now >= n) {
+            let servers = self.servers.clone();
+            match Worker::start("clock", move || {
+                sync(&servers, BUDGET, Correction::SlewOrStep)
+            }) {
+                Ok(worker) => {
+                    self.worker = Some(worker);
+                    self.next = None;
+                }
+                Err(e) => self.checked(Err(format!("cannot start the check: {e}")), now),
+            }
+        }
+        Control::Continue
+    }
+
+    fn stop(&mut self, budget: Duration) {
+        // An exchange ends within its own budget; waiting for it keeps the clock from
+        // moving under the shutdown's last lines.
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.wait(budget.min(BUDGET));
+        }
+    }
 }
 
 /// Up to `tries` SNTP requests to `addr`, each waiting [`REQUEST_TIMEOUT`] at most.
@@ -167,6 +361,19 @@ fn set_clock(offset_us: i64) -> nix::Result<()> {
         .ok_or(nix::errno::Errno::EOVERFLOW)?;
     let target = TimeSpec::new(secs, nanos.rem_euclid(1_000_000_000));
     clock_settime(ClockId::CLOCK_REALTIME, target)
+}
+
+/// Slews `CLOCK_REALTIME` by `offset_us`: the kernel runs it slightly fast or slow until
+/// the offset is gone (replacing any slew still under way).
+fn slew_clock(offset_us: i64) -> nix::Result<()> {
+    let delta = nix::libc::timeval {
+        tv_sec: offset_us.div_euclid(1_000_000),
+        tv_usec: offset_us.rem_euclid(1_000_000),
+    };
+    // SAFETY: `delta` is a valid, initialised timeval that outlives the call; the old
+    // adjustment is not asked for (null), which adjtime(3) allows.
+    let rc = unsafe { nix::libc::adjtime(&delta, std::ptr::null_mut()) };
+    nix::errno::Errno::result(rc).map(drop)
 }
 
 /// The wall clock in Unix seconds.
@@ -245,6 +452,77 @@ mod tests {
 
     /// Seconds between 1900 (NTP's epoch) and 1970.
     const NTP_UNIX: u64 = 2_208_988_800;
+
+    fn keeper(synced: bool, now: Instant, logs: &Path) -> Keeper {
+        let server = schema::parse_server("10.0.2.2").unwrap();
+        Keeper::new(vec![server], Duration::from_secs(1024), synced, now, logs)
+    }
+
+    fn answered(slewed: bool) -> Result<Synced, String> {
+        Ok(Synced {
+            server: "10.0.2.2:123".into(),
+            stratum: 2,
+            offset_us: 1200,
+            delay_us: 800,
+            now: 1_936_785_600,
+            slewed,
+        })
+    }
+
+    #[test]
+    fn without_servers_the_keeper_never_wakes() {
+        let logs = tempfile::tempdir().unwrap();
+        let k = Keeper::new(
+            Vec::new(),
+            Duration::from_secs(64),
+            false,
+            Instant::now(),
+            logs.path(),
+        );
+        assert_eq!(k.deadline(), None);
+    }
+
+    #[test]
+    fn a_synced_clock_is_checked_every_interval_with_jitter() {
+        let logs = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut k = keeper(true, now, logs.path());
+        let first = k.deadline().unwrap() - now;
+        assert!(first >= Duration::from_secs(1024) && first < Duration::from_millis(1_126_400));
+        k.checked(answered(true), now);
+        let next = k.deadline().unwrap() - now;
+        assert!(next >= Duration::from_secs(1024) && next < Duration::from_millis(1_126_400));
+        let log = std::fs::read_to_string(logs.path().join("clock.log")).unwrap();
+        assert!(
+            log.contains("10.0.2.2:123 (stratum 2, delay 0 ms): off by +0.001200 s, slewing"),
+            "{log}"
+        );
+    }
+
+    #[test]
+    fn without_an_answer_the_keeper_backs_off_up_to_the_interval_then_recovers() {
+        let logs = tempfile::tempdir().unwrap();
+        let now = Instant::now();
+        let mut k = keeper(false, now, logs.path());
+        assert_eq!(
+            k.deadline(),
+            Some(now + RETRY),
+            "unsynced at boot: ask soon"
+        );
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            k.checked(Err("no time server answered".into()), now);
+            waits.push((k.deadline().unwrap() - now).as_secs());
+        }
+        assert_eq!(waits, [32, 64, 128, 256, 512, 1024, 1024, 1024]);
+        k.checked(answered(false), now);
+        assert!(k.deadline().unwrap() - now >= Duration::from_secs(1024));
+        k.checked(Err("no time server answered".into()), now);
+        assert_eq!(k.deadline(), Some(now + RETRY), "the backoff starts afresh");
+        let log = std::fs::read_to_string(logs.path().join("clock.log")).unwrap();
+        assert_eq!(log.matches("asking again in").count(), 9, "{log}");
+        assert!(log.contains("off by +0.001200 s, stepped"), "{log}");
+    }
 
     /// A one-shot SNTP server on 127.0.0.1 answering with `reply(request)`.
     fn server(reply: impl Fn(&[u8]) -> Vec<u8> + Send + 'static) -> SocketAddr {

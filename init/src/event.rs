@@ -5,12 +5,16 @@
 //! the services. The loop owns the signals: it reaps every exited child (orphans included,
 //! as PID 1 must) and offers each status to the tasks, so a supervisor learns that its
 //! process died; it turns SIGTERM, SIGPWR and ctrl-alt-del into a shutdown, which stops the
-//! tasks in reverse order before the machine goes down.
+//! tasks in reverse order before the machine goes down. A task with long blocking work (a
+//! download, an SNTP exchange with name lookups) hands it to a [`Worker`] thread and
+//! polls the worker's descriptor.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
@@ -185,5 +189,93 @@ pub fn reap(tasks: &mut [Box<dyn Task>]) {
             Err(Errno::EINTR) => {}
             Err(_) => return,
         }
+    }
+}
+
+/// Blocking work on a thread of its own, for a task to poll: [`Worker::fd`] reads as ready
+/// (end of file) once the thread has ended, however it ended, because the thread holds the
+/// only write end of a pipe and drops it last.
+///
+/// Work on a worker must not start processes: the loop reaps every child, so a process
+/// the thread waited for could be reaped from under it.
+#[derive(Debug)]
+pub struct Worker<T> {
+    thread: JoinHandle<T>,
+    done: OwnedFd,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    /// Runs `work` on a new thread named `name`.
+    pub fn start(name: &str, work: impl FnOnce() -> T + Send + 'static) -> std::io::Result<Self> {
+        let (done, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let outcome = work();
+                drop(write_end);
+                outcome
+            })?;
+        Ok(Self { thread, done })
+    }
+
+    /// The descriptor that reads as ready once the work has ended.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.done.as_fd()
+    }
+
+    /// Waits up to `budget` for the work to end: its outcome (`None` if the thread
+    /// panicked) if it did, else the worker back.
+    pub fn wait(self, budget: Duration) -> Result<Option<T>, Self> {
+        let ms = budget.as_millis().min(u128::from(u16::MAX)) as u16;
+        let mut fds = [PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
+        // Ready means the work has returned; the thread itself ends a moment later, which
+        // the join waits for.
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) if n > 0 => Ok(self.finish()),
+            _ => Err(self),
+        }
+    }
+
+    /// The work's outcome, waiting for it if need be; `None` if the thread panicked.
+    pub fn finish(self) -> Option<T> {
+        self.thread.join().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ready<T: Send + 'static>(worker: &Worker<T>) -> bool {
+        let mut fds = [PollFd::new(worker.fd(), PollFlags::POLLIN)];
+        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
+    }
+
+    #[test]
+    fn a_worker_reads_ready_once_its_thread_ended() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let worker = Worker::start("test", move || {
+            wait.recv().unwrap();
+            42
+        })
+        .unwrap();
+        assert!(!ready(&worker), "ready while the work still runs");
+        go.send(()).unwrap();
+        let mut fds = [PollFd::new(worker.fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)).unwrap(), 1);
+        assert_eq!(worker.finish(), Some(42));
+    }
+
+    #[test]
+    fn a_wait_takes_only_its_budget() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let worker = Worker::start("test", move || wait.recv().is_ok()).unwrap();
+        let started = Instant::now();
+        let worker = worker
+            .wait(Duration::from_millis(50))
+            .expect_err("the work ended before it could");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        go.send(()).unwrap();
+        assert_eq!(worker.wait(Duration::from_secs(5)).ok(), Some(Some(true)));
     }
 }

@@ -79,7 +79,7 @@ pub fn run() -> Result<Infallible> {
     let mut network = net::Network::start();
     let host = config::phase(&mut network);
     network.phase(&host);
-    clock::phase(&host, &network);
+    let clock = clock::phase(&host, &network);
 
     services::mount_cgroups();
     prepare_etc();
@@ -109,10 +109,11 @@ pub fn run() -> Result<Infallible> {
         services.healthy_flag(),
     );
 
-    // Stopped in reverse: the updater first, then the services, then the network.
+    // Stopped in reverse: the updater first, then the services, the clock, the network.
     let mut tasks: Vec<Box<dyn Task>> = vec![
         Box::new(buttons),
         Box::new(network),
+        Box::new(clock),
         Box::new(services),
         Box::new(updater),
     ];

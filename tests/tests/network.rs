@@ -3,7 +3,10 @@
 //!
 //! - with a NoCloud seed: DHCP gives 10.0.2.15, the host name and a sysctl from the
 //!   user-data are in effect, and the clock is set by SNTP from a server this test runs on
-//!   the host (reached as 10.0.2.2), which answers with a date far from today;
+//!   the host (reached as 10.0.2.2), which answers with a date far from today; after boot
+//!   the clock is checked again every `time.interval`: the server's time jumps an hour
+//!   (the guest steps its clock and says so) and then half a second less than that bound
+//!   (the guest slews, which only its `/var/log/crust/clock.log` records);
 //! - with the EC2 IMDSv2 emulator: the same user-data path through a token, and a request
 //!   without a token refused by the emulator;
 //! - with broken user-data: one clear line naming the source and the field, the host up
@@ -17,7 +20,7 @@ use std::net::UdpSocket;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crust_format::phase::Phase;
 use crust_tests::{
@@ -30,9 +33,10 @@ const SERVED_TIME: u64 = 1_936_785_600;
 /// Seconds between NTP's epoch (1900) and Unix's.
 const NTP_UNIX: u64 = 2_208_988_800;
 
-/// An SNTP server on 127.0.0.1 that answers every request with [`SERVED_TIME`] plus the
-/// time since it started; returns its port and the count of requests answered.
-fn sntp_server() -> (u16, Arc<AtomicUsize>) {
+/// An SNTP server on 127.0.0.1 that answers request `i` with [`SERVED_TIME`] plus the time
+/// since it started plus `shifts_ms[i]` (the last shift for later requests); returns its
+/// port and the count of requests answered.
+fn sntp_server(shifts_ms: &'static [u64]) -> (u16, Arc<AtomicUsize>) {
     let socket = UdpSocket::bind("127.0.0.1:0").expect("bind SNTP server");
     let port = socket.local_addr().expect("address").port();
     let answered = Arc::new(AtomicUsize::new(0));
@@ -44,7 +48,8 @@ fn sntp_server() -> (u16, Arc<AtomicUsize>) {
             if n < 48 || buf[0] & 0x7 != 3 {
                 continue; // not a client request
             }
-            let now = started.elapsed();
+            let i = count.load(Ordering::SeqCst).min(shifts_ms.len() - 1);
+            let now = started.elapsed() + Duration::from_millis(shifts_ms[i]);
             let seconds = SERVED_TIME + NTP_UNIX + now.as_secs();
             let fraction = (u64::from(now.subsec_nanos()) << 32) / 1_000_000_000;
             let stamp = ((seconds << 32) | fraction).to_be_bytes();
@@ -82,10 +87,11 @@ fn seed(disk: &Disk, user_data: &str) -> std::path::PathBuf {
 fn nocloud_user_data_dhcp_and_a_time_server_on_the_host() {
     let img = built_image();
     let mut disk = Disk::new(&img);
-    let (port, answered) = sntp_server();
+    // The boot's answer, then an hour ahead (a step), then 0.3 s further (a slew).
+    let (port, answered) = sntp_server(&[0, 3_600_000, 3_600_300]);
     let user_data = format!(
-        "version = 1\nhostname = \"crust-nocloud-e2e\"\n\n[time]\nservers = [\"10.0.2.2:{port}\"]\n\n\
-         [sysctl]\n\"net.ipv4.tcp_keepalive_time\" = 611\n"
+        "version = 1\nhostname = \"crust-nocloud-e2e\"\n\n[time]\nservers = [\"10.0.2.2:{port}\"]\n\
+         interval = 16\n\n[sysctl]\n\"net.ipv4.tcp_keepalive_time\" = 611\n"
     );
     let seed = seed(&disk, &user_data);
     let mut t = disk.boot_with(BootOptions::default(), |c| c.extra_drives.push(seed));
@@ -117,7 +123,67 @@ fn nocloud_user_data_dhcp_and_a_time_server_on_the_host() {
     );
 
     wait(&mut t, Phase::Ready);
+
+    // The next check, 16 s on: the server is an hour ahead, and the guest steps.
+    let stepped =
+        t.vm.wait_for_text("clock: stepped +", Duration::from_secs(90))
+            .unwrap_or_else(|e| panic!("{e}"));
+    let by: f64 = stepped
+        .split("stepped +")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in {stepped:?}"));
+    assert!((by - 3600.0).abs() < 2.0, "{stepped}");
+    assert!(
+        stepped.contains(&format!("by 10.0.2.2:{port} to 2031-05-17T13:")),
+        "{stepped}"
+    );
+    // The check after: 0.3 s off, slewed without a console line.
+    let until = Instant::now() + Duration::from_secs(90);
+    while answered.load(Ordering::SeqCst) < 3 {
+        assert!(
+            Instant::now() < until,
+            "no third request to the time server"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
     t.power_off();
+    assert_eq!(
+        t.vm.console()
+            .history()
+            .iter()
+            .filter(|l| l.contains("] clock: "))
+            .count(),
+        1,
+        "only the step is said on the console"
+    );
+    drop(t);
+
+    let raw = disk.to_raw();
+    let state = partition(&raw, "state");
+    let fs = disk.scratch.path().join("state.img");
+    extract(&raw, &state, &fs, None);
+    let out = run_ok(
+        Command::new("debugfs")
+            .args(["-R", "cat /log/crust/clock.log"])
+            .arg(&fs),
+    );
+    let log = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].ends_with(", stepped"), "{log}");
+    let slewed: f64 = lines[1]
+        .split("off by +")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no offset in {log:?}"));
+    assert!(
+        (slewed - 0.3).abs() < 0.15 && lines[1].ends_with(", slewing"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -189,6 +189,9 @@ pub struct Time {
     /// Also use the NTP servers DHCP offers (option 42), after `servers`.
     #[serde(default = "yes")]
     pub dhcp: bool,
+    /// Seconds between the checks of the clock after boot.
+    #[serde(default = "default_time_interval")]
+    pub interval: u32,
 }
 
 impl Default for Time {
@@ -196,8 +199,16 @@ impl Default for Time {
         Self {
             servers: Vec::new(),
             dhcp: true,
+            interval: default_time_interval(),
         }
     }
+}
+
+/// Bounds of `time.interval`, in seconds (NTP's poll range, 2^4 to 2^17).
+pub const TIME_INTERVAL: std::ops::RangeInclusive<u32> = 16..=131_072;
+
+fn default_time_interval() -> u32 {
+    1024
 }
 
 /// `[kernel]`.
@@ -432,6 +443,17 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
             ));
         }
     }
+    if !TIME_INTERVAL.contains(&c.time.interval) {
+        return Err(SchemaError::new(
+            "time.interval",
+            format!(
+                "{} s is outside {}..={} s",
+                c.time.interval,
+                TIME_INTERVAL.start(),
+                TIME_INTERVAL.end()
+            ),
+        ));
+    }
     for (i, server) in c.time.servers.iter().enumerate() {
         parse_server(server).map_err(|m| SchemaError::new(format!("time.servers[{i}]"), m))?;
     }
@@ -661,6 +683,7 @@ dhcp = true
 
 [time]
 servers = ["10.0.2.2:1123", "time.example.com", "[2001:db8::123]"]
+interval = 64
 
 [sysctl]
 "net.ipv4.ip_forward" = 1
@@ -687,6 +710,7 @@ channel = "beta"
             "dhcp = false for the rest"
         );
         assert_eq!(c.network.dhcp_timeout, 5);
+        assert_eq!(c.time.interval, 64);
         assert_eq!(c.sysctl["net.ipv4.ip_forward"].0, "1");
         assert_eq!(c.sysctl["net.ipv6.conf.all.forwarding"].0, "1");
         assert_eq!(c.kernel.modules, ["wireguard", "br_netfilter"]);
@@ -787,6 +811,8 @@ channel = "beta"
                 "version = 1\n[time]\nservers = [\"x:0\"]\n",
                 "time.servers[0]",
             ),
+            ("version = 1\n[time]\ninterval = 15\n", "time.interval"),
+            ("version = 1\n[time]\ninterval = 131073\n", "time.interval"),
             (
                 "version = 1\n[sysctl]\n\"../../etc\" = 1\n",
                 "sysctl.\"../../etc\"",

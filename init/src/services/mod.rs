@@ -14,7 +14,7 @@
 //! output instead of a pipe.
 
 mod health;
-mod output;
+pub mod output;
 mod plan;
 mod process;
 mod runner;

@@ -23,22 +23,19 @@ mod record;
 
 use std::cell::Cell;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crust_format::Manifest;
 use crust_format::boot_entry::BootEntryName;
 use crust_format::layout::Slot;
 use crust_format::signature::PublicKey;
-use nix::fcntl::OFlag;
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::console;
 use crate::error::{Error, Result};
-use crate::event::{Control, Task};
+use crate::event::{Control, Task, Worker};
 use crate::http::Url;
 use crate::shutdown::Action;
 use check::{Cancel, Checked, Checker};
@@ -52,6 +49,8 @@ const LOG: &str = "/var/log/crust/update.log";
 const NET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Health timeout when no configuration names one.
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest wait at shutdown for a check to stop (the services' stop needs the rest).
+const STOP_WAIT: Duration = Duration::from_secs(5);
 /// First retry after a failed check (doubling up to the interval).
 const RETRY: Duration = Duration::from_secs(30);
 
@@ -170,52 +169,8 @@ pub struct Updater {
     retry: Duration,
     last_report: String,
     /// The check running now, if one is.
-    job: Option<Job>,
+    job: Option<Worker<Result<Checked>>>,
     cancel: Cancel,
-}
-
-/// A check on its thread. `done` is the read end of a pipe whose write end the thread
-/// holds: it reads as ready (end of file) once the thread has ended, however it ended.
-#[derive(Debug)]
-struct Job {
-    thread: JoinHandle<Result<Checked>>,
-    done: OwnedFd,
-}
-
-impl Job {
-    /// Runs `work` on a thread of its own.
-    fn start(work: impl FnOnce() -> Result<Checked> + Send + 'static) -> Result<Self> {
-        let (done, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| Error::new("update", format!("cannot make a pipe: {}", e.desc())))?;
-        let thread = std::thread::Builder::new()
-            .name("update".into())
-            .spawn(move || {
-                let outcome = work();
-                drop(write_end);
-                outcome
-            })
-            .map_err(|e| Error::new("update", format!("cannot start the check: {e}")))?;
-        Ok(Self { thread, done })
-    }
-
-    /// Waits up to `budget` for the thread to end: its outcome if it did, else the job.
-    fn wait(self, budget: Duration) -> std::result::Result<Result<Checked>, Self> {
-        let ms = budget.as_millis().min(u128::from(u16::MAX)) as u16;
-        let mut fds = [PollFd::new(self.done.as_fd(), PollFlags::POLLIN)];
-        let _ = poll(&mut fds, PollTimeout::from(ms));
-        if self.thread.is_finished() {
-            Ok(self.finish())
-        } else {
-            Err(self)
-        }
-    }
-
-    /// The thread's outcome (it has ended).
-    fn finish(self) -> Result<Checked> {
-        self.thread
-            .join()
-            .unwrap_or_else(|_| Err(Error::new("update", "the check's thread failed")))
-    }
 }
 
 fn say(line: &str) {
@@ -343,13 +298,16 @@ impl Updater {
             records: self.records.clone(),
             cancel: self.cancel.clone(),
         };
-        match Job::start(move || checker.check()) {
+        match Worker::start("update", move || checker.check()) {
             Ok(job) => {
                 self.job = Some(job);
                 self.stage = Stage::Checking;
                 Control::Continue
             }
-            Err(e) => self.checked(Err(e), now),
+            Err(e) => self.checked(
+                Err(Error::new("update", format!("cannot start the check: {e}"))),
+                now,
+            ),
         }
     }
 
@@ -400,7 +358,7 @@ fn running_entry(booted: &Booted) -> Option<BootEntryName> {
 
 impl Task for Updater {
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.job.iter().map(|j| j.done.as_fd()).collect()
+        self.job.iter().map(Worker::fd).collect()
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -439,7 +397,9 @@ impl Task for Updater {
             Stage::Idle { next } if now >= next => return self.start_check(now),
             Stage::Checking if ready.first().copied().unwrap_or(false) => {
                 if let Some(job) = self.job.take() {
-                    let outcome = job.finish();
+                    let outcome = job
+                        .finish()
+                        .unwrap_or_else(|| Err(Error::new("update", "the check's thread failed")));
                     return self.checked(outcome, now);
                 }
             }
@@ -467,9 +427,10 @@ impl Task for Updater {
             return;
         };
         self.cancel.set();
+        let budget = budget.min(STOP_WAIT);
         match job.wait(budget) {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => say(&e.message),
+            Ok(Some(Err(e))) => say(&e.message),
+            Ok(_) => {}
             Err(_) => say(&format!(
                 "the check did not stop within {} s; the next boot starts the update over",
                 budget.as_secs()
@@ -480,56 +441,29 @@ impl Task for Updater {
 
 /// Up to a tenth of `interval`, so a fleet does not check in step.
 fn jitter(interval: Duration) -> Duration {
-    let mut b = [0u8; 4];
-    let _ = crate::random::fill(&mut b);
-    let tenth = interval.as_millis() as u64 / 10;
-    Duration::from_millis(u64::from(u32::from_le_bytes(b)) % tenth.max(1))
+    crate::random::below(interval / 10)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn ready(job: &Job) -> bool {
-        let mut fds = [PollFd::new(job.done.as_fd(), PollFlags::POLLIN)];
-        poll(&mut fds, PollTimeout::ZERO).unwrap() == 1
-    }
-
     #[test]
-    fn a_job_reads_ready_once_its_thread_ended() {
-        let (go, wait) = std::sync::mpsc::channel::<()>();
-        let job = Job::start(move || {
-            wait.recv().unwrap();
-            Ok(Checked::Nothing("up to date".into()))
-        })
-        .unwrap();
-        assert!(!ready(&job), "ready while the check still runs");
-        go.send(()).unwrap();
-        let mut fds = [PollFd::new(job.done.as_fd(), PollFlags::POLLIN)];
-        assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)).unwrap(), 1);
-        assert_eq!(job.finish().unwrap(), Checked::Nothing("up to date".into()));
-    }
-
-    #[test]
-    fn a_stop_waits_only_its_budget_and_a_cancelled_check_fails() {
+    fn a_cancelled_check_stops_at_its_next_step() {
         let cancel = Cancel::default();
         let seen = cancel.clone();
-        let job = Job::start(move || {
+        let worker = Worker::start("test", move || {
             while !seen.is_set() {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            std::thread::sleep(Duration::from_millis(1500));
             seen.check().map(|()| Checked::Installed)
         })
         .unwrap();
         cancel.set();
-        // The thread is still busy after a short budget: the job comes back, unjoined.
-        let job = job
-            .wait(Duration::from_millis(50))
-            .expect_err("the check ended before it could");
-        let outcome = job
+        let outcome = worker
             .wait(Duration::from_secs(5))
-            .expect("the check did not end within 5 s");
+            .expect("the check did not stop within 5 s")
+            .expect("the check's thread panicked");
         let error = outcome.expect_err("a cancelled check succeeded");
         assert_eq!(error.message, check::STOPPED);
     }

@@ -3,7 +3,7 @@
 //! [`plan`] places the six partitions of [`crust_format::layout`] on 1 MiB boundaries and
 //! gives every GUID a deterministic value: the root and verity partitions of slot A carry
 //! the halves of the root hash (so the signed manifest alone identifies them), everything
-//! else is derived from the build's seed. [`write`] creates the sparse file, the protective
+//! else is derived from the build's seed. [`write()`] creates the sparse file, the protective
 //! MBR and both GPT headers (with the `gpt` crate), then lets the caller fill partitions
 //! through bounded [`Window`]s; regions nobody writes stay holes.
 

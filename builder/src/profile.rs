@@ -1,6 +1,6 @@
 //! Profiles: the TOML files that describe an image, their `include` chain, and validation.
 //!
-//! A profile is read in three steps. Each file is parsed on its own into a [`Layer`], with
+//! A profile is read in three steps. Each file is parsed on its own into a `Layer`, with
 //! every value remembering the file and line it came from (unknown keys and wrong types are
 //! refused here by the TOML deserializer, which reports the line). Layers are then merged
 //! base first: tables merge key by key, a later value replaces an earlier one, and lists

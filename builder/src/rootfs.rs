@@ -2,7 +2,7 @@
 //!
 //! Every inode gets the build's timestamp, entries are pushed in the tree's sorted order,
 //! and the image is padded to 4 KiB, which is what dm-verity's data blocks need. The data
-//! blocks are compressed on all cores before backhand writes them ([`parallel`]); the
+//! blocks are compressed on all cores before backhand writes them (`parallel`); the
 //! image is the same either way.
 
 mod parallel;

@@ -3,6 +3,10 @@
 //! tests. `cargo xtask --help` lists the commands; each installs what it needs from Debian
 //! first.
 
+// Doc comments on the command line types are clap's help text, where `<name>` means a
+// placeholder, not an HTML tag.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod ami;
 mod bench;
 mod flash;

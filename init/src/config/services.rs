@@ -5,7 +5,7 @@
 //! `image.service` reuses the image of one of the root's services (a new container from the
 //! same read-only files), and `image.pull` names an image containerd pulls at boot (images
 //! built from the containerd profile). This module checks what needs nothing but the text;
-//! [`crate::services::plan`] then checks the names against the root, in the same config
+//! [`crate::services::check_user_data`] then checks the names against the root, in the same config
 //! phase, so a service that does not exist is refused like any other mistake.
 
 use std::collections::{BTreeMap, BTreeSet};

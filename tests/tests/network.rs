@@ -76,6 +76,30 @@ fn wait(t: &mut TestVm, phase: Phase) -> String {
         .detail
 }
 
+/// A file of the state partition (`/var` in the guest), read with e2fsprogs' debugfs after
+/// the machine is off.
+fn state_file(disk: &Disk, path: &str) -> String {
+    let raw = disk.to_raw();
+    let state = partition(&raw, "state");
+    let fs = disk.scratch.path().join("state.img");
+    extract(&raw, &state, &fs, None);
+    let out = run_ok(
+        Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(&fs),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The number that follows `marker` in `line` (up to the next space).
+fn number_after(line: &str, marker: &str) -> f64 {
+    line.split(marker)
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {marker:?} in {line:?}"))
+}
+
 fn seed(disk: &Disk, user_data: &str) -> std::path::PathBuf {
     let path = disk.scratch.path().join("seed.img");
     crust_vm::seed::write(user_data.as_bytes(), &path).expect("seed disk");
@@ -128,12 +152,7 @@ fn nocloud_user_data_dhcp_and_a_time_server_on_the_host() {
     let stepped =
         t.vm.wait_for_text("clock: stepped +", Duration::from_secs(90))
             .unwrap_or_else(|e| panic!("{e}"));
-    let by: f64 = stepped
-        .split("stepped +")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no offset in {stepped:?}"));
+    let by = number_after(&stepped, "stepped +");
     assert!((by - 3600.0).abs() < 2.0, "{stepped}");
     assert!(
         stepped.contains(&format!("by 10.0.2.2:{port} to 2031-05-17T13:")),
@@ -161,25 +180,11 @@ fn nocloud_user_data_dhcp_and_a_time_server_on_the_host() {
     );
     drop(t);
 
-    let raw = disk.to_raw();
-    let state = partition(&raw, "state");
-    let fs = disk.scratch.path().join("state.img");
-    extract(&raw, &state, &fs, None);
-    let out = run_ok(
-        Command::new("debugfs")
-            .args(["-R", "cat /log/crust/clock.log"])
-            .arg(&fs),
-    );
-    let log = String::from_utf8_lossy(&out.stdout);
+    let log = state_file(&disk, "/log/crust/clock.log");
     let lines: Vec<&str> = log.lines().collect();
     assert_eq!(lines.len(), 2, "{log}");
     assert!(lines[0].ends_with(", stepped"), "{log}");
-    let slewed: f64 = lines[1]
-        .split("off by +")
-        .nth(1)
-        .and_then(|r| r.split(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no offset in {log:?}"));
+    let slewed = number_after(lines[1], "off by +");
     assert!(
         (slewed - 0.3).abs() < 0.15 && lines[1].ends_with(", slewing"),
         "{log}"
@@ -291,17 +296,7 @@ fn broken_user_data_boots_with_defaults_and_says_why() {
     t.power_off();
     drop(t);
 
-    // The log on the state partition, read with e2fsprogs' debugfs.
-    let raw = disk.to_raw();
-    let state = partition(&raw, "state");
-    let fs = disk.scratch.path().join("state.img");
-    extract(&raw, &state, &fs, None);
-    let out = run_ok(
-        Command::new("debugfs")
-            .args(["-R", "cat /log/crust/config.log"])
-            .arg(&fs),
-    );
-    let log = String::from_utf8_lossy(&out.stdout);
+    let log = state_file(&disk, "/log/crust/config.log");
     assert!(
         log.contains("NoCloud seed /dev/vdb: field network.interfaces.eth0.mtu (line 5)"),
         "{log}"

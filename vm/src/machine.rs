@@ -94,10 +94,19 @@ impl Config {
     /// terminal (Ctrl-A X quits), otherwise the console goes to stdout for capture.
     pub fn command(&self, interactive: bool) -> Command {
         let mut cmd = Command::new("qemu-system-x86_64");
-        let machine = format!("q35,accel={}", self.accel);
-        cmd.args(["-machine", &machine]);
-        if self.accel == Accel::Kvm {
-            cmd.args(["-cpu", "host"]);
+        cmd.args(["-machine", "q35"]);
+        match self.accel {
+            Accel::Kvm => {
+                cmd.args(["-accel", "kvm", "-cpu", "host"]);
+            }
+            // One host thread runs every vCPU in turn. With a thread per vCPU (QEMU's
+            // default), a guest kernel patching its own code across CPUs (static keys
+            // switched on by the first memory cgroup, when crun starts a service) now and
+            // then livelocks in the int3 of `text_poke_bp` until the soft-lockup watchdog
+            // fires; on two host cores the extra threads bought little speed anyway.
+            Accel::Tcg => {
+                cmd.args(["-accel", "tcg,thread=single"]);
+            }
         }
         cmd.args([
             "-m",

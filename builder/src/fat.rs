@@ -32,6 +32,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
+use crust_format::utc::UtcTime;
+
 const SECTOR: u64 = 512;
 const RESERVED_SECTORS: u64 = 32;
 const FAT_COPIES: u64 = 2;
@@ -668,32 +670,15 @@ struct DosTime {
 impl DosTime {
     fn from_unix(seconds: u64) -> Self {
         let seconds = seconds.clamp(DOS_FIRST, DOS_LAST);
-        let (year, month, day) = civil_from_days(seconds / 86_400);
-        let (hour, minute, second) = (seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
-        let date = ((year - 1980) << 9) | (month << 5) | day;
-        let time = (hour << 11) | (minute << 5) | (second / 2);
+        // In range of i64: clamped to 2107 above.
+        let t = UtcTime::from_unix(seconds as i64);
+        let date = ((t.year as u32 - 1980) << 9) | (t.month << 5) | t.day;
+        let time = (t.hour << 11) | (t.minute << 5) | (t.second / 2);
         Self {
             date: date as u16,
             time: time as u16,
         }
     }
-}
-
-/// Howard Hinnant's `civil_from_days` for days since 1970-01-01: (year, month, day).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let days = days + 719_468;
-    let (era, day_of_era) = (days / 146_097, days % 146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let march_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * march_month + 2) / 5 + 1;
-    let month = if march_month < 10 {
-        march_month + 3
-    } else {
-        march_month - 9
-    };
-    (era * 400 + year_of_era + u64::from(month <= 2), month, day)
 }
 
 /// Boot sector and BPB, fatgen103 §3.1 to §3.3.

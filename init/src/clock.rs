@@ -21,6 +21,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crust_format::phase::Phase;
+use crust_format::utc::UtcTime;
 use nix::sys::time::TimeSpec;
 use nix::time::{ClockId, clock_gettime, clock_settime};
 use sntpc::{NtpContext, NtpResult, NtpTimestampGenerator, NtpUdpSocket};
@@ -385,23 +386,7 @@ pub fn now_unix() -> i64 {
 
 /// Formats Unix seconds as an RFC 3339 UTC time (`2031-05-17T12:00:05Z`).
 pub fn format_utc(secs: i64) -> String {
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    UtcTime::from_unix(secs).to_string()
 }
 
 /// `CLOCK_REALTIME` for sntpc's timestamps (its own generator can panic on a clock before

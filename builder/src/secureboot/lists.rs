@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use crust_format::utc::UtcTime;
 use uuid::Uuid;
 
 use super::keys::Role;
@@ -84,30 +85,11 @@ pub fn signed_update(
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC) for `sign-efi-sig-list -t`.
 pub fn efi_time_text(secs: u64) -> String {
-    let (year, month, day) = civil_from_days(secs / 86_400);
+    let t = UtcTime::from_unix(i64::try_from(secs).unwrap_or(i64::MAX));
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
-}
-
-/// Howard Hinnant's `civil_from_days` for days since 1970-01-01: (year, month, day).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let days = days + 719_468;
-    let (era, day_of_era) = (days / 146_097, days % 146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let march_month = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * march_month + 2) / 5 + 1;
-    let month = if march_month < 10 {
-        march_month + 3
-    } else {
-        march_month - 9
-    };
-    (era * 400 + year_of_era + u64::from(month <= 2), month, day)
 }
 
 #[cfg(test)]

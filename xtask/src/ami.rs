@@ -19,7 +19,6 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use crust_builder::profile::Profile;
 use crust_builder::release;
 use crust_builder::report;
 use crust_builder::secureboot::{self, KeySet};
@@ -108,18 +107,9 @@ fn secure_boot_keys(dir: &Path, explicit: Option<&Path>) -> Result<Option<KeySet
     if let Some(keys) = explicit {
         return KeySet::open(keys).map(Some);
     }
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+    let Some((_, profile)) = image::profile_of_output(dir)? else {
         return Ok(None);
     };
-    let profile_path = image::profile_path(&name);
-    let is_output_folder = image::out_dir(&profile_path)
-        .canonicalize()
-        .is_ok_and(|out| out == dir);
-    if !is_output_folder || !profile_path.is_file() {
-        return Ok(None);
-    }
-    let profile = Profile::load(&profile_path)?;
     crust_builder::build::secure_boot_keys(&profile, &image::crust_target().join("keys"))
         .map(|keys| keys.map(|(keys, _)| keys))
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use crust_builder::build::{BuildOutcome, BuildRequest};
 use crust_builder::fetch::Cache;
-use crust_builder::profile::{OutputFormat, show_size};
+use crust_builder::profile::{OutputFormat, Profile, show_size};
 use crust_builder::release;
 use crust_builder::report;
 use crust_builder::sign::KeyKind;
@@ -46,6 +46,24 @@ pub fn out_dir(profile: &Path) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     crust_target().join(name)
+}
+
+/// The profile whose output folder `dir` is (`target/crust/<name>` of a profile in
+/// `profiles/`): its path and contents; `None` for any other folder.
+pub fn profile_of_output(dir: &Path) -> Result<Option<(PathBuf, Profile)>> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Ok(None);
+    };
+    let profile_path = profile_path(&name);
+    let is_output_folder = out_dir(&profile_path)
+        .canonicalize()
+        .is_ok_and(|out| out == dir);
+    if !is_output_folder || !profile_path.is_file() {
+        return Ok(None);
+    }
+    let profile = Profile::load(&profile_path)?;
+    Ok(Some((profile_path, profile)))
 }
 
 /// Builds the init as a static executable and returns its path.

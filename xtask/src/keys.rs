@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use crust_builder::profile::Profile;
 use crust_builder::release;
 use crust_builder::report;
 use crust_builder::sign::SigningKey;
@@ -62,18 +61,9 @@ pub fn verification_key(dir: &Path, key: Option<&Path>) -> Result<PublicKey> {
 
 /// The profile whose output folder `dir` is, and its configured signing key.
 fn profile_key(dir: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Some(name) = dir.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+    let Some((profile_path, profile)) = image::profile_of_output(dir)? else {
         return Ok(None);
     };
-    let profile_path = image::profile_path(&name);
-    let is_output_folder = image::out_dir(&profile_path)
-        .canonicalize()
-        .is_ok_and(|out| out == dir);
-    if !is_output_folder || !profile_path.is_file() {
-        return Ok(None);
-    }
-    let profile = Profile::load(&profile_path)?;
     Ok(profile.signing_key.map(|k| (profile_path, k.value)))
 }
 

@@ -66,7 +66,8 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
         .expect("QMP")
         .system_powerdown()
         .expect("powerdown");
-    // The image's handler runs (ctr passes SIGTERM on), then containerd stops, last.
+    // The image's handler runs (init signals the task through containerd), then containerd
+    // stops, last.
     t.vm.wait_for_text("demo: containerd: SIGTERM received", long)
         .unwrap_or_else(|e| panic!("{e}"));
     let stopped =

@@ -212,8 +212,15 @@ impl Launch {
             Launch::Crun { .. } => {
                 quietly(crun(&["kill", name, "TERM"]));
             }
-            // `ctr run` forwards the signals it receives to the container.
-            Launch::Host { .. } | Launch::Pull { .. } => {
+            // Through containerd: `ctr run` forwards the signals it receives only once its
+            // handler is in place, and a SIGTERM before that ends ctr, not the container,
+            // whose output then goes nowhere. Without a task yet, ctr itself is signalled.
+            Launch::Pull { .. } => {
+                if !quietly(ctr(&["task", "kill", "--signal", "SIGTERM", name])) {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+            }
+            Launch::Host { .. } => {
                 let _ = kill(pid, Signal::SIGTERM);
             }
         }

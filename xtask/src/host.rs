@@ -106,41 +106,92 @@ fn is_root() -> bool {
 }
 
 /// Makes sure every need is met, installing missing packages when possible.
+///
+/// Everything a command needs is asked for in one call, so one `apt-get install` brings
+/// all of it. Installing can remove what was there: a package from another suite (a
+/// backported `qemu-utils`, say) that conflicts with one the install pulls in is replaced
+/// by nothing. So the needs are checked again afterwards; what went missing is installed
+/// in a second round (now Debian's own version is the candidate), and whatever is still
+/// missing after that is named, need by need, instead of failing later.
 pub fn ensure(needs: &[&[Need]]) -> Result<()> {
-    let mut missing: Vec<&str> = needs
+    let all: Vec<Need> = needs.iter().flat_map(|n| n.iter().copied()).collect();
+    let mut installed: Vec<&str> = Vec::new();
+    for round in 0..2 {
+        let missing = missing_packages(&all);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let list = missing.join(" ");
+        if !is_root() {
+            bail!(
+                "this machine lacks Debian packages {list}; install them with\n    sudo apt-get install --no-install-recommends {list}"
+            );
+        }
+        if round == 0 {
+            eprintln!("crust: installing missing host packages with apt-get: {list}");
+            apt_update()?;
+        } else {
+            eprintln!(
+                "crust: installing {} removed {list}, which this command needs too; installing \
+                 {} again from Debian",
+                installed.join(" "),
+                if missing.len() == 1 { "it" } else { "them" }
+            );
+        }
+        let status = Command::new("apt-get")
+            .args(["-q", "-y", "install", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .context("cannot run apt-get")?;
+        if !status.success() {
+            bail!("apt-get install {list} failed");
+        }
+        installed.extend(missing);
+    }
+    let still: Vec<String> = all
         .iter()
-        .flat_map(|n| n.iter())
+        .filter(|n| !present(n.what))
+        .map(|n| format!("{} (package {})", n.what, n.package))
+        .collect();
+    if still.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "after installing {}, this machine still lacks {}; apt-get removes a package when \
+         another it installs conflicts with it: install these by hand (`apt-get install \
+         --no-install-recommends PACKAGE`) and run the command again",
+        installed.join(" "),
+        still.join(", ")
+    )
+}
+
+/// The packages behind the needs that are not met, sorted, without repeats.
+fn missing_packages(needs: &[Need]) -> Vec<&'static str> {
+    let mut missing: Vec<&'static str> = needs
+        .iter()
         .filter(|n| !present(n.what))
         .map(|n| n.package)
         .collect();
     missing.sort_unstable();
     missing.dedup();
-    if missing.is_empty() {
+    missing
+}
+
+/// `apt-get update`, once per run.
+fn apt_update() -> Result<()> {
+    static UPDATED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if UPDATED.get().is_some() {
         return Ok(());
     }
-    let list = missing.join(" ");
-    if !is_root() {
-        bail!(
-            "this machine lacks Debian packages {list}; install them with\n    sudo apt-get install --no-install-recommends {list}"
-        );
-    }
-    eprintln!("crust: installing missing host packages with apt-get: {list}");
     let status = Command::new("apt-get")
         .args(["-q", "update"])
         .status()
         .context("cannot run apt-get")?;
     if !status.success() {
-        bail!("apt-get update failed; install {list} by hand");
+        bail!("apt-get update failed; check the machine's apt sources and network");
     }
-    let status = Command::new("apt-get")
-        .args(["-q", "-y", "install", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .context("cannot run apt-get")?;
-    if !status.success() {
-        bail!("apt-get install {list} failed");
-    }
+    let _ = UPDATED.set(());
     Ok(())
 }
 

@@ -313,6 +313,8 @@ fn run(cli: Cli) -> Result<()> {
             profile,
             boot: args,
         } => {
+            // Everything the build and the boot need, in one install.
+            host::ensure(&[host::BUILD, host::QEMU])?;
             let profile = boot_profile(profile, &args);
             let outcome = image::build(&profile, None, false)?;
             let out = outcome.image.parent().unwrap_or(std::path::Path::new("."));

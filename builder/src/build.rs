@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use crust_format::boot_entry::BootEntryName;
 use crust_format::layout::{LAYOUT_VERSION, Role, Slot};
+use crust_format::user_data::{self, Policy};
 use crust_format::{Digest, Manifest};
 
 use crate::apt::{Apt, AptError};
@@ -34,6 +35,11 @@ use crate::service::{self, Bundle, HostFacts, ImageSource};
 use crate::sign::{KeyKind, SigningKey};
 use crate::tree::{Entry, Tree};
 use crate::{esp, initramfs, output, release, report, rootfs, uki, verity};
+
+/// The file whose time is the build's (`SOURCE_DATE_EPOCH`), systemd's convention.
+pub const CLOCK_EPOCH: &str = "usr/lib/clock-epoch";
+/// The image's default user-data (`[config] default`).
+pub const DEFAULT_CONFIG: &str = "usr/lib/crust/config.toml";
 
 /// What to build and where.
 #[derive(Debug, Clone)]
@@ -186,7 +192,8 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     steps.done("kernel");
 
     let os_release = os_release(&profile, &build_id);
-    let mut root_tree = root_tree(&profile, &debs, &init, &os_release)?;
+    let policy = user_data_policy(&profile, &key)?;
+    let mut root_tree = root_tree(&profile, &debs, &init, &os_release, &policy)?;
     let bundles = service_bundles(&profile, &lock, &debs, &root_tree, req.cache.root())?;
     service::install(&mut root_tree, &bundles)?;
     let root = rootfs::squashfs(&root_tree, epoch, profile.compression_level.value)?;
@@ -586,6 +593,10 @@ fn build_id(
     for file in &profile.files {
         parts.push(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);
     }
+    for f in profile.config.default.iter().chain(&profile.config.keys) {
+        parts
+            .push(std::fs::read(&f.value).with_context(|| format!("cannot read {}", f.display()))?);
+    }
     for f in &profile.files_in_root {
         parts.push(f.path.as_bytes().to_vec());
         parts.push(
@@ -754,7 +765,35 @@ fn service_bundles(
     Ok(bundles)
 }
 
-fn root_tree(profile: &Profile, debs: &[Deb], init: &[u8], os_release: &str) -> Result<Tree> {
+/// What user-data may be and do on the image's hosts (`[config]`), with the keys that may
+/// sign it: the profile's `config.keys`, or the image's own signing key.
+pub fn user_data_policy(profile: &Profile, key: &SigningKey) -> Result<Policy> {
+    let c = &profile.config;
+    let keys = if c.keys.is_empty() {
+        vec![key.public_key()]
+    } else {
+        c.keys
+            .iter()
+            .map(|k| {
+                crate::release::read_public_key(k).with_context(|| format!("{}: config.keys", k.at))
+            })
+            .collect::<Result<_>>()?
+    };
+    Ok(Policy {
+        sources: c.sources.value.clone(),
+        signed: c.signed.value,
+        keys,
+        allow: c.allow.value.clone(),
+    })
+}
+
+fn root_tree(
+    profile: &Profile,
+    debs: &[Deb],
+    init: &[u8],
+    os_release: &str,
+    policy: &Policy,
+) -> Result<Tree> {
     let mut tree = Tree::new();
     let excludes = Excludes::new(profile.exclude.iter().map(|e| e.value.clone()));
     for deb in debs.iter().filter(|d| d.package.role == PackageRole::Root) {
@@ -775,6 +814,18 @@ fn root_tree(profile: &Profile, debs: &[Deb], init: &[u8], os_release: &str) -> 
         Entry::file(os_release.as_bytes().to_vec(), 0o644),
     )?;
     tree.insert("etc/os-release", Entry::symlink("../usr/lib/os-release"))?;
+    // The clock never goes below the build's time: the init (like systemd) moves a clock
+    // that is earlier than this file's modification time, which is SOURCE_DATE_EPOCH.
+    tree.insert(CLOCK_EPOCH, Entry::file(Vec::new(), 0o644))?;
+    tree.insert(
+        user_data::POLICY_PATH,
+        Entry::file(policy.to_text().into_bytes(), 0o644),
+    )?;
+    if let Some(default) = &profile.config.default {
+        let data = std::fs::read(&default.value)
+            .with_context(|| format!("{}: cannot read {}", default.at, default.display()))?;
+        tree.insert(DEFAULT_CONFIG, Entry::file(data, 0o644))?;
+    }
     for f in &profile.files_in_root {
         let data = std::fs::read(&f.source)
             .with_context(|| format!("{}: cannot read {}", f.at, f.source.display()))?;

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crust_format::manifest::Filesystem;
+use crust_format::user_data::{Permission, Source};
 use crust_format::version::{check_name, check_version};
 use serde::Deserialize;
 use toml::Spanned;
@@ -165,6 +166,23 @@ pub struct SecureBoot {
     pub at: Origin,
 }
 
+/// `[config]`: what user-data may be and do on the image's hosts
+/// ([`crust_format::user_data`]), and the image's own default user-data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostConfigPolicy {
+    /// The sources the init tries, in order.
+    pub sources: Located<Vec<Source>>,
+    /// Whether user-data needs a signature.
+    pub signed: Located<bool>,
+    /// Public key files (`.pub`) that may sign user-data; empty means the image's signing
+    /// key.
+    pub keys: Vec<Located<PathBuf>>,
+    /// What user-data may do beyond host settings.
+    pub allow: Located<Vec<Permission>>,
+    /// The image's default user-data (`/usr/lib/crust/config.toml`), if the profile has one.
+    pub default: Option<Located<PathBuf>>,
+}
+
 /// A resolved profile: everything a build needs to know, checked.
 #[derive(Debug, Clone)]
 pub struct Profile {
@@ -218,6 +236,8 @@ pub struct Profile {
     pub signing_key: Option<Located<PathBuf>>,
     /// Secure Boot signing (`[secure-boot]`); `None` when the profile does not ask for it.
     pub secure_boot: Option<SecureBoot>,
+    /// What user-data may be and do (`[config]`).
+    pub config: HostConfigPolicy,
     /// Output formats.
     pub outputs: Vec<Located<OutputFormat>>,
     /// Services (containers), in start order; the admin container among them when
@@ -302,6 +322,7 @@ struct Layer {
     disk: DiskLayer,
     signing: SigningLayer,
     secure_boot: SecureBootLayer,
+    config: ConfigLayer,
     output: OutputLayer,
     admin: AdminLayer,
     services: Vec<Located<ServiceToml>>,
@@ -369,6 +390,18 @@ struct SecureBootLayer {
     enroll: Opt<Enroll>,
 }
 
+/// `[config]` of one file. Its lists replace a base's instead of extending them: a
+/// variant that narrows what user-data may do must be able to.
+#[derive(Debug, Default)]
+struct ConfigLayer {
+    sources: Opt<List<String>>,
+    signed: Opt<bool>,
+    keys: List<PathBuf>,
+    keys_set: bool,
+    allow: Opt<List<String>>,
+    default: Opt<PathBuf>,
+}
+
 #[derive(Debug, Default)]
 struct OutputLayer {
     formats: List<OutputFormat>,
@@ -403,6 +436,8 @@ mod raw {
         pub signing: Signing,
         #[serde(default, rename = "secure-boot")]
         pub secure_boot: Option<Spanned<SecureBoot>>,
+        #[serde(default)]
+        pub config: Config,
         #[serde(default)]
         pub output: Output,
         #[serde(default)]
@@ -502,6 +537,16 @@ mod raw {
     pub struct SecureBoot {
         pub keys: Option<Spanned<PathBuf>>,
         pub enroll: Option<Spanned<Enroll>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    pub struct Config {
+        pub sources: Option<Spanned<Vec<Spanned<String>>>>,
+        pub signed: Option<Spanned<bool>>,
+        pub keys: Option<Vec<Spanned<PathBuf>>>,
+        pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+        pub default: Option<Spanned<PathBuf>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -665,6 +710,40 @@ impl Layer {
                 }
                 None => SecureBootLayer::default(),
             },
+            config: ConfigLayer {
+                sources: raw.config.sources.map(|list| {
+                    let list = loc.locate(list);
+                    Located {
+                        value: loc.list(list.value),
+                        at: list.at,
+                    }
+                }),
+                signed: loc.opt(raw.config.signed),
+                keys_set: raw.config.keys.is_some(),
+                keys: raw
+                    .config
+                    .keys
+                    .map(|keys| {
+                        keys.into_iter()
+                            .map(|k| {
+                                let k = loc.locate(k);
+                                Located {
+                                    value: base_dir.join(&k.value),
+                                    at: k.at,
+                                }
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                allow: raw.config.allow.map(|list| {
+                    let list = loc.locate(list);
+                    Located {
+                        value: loc.list(list.value),
+                        at: list.at,
+                    }
+                }),
+                default: relative(loc.opt(raw.config.default)),
+            },
             output: OutputLayer {
                 formats: loc.list(raw.output.formats),
             },
@@ -746,6 +825,18 @@ impl Layer {
                 keys: over.secure_boot.keys.or(self.secure_boot.keys),
                 enroll: over.secure_boot.enroll.or(self.secure_boot.enroll),
             },
+            config: ConfigLayer {
+                sources: over.config.sources.or(self.config.sources),
+                signed: over.config.signed.or(self.config.signed),
+                keys_set: over.config.keys_set || self.config.keys_set,
+                keys: if over.config.keys_set {
+                    over.config.keys
+                } else {
+                    self.config.keys
+                },
+                allow: over.config.allow.or(self.config.allow),
+                default: over.config.default.or(self.config.default),
+            },
             output: OutputLayer {
                 formats: list(self.output.formats, over.output.formats),
             },
@@ -766,35 +857,157 @@ const MIN_ESP: u64 = 40 * MIB;
 /// Largest ESP the FAT32 writer supports.
 const MAX_ESP: u64 = 32 << 30;
 
+/// The merged layer, checked table by table, with defaults filled in.
 fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, ProfileError> {
-    let top: Arc<Path> = Arc::from(path);
-    let default_at = Origin {
-        file: top.clone(),
-        line: 1,
-    };
-    fn located<T>(value: T, at: &Origin) -> Located<T> {
-        Located {
-            value,
-            at: at.clone(),
+    let d = Defaults::new(path);
+    let (image_name, image_version) = resolve_image(l.image, &d)?;
+    let debian = resolve_debian(l.debian, &d)?;
+    let kernel = resolve_kernel(l.kernel, &d)?;
+    let root = resolve_root(l.root, l.boot, &d)?;
+    let disk = resolve_disk(l.disk, &d)?;
+    let signing_key = resolve_signing(l.signing)?;
+    let secure_boot = resolve_secure_boot(l.secure_boot)?;
+    let config = resolve_config(l.config, secure_boot.as_ref(), &d)?;
+    let outputs = resolve_outputs(l.output, &d);
+    let services = crate::service::resolve(
+        l.services,
+        l.admin.enabled.as_ref().filter(|e| e.value).map(|e| &e.at),
+    )?;
+    Ok(Profile {
+        name: path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("profile")
+            .to_owned(),
+        path: path.to_path_buf(),
+        files,
+        image_name,
+        image_version,
+        suite: debian.suite,
+        mirror: debian.mirror,
+        security_mirror: debian.security_mirror,
+        components: debian.components,
+        kernel: kernel.source,
+        modules: kernel.modules,
+        cmdline: kernel.cmdline,
+        panic_reboot: kernel.panic_reboot,
+        boot_package: root.boot_package,
+        packages: root.packages,
+        files_in_root: root.files,
+        exclude: root.exclude,
+        filesystem: root.filesystem,
+        compression_level: root.compression_level,
+        esp_size: disk.esp,
+        root_size: disk.root,
+        verity_size: disk.verity,
+        state_size: disk.state,
+        signing_key,
+        secure_boot,
+        config,
+        outputs,
+        services,
+    })
+}
+
+/// Where defaults "were written" (the profile asked for, line 1), and the error makers.
+struct Defaults {
+    path: PathBuf,
+    at: Origin,
+}
+
+impl Defaults {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            at: Origin {
+                file: Arc::from(path),
+                line: 1,
+            },
         }
     }
-    let invalid = |at: &Origin, field: &str, message: String| ProfileError::Invalid {
+
+    /// A default value, located at the top of the profile asked for.
+    fn value<T>(&self, value: T) -> Located<T> {
+        Located {
+            value,
+            at: self.at.clone(),
+        }
+    }
+
+    fn missing(&self, field: &'static str) -> ProfileError {
+        ProfileError::Missing {
+            path: self.path.clone(),
+            field,
+        }
+    }
+}
+
+fn invalid(at: &Origin, field: &str, message: String) -> ProfileError {
+    ProfileError::Invalid {
         at: at.clone(),
         field: field.to_owned(),
         message,
-    };
-    let missing = |field| ProfileError::Missing {
-        path: path.to_path_buf(),
-        field,
-    };
+    }
+}
 
-    let image_name = l.image.name.ok_or_else(|| missing("image.name"))?;
-    check_name(&image_name).map_err(|e| invalid(&image_name.at, "image.name", e.to_string()))?;
-    let image_version = l.image.version.ok_or_else(|| missing("image.version"))?;
-    check_version(&image_version)
-        .map_err(|e| invalid(&image_version.at, "image.version", e.to_string()))?;
+/// `[image]`: the name and version, both required.
+fn resolve_image(
+    l: ImageLayer,
+    d: &Defaults,
+) -> Result<(Located<String>, Located<String>), ProfileError> {
+    let name = l.name.ok_or_else(|| d.missing("image.name"))?;
+    check_name(&name).map_err(|e| invalid(&name.at, "image.name", e.to_string()))?;
+    let version = l.version.ok_or_else(|| d.missing("image.version"))?;
+    check_version(&version).map_err(|e| invalid(&version.at, "image.version", e.to_string()))?;
+    Ok((name, version))
+}
 
-    let kernel = match (l.kernel.package, l.kernel.image, l.kernel.modules_dir) {
+/// `[debian]`, resolved.
+struct DebianTable {
+    suite: Located<String>,
+    mirror: Located<String>,
+    security_mirror: Option<Located<String>>,
+    components: Vec<Located<String>>,
+}
+
+fn resolve_debian(l: DebianLayer, d: &Defaults) -> Result<DebianTable, ProfileError> {
+    let mirror = l
+        .mirror
+        .unwrap_or_else(|| d.value("http://deb.debian.org/debian".into()));
+    for m in [Some(&mirror), l.security_mirror.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if !(m.starts_with("http://") || m.starts_with("https://")) {
+            return Err(invalid(
+                &m.at,
+                "debian.mirror",
+                format!("{:?} is not an http(s) URL", m.value),
+            ));
+        }
+    }
+    let mut components = l.components;
+    if components.is_empty() {
+        components.push(d.value("main".into()));
+    }
+    Ok(DebianTable {
+        suite: l.suite.unwrap_or_else(|| d.value("bookworm".into())),
+        mirror,
+        security_mirror: l.security_mirror,
+        components,
+    })
+}
+
+/// `[kernel]`, resolved.
+struct KernelTable {
+    source: Located<KernelSource>,
+    modules: Vec<Located<String>>,
+    cmdline: Vec<Located<String>>,
+    panic_reboot: Located<u32>,
+}
+
+fn resolve_kernel(l: KernelLayer, d: &Defaults) -> Result<KernelTable, ProfileError> {
+    let source = match (l.package, l.image, l.modules_dir) {
         (Some(p), _, _) => {
             check_package_name(&p, "kernel.package")?;
             Located {
@@ -830,9 +1043,9 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
                 "a local kernel needs both `image` and `modules-dir`".into(),
             ));
         }
-        (None, None, None) => return Err(missing("kernel.package")),
+        (None, None, None) => return Err(d.missing("kernel.package")),
     };
-    for m in &l.kernel.modules {
+    for m in &l.modules {
         if m.is_empty()
             || !m
                 .chars()
@@ -845,7 +1058,7 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
             ));
         }
     }
-    for w in &l.kernel.cmdline {
+    for w in &l.cmdline {
         if w.is_empty() || w.contains(char::is_whitespace) {
             return Err(invalid(
                 &w.at,
@@ -864,10 +1077,7 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
             ));
         }
     }
-    let panic_reboot = l
-        .kernel
-        .panic_reboot
-        .unwrap_or_else(|| located(10, &default_at));
+    let panic_reboot = l.panic_reboot.unwrap_or_else(|| d.value(10));
     if panic_reboot.value == 0 {
         return Err(invalid(
             &panic_reboot.at,
@@ -875,62 +1085,54 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
             "0 would leave a panicked machine hanging; use 1 or more seconds".into(),
         ));
     }
+    Ok(KernelTable {
+        source,
+        modules: l.modules,
+        cmdline: l.cmdline,
+        panic_reboot,
+    })
+}
 
-    let boot_package = l
-        .boot
+/// `[root]` and `[boot]`, resolved.
+struct RootTable {
+    boot_package: Located<String>,
+    packages: Vec<Located<String>>,
+    files: Vec<FileSpec>,
+    exclude: Vec<Located<String>>,
+    filesystem: Located<Filesystem>,
+    compression_level: Located<i32>,
+}
+
+fn resolve_root(l: RootLayer, boot: BootLayer, d: &Defaults) -> Result<RootTable, ProfileError> {
+    let boot_package = boot
         .package
-        .unwrap_or_else(|| located("systemd-boot-efi".into(), &default_at));
+        .unwrap_or_else(|| d.value("systemd-boot-efi".into()));
     check_package_name(&boot_package, "boot.package")?;
-    for p in &l.root.packages {
-        check_package_name(p, "root.packages")?;
-    }
     let mut packages: Vec<Located<String>> = Vec::new();
-    for p in l.root.packages {
+    for p in l.packages {
+        check_package_name(&p, "root.packages")?;
         if !packages.iter().any(|q| q.value == p.value) {
             packages.push(p);
         }
     }
-
-    for f in &l.root.files {
-        if !f.path.starts_with('/') || f.path.split('/').any(|c| c == ".." || c == ".") {
-            return Err(invalid(
-                &f.at,
-                "root.files.path",
-                format!("{:?} must be an absolute path without . or ..", f.path),
-            ));
-        }
-        if !f.source.is_file() {
-            return Err(invalid(
-                &f.at,
-                "root.files.source",
-                format!(
-                    "{} is not a file; paths are relative to the profile that names them",
-                    f.source.display()
-                ),
-            ));
-        }
+    for f in &l.files {
+        check_root_file(f, "root.files")?;
     }
-
-    let filesystem = match l.root.filesystem {
-        None => located(Filesystem::Squashfs, &default_at),
-        Some(f) => match f.value.as_str() {
-            "squashfs" => Located {
-                value: Filesystem::Squashfs,
-                at: f.at,
-            },
-            other => {
-                return Err(invalid(
-                    &f.at,
-                    "root.filesystem",
-                    format!("{other:?} is not supported; use \"squashfs\""),
-                ));
-            }
+    let filesystem = match l.filesystem {
+        None => d.value(Filesystem::Squashfs),
+        Some(f) if f.value == "squashfs" => Located {
+            value: Filesystem::Squashfs,
+            at: f.at,
         },
+        Some(f) => {
+            return Err(invalid(
+                &f.at,
+                "root.filesystem",
+                format!("{:?} is not supported; use \"squashfs\"", f.value),
+            ));
+        }
     };
-    let compression_level = l
-        .root
-        .compression_level
-        .unwrap_or_else(|| located(15, &default_at));
+    let compression_level = l.compression_level.unwrap_or_else(|| d.value(15));
     if !(1..=22).contains(&compression_level.value) {
         return Err(invalid(
             &compression_level.at,
@@ -941,9 +1143,49 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
             ),
         ));
     }
+    Ok(RootTable {
+        boot_package,
+        packages,
+        files: l.files,
+        exclude: l.exclude,
+        filesystem,
+        compression_level,
+    })
+}
 
+/// A file for the root: an absolute path without `.` or `..`, from an existing file.
+fn check_root_file(f: &FileSpec, field: &str) -> Result<(), ProfileError> {
+    if !f.path.starts_with('/') || f.path.split('/').any(|c| c == ".." || c == ".") {
+        return Err(invalid(
+            &f.at,
+            &format!("{field}.path"),
+            format!("{:?} must be an absolute path without . or ..", f.path),
+        ));
+    }
+    if !f.source.is_file() {
+        return Err(invalid(
+            &f.at,
+            &format!("{field}.source"),
+            format!(
+                "{} is not a file; paths are relative to the profile that names them",
+                f.source.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `[disk]`, resolved: partition sizes.
+struct DiskTable {
+    esp: Located<u64>,
+    root: Located<u64>,
+    verity: Located<u64>,
+    state: Located<u64>,
+}
+
+fn resolve_disk(l: DiskLayer, d: &Defaults) -> Result<DiskTable, ProfileError> {
     let size = |v: Opt<u64>, default: u64, field: &str, min: u64, max: u64| {
-        let v = v.unwrap_or_else(|| located(default, &default_at));
+        let v = v.unwrap_or_else(|| d.value(default));
         if !v.value.is_multiple_of(MIB) {
             return Err(invalid(
                 &v.at,
@@ -968,29 +1210,38 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         }
         Ok(v)
     };
-    let esp_size = size(l.disk.esp, 512 * MIB, "disk.esp", MIN_ESP, MAX_ESP)?;
-    let root_size = size(l.disk.root, 1024 * MIB, "disk.root", 8 * MIB, 1 << 40)?;
-    let verity_size = size(l.disk.verity, 64 * MIB, "disk.verity", MIB, 1 << 36)?;
-    let state_size = size(l.disk.state, 256 * MIB, "disk.state", 16 * MIB, 1 << 40)?;
+    let esp = size(l.esp, 512 * MIB, "disk.esp", MIN_ESP, MAX_ESP)?;
+    let root = size(l.root, 1024 * MIB, "disk.root", 8 * MIB, 1 << 40)?;
+    let verity = size(l.verity, 64 * MIB, "disk.verity", MIB, 1 << 36)?;
+    let state = size(l.state, 256 * MIB, "disk.state", 16 * MIB, 1 << 40)?;
     // The tree over a full root partition must fit the verity partition, or an update that
     // fills its root partition could never be installed.
-    let blocks = root_size.value / u64::from(crust_format::verity::BLOCK_SIZE);
+    let blocks = root.value / u64::from(crust_format::verity::BLOCK_SIZE);
     let tree = (crust_format::verity::hash_blocks(blocks) + 1)
         * u64::from(crust_format::verity::BLOCK_SIZE);
-    if tree > verity_size.value {
+    if tree > verity.value {
         return Err(invalid(
-            &verity_size.at,
+            &verity.at,
             "disk.verity",
             format!(
                 "{} cannot hold the hash tree of a full {} root partition ({}); raise it",
-                show_size(verity_size.value),
-                show_size(root_size.value),
+                show_size(verity.value),
+                show_size(root.value),
                 show_size(tree)
             ),
         ));
     }
+    Ok(DiskTable {
+        esp,
+        root,
+        verity,
+        state,
+    })
+}
 
-    if let Some(key) = &l.signing.key
+/// `[signing]`: the key file, if one is named.
+fn resolve_signing(l: SigningLayer) -> Result<Option<Located<PathBuf>>, ProfileError> {
+    if let Some(key) = &l.key
         && !key.is_file()
     {
         return Err(invalid(
@@ -1002,8 +1253,12 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
             ),
         ));
     }
+    Ok(l.key)
+}
 
-    if let Some(keys) = &l.secure_boot.keys
+/// `[secure-boot]`: present or not, its key folder and enrolment mode.
+fn resolve_secure_boot(l: SecureBootLayer) -> Result<Option<SecureBoot>, ProfileError> {
+    if let Some(keys) = &l.keys
         && !keys.is_dir()
     {
         return Err(invalid(
@@ -1016,86 +1271,146 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
             ),
         ));
     }
-    let secure_boot = l.secure_boot.declared.map(|at| SecureBoot {
-        keys: l.secure_boot.keys,
-        enroll: l
-            .secure_boot
-            .enroll
-            .unwrap_or_else(|| located(Enroll::default(), &at)),
+    Ok(l.declared.map(|at| SecureBoot {
+        keys: l.keys,
+        enroll: l.enroll.unwrap_or_else(|| Located {
+            value: Enroll::default(),
+            at: at.clone(),
+        }),
         at,
-    });
+    }))
+}
 
+/// `[config]`: what user-data may be and do. `signed` defaults to on with Secure Boot.
+fn resolve_config(
+    l: ConfigLayer,
+    secure_boot: Option<&SecureBoot>,
+    d: &Defaults,
+) -> Result<HostConfigPolicy, ProfileError> {
+    let sources = match l.sources {
+        None => d.value(Source::ALL.to_vec()),
+        Some(names) => {
+            let mut sources = Vec::new();
+            for name in &names.value {
+                let source = Source::parse(name).ok_or_else(|| {
+                    invalid(
+                        &name.at,
+                        "config.sources",
+                        format!(
+                            "{:?} is not a source; use cmdline, nocloud, imds or image",
+                            name.value
+                        ),
+                    )
+                })?;
+                if sources.contains(&source) {
+                    return Err(invalid(
+                        &name.at,
+                        "config.sources",
+                        format!("{source} is listed twice"),
+                    ));
+                }
+                sources.push(source);
+            }
+            Located {
+                value: sources,
+                at: names.at,
+            }
+        }
+    };
+    let signed = l.signed.unwrap_or_else(|| match secure_boot {
+        Some(sb) => Located {
+            value: true,
+            at: sb.at.clone(),
+        },
+        None => d.value(false),
+    });
+    for key in &l.keys {
+        if !key.is_file() {
+            return Err(invalid(
+                &key.at,
+                "config.keys",
+                format!(
+                    "{} does not exist; name the .pub of a key made by `cargo xtask keygen`",
+                    key.display()
+                ),
+            ));
+        }
+    }
+    let allow = match l.allow {
+        None => d.value(vec![Permission::Services]),
+        Some(names) => {
+            let mut allow = Vec::new();
+            for name in &names.value {
+                allow.push(Permission::parse(name).ok_or_else(|| {
+                    invalid(
+                        &name.at,
+                        "config.allow",
+                        format!(
+                            "{:?} is not a permission; use services, pull, admin or host",
+                            name.value
+                        ),
+                    )
+                })?);
+            }
+            allow.sort();
+            allow.dedup();
+            Located {
+                value: allow,
+                at: names.at,
+            }
+        }
+    };
+    if let Some(default) = &l.default {
+        if !default.is_file() {
+            return Err(invalid(
+                &default.at,
+                "config.default",
+                format!(
+                    "{} is not a file; paths are relative to the profile that names them",
+                    default.display()
+                ),
+            ));
+        }
+        check_default_config(default)?;
+    }
+    Ok(HostConfigPolicy {
+        sources,
+        signed,
+        keys: l.keys,
+        allow,
+        default: l.default,
+    })
+}
+
+/// The image's default user-data must at least be TOML of schema version 1 (the init checks
+/// every field at boot, and falls back to built-in defaults with a warning if it must).
+fn check_default_config(file: &Located<PathBuf>) -> Result<(), ProfileError> {
+    let bad = |message: String| invalid(&file.at, "config.default", message);
+    let text = std::fs::read_to_string(&file.value)
+        .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
+    let table: toml::Table = toml::from_str(&text)
+        .map_err(|e| bad(format!("{} is not TOML: {}", file.display(), e.message())))?;
+    match table.get("version").and_then(toml::Value::as_integer) {
+        Some(1) => Ok(()),
+        _ => Err(bad(format!(
+            "{} must start with `version = 1` (docs/CONFIGURATION.md)",
+            file.display()
+        ))),
+    }
+}
+
+/// `[output]`: the formats, `raw` when none is named.
+fn resolve_outputs(l: OutputLayer, d: &Defaults) -> Vec<Located<OutputFormat>> {
     let mut outputs: Vec<Located<OutputFormat>> = Vec::new();
-    for o in l.output.formats {
+    for o in l.formats {
         if !outputs.iter().any(|p| p.value == o.value) {
             outputs.push(o);
         }
     }
     if outputs.is_empty() {
-        outputs.push(located(OutputFormat::Raw, &default_at));
+        outputs.push(d.value(OutputFormat::Raw));
     }
-
-    let mirror = l
-        .debian
-        .mirror
-        .unwrap_or_else(|| located("http://deb.debian.org/debian".into(), &default_at));
-    for m in [Some(&mirror), l.debian.security_mirror.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        if !(m.starts_with("http://") || m.starts_with("https://")) {
-            return Err(invalid(
-                &m.at,
-                "debian.mirror",
-                format!("{:?} is not an http(s) URL", m.value),
-            ));
-        }
-    }
-    let mut components = l.debian.components;
-    if components.is_empty() {
-        components.push(located("main".into(), &default_at));
-    }
-
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("profile")
-        .to_owned();
-    Ok(Profile {
-        name,
-        path: path.to_path_buf(),
-        files,
-        image_name,
-        image_version,
-        suite: l
-            .debian
-            .suite
-            .unwrap_or_else(|| located("bookworm".into(), &default_at)),
-        mirror,
-        security_mirror: l.debian.security_mirror,
-        components,
-        kernel,
-        modules: l.kernel.modules,
-        cmdline: l.kernel.cmdline,
-        panic_reboot,
-        boot_package,
-        packages,
-        files_in_root: l.root.files,
-        exclude: l.root.exclude,
-        filesystem,
-        compression_level,
-        esp_size,
-        root_size,
-        verity_size,
-        state_size,
-        signing_key: l.signing.key,
-        secure_boot,
-        outputs,
-        services: crate::service::resolve(
-            l.services,
-            l.admin.enabled.as_ref().filter(|e| e.value).map(|e| &e.at),
-        )?,
-    })
+    outputs
 }
 
 fn check_package_name(p: &Located<String>, field: &str) -> Result<(), ProfileError> {

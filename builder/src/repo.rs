@@ -73,7 +73,7 @@ pub fn publish(p: &Publish<'_>, key: &SigningKey) -> Result<Published> {
     };
 
     let index_path = p.repo.join(repo::index_path(p.channel));
-    let mut releases = match std::fs::read(&index_path) {
+    let previous = match std::fs::read(&index_path) {
         Ok(text) => {
             let sig =
                 std::fs::read(p.repo.join(repo::signature_path(p.channel))).unwrap_or_default();
@@ -84,13 +84,20 @@ pub fn publish(p: &Publish<'_>, key: &SigningKey) -> Result<Published> {
                     key.path.display()
                 )
             })?;
-            Index::parse(std::str::from_utf8(&text)?)
-                .map_err(anyhow::Error::msg)?
-                .releases
+            Some(
+                Index::parse(std::str::from_utf8(&text)?)
+                    .with_context(|| format!("{} cannot be extended", index_path.display()))?,
+            )
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", index_path.display())),
     };
+    // Hosts refuse an index older than the newest they accepted: each publication of a
+    // channel is issued after the last, even within one second.
+    let issued = previous
+        .as_ref()
+        .map_or(p.now, |old| p.now.max(old.issued + 1));
+    let mut releases = previous.map(|i| i.releases).unwrap_or_default();
     if let Some(existing) = releases.iter().find(|r| r.version == header.version)
         && existing.sha256 != sha256
     {
@@ -120,7 +127,8 @@ pub fn publish(p: &Publish<'_>, key: &SigningKey) -> Result<Published> {
     }
     let index = Index {
         channel: p.channel.to_owned(),
-        expires: p.now + p.valid_for,
+        issued,
+        expires: issued + p.valid_for.max(1),
         allow_downgrade: p.allow_downgrade,
         releases,
     };
@@ -189,7 +197,10 @@ mod tests {
         let index = Index::parse(std::str::from_utf8(&text).unwrap()).unwrap();
         assert_eq!(index.releases.len(), 2);
         assert_eq!(index.releases[0].version, "0.2.0");
-        assert_eq!(index.expires, 4600);
+        // Two publications in the same second: the second is issued one second later, so
+        // hosts that saw the first accept it and refuse the first from then on.
+        assert_eq!(index.issued, 1001);
+        assert_eq!(index.expires, 4601);
         assert!(
             repo_dir
                 .join(repo::bundle_path(&index.releases[0].sha256))

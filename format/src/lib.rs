@@ -3,7 +3,8 @@
 //! This crate holds what the image builder and the host's PID 1 must agree on, and nothing
 //! else: the signed manifest and its signature, the partition layout and how partition UUIDs
 //! derive from the root hash, the dm-verity parameters and superblock, the names of unified
-//! kernel images (with boot counters), the paths inside the initramfs, the console line
+//! kernel images (with boot counters), the paths inside the initramfs, what user-data may
+//! be and do (`user_data`), the console line
 //! format the init prints, and the calendar dates formats and logs carry (`utc`). `docs/FORMAT.md` is the prose version of the same contract; the
 //! two change together.
 //!
@@ -20,6 +21,7 @@ pub mod phase;
 pub mod repo;
 pub mod service;
 pub mod signature;
+pub mod user_data;
 pub mod utc;
 pub mod verity;
 pub mod version;

@@ -6,18 +6,22 @@
 //! bundles/<sha256>.bundle        update bundles, named by the SHA-256 of the whole file
 //! ```
 //!
-//! The index is `key=value` lines: `format=1`, `channel`, `expires` (Unix seconds: a host
-//! refuses an index past it, so a stale mirror cannot hold hosts back forever unnoticed),
-//! `allow-downgrade` (`0` or `1`), and one `release=<version> <sha256> <size>` line per
-//! version. Hosts take the highest version above their own.
+//! The index is `key=value` lines: `format=2`, `channel` (a host refuses an index whose
+//! signed channel is not the one it follows, so a mirror cannot serve one channel's index
+//! as another's), `issued` (Unix seconds, strictly increasing from one publication of a
+//! channel to the next: a host remembers the newest it accepted and refuses older ones, so
+//! an old index cannot be replayed), `expires` (Unix seconds: a host refuses an index past
+//! it, so a stale mirror cannot hold hosts back forever unnoticed), `allow-downgrade` (`0`
+//! or `1`), and one `release=<version> <sha256> <size>` line per version. Hosts take the
+//! highest version above their own.
 
 use std::cmp::Ordering;
 
 use crate::Digest;
 use crate::version::{check_version, compare_versions};
 
-/// The index format this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The index format this crate reads and writes (format 1 had no `issued`).
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Path of a channel's index, relative to the repository root.
 pub fn index_path(channel: &str) -> String {
@@ -34,7 +38,8 @@ pub fn bundle_path(sha256: &Digest) -> String {
     format!("bundles/{sha256}.bundle")
 }
 
-/// A channel name: lowercase letters, digits and `-`.
+/// A channel name: lowercase letters, digits and `-`, at most 32 characters. The one rule
+/// for the repository (`cargo xtask publish`) and for hosts (user-data `update.channel`).
 pub fn check_channel(channel: &str) -> Result<(), String> {
     let ok = !channel.is_empty()
         && channel.len() <= 32
@@ -66,6 +71,8 @@ pub struct Release {
 pub struct Index {
     /// The channel.
     pub channel: String,
+    /// Unix time it was published (strictly increasing per channel).
+    pub issued: u64,
     /// Unix time after which the index must not be trusted.
     pub expires: u64,
     /// Whether hosts may move to a lower version than they run.
@@ -85,8 +92,9 @@ impl Index {
         let mut releases = self.releases.clone();
         releases.sort_by(|a, b| compare_versions(&b.version, &a.version));
         let mut s = format!(
-            "format={FORMAT_VERSION}\nchannel={}\nexpires={}\nallow-downgrade={}\n",
+            "format={FORMAT_VERSION}\nchannel={}\nissued={}\nexpires={}\nallow-downgrade={}\n",
             self.channel,
+            self.issued,
             self.expires,
             u8::from(self.allow_downgrade)
         );
@@ -99,7 +107,8 @@ impl Index {
     /// Parses index text.
     pub fn parse(text: &str) -> Result<Self, IndexError> {
         let bad = |m: String| IndexError(m);
-        let (mut format, mut channel, mut expires, mut allow) = (None, None, None, None);
+        let (mut format, mut channel, mut issued, mut expires, mut allow) =
+            (None, None, None, None, None);
         let mut releases = Vec::new();
         for line in text.lines() {
             let (key, value) = line
@@ -108,6 +117,7 @@ impl Index {
             let slot = match key {
                 "format" => &mut format,
                 "channel" => &mut channel,
+                "issued" => &mut issued,
                 "expires" => &mut expires,
                 "allow-downgrade" => &mut allow,
                 "release" => {
@@ -135,15 +145,26 @@ impl Index {
                 return Err(bad(format!("{key} given twice")));
             }
         }
-        if format.as_deref() != Some("1") {
-            return Err(bad("missing or unsupported format".into()));
+        if format.as_deref() != Some("2") {
+            return Err(bad(format!(
+                "format {} is not the format this host reads (2)",
+                format.as_deref().unwrap_or("(missing)")
+            )));
         }
         let channel = channel.ok_or_else(|| bad("no channel".into()))?;
         check_channel(&channel).map_err(bad)?;
-        let expires = expires
-            .ok_or_else(|| bad("no expires".into()))?
-            .parse()
-            .map_err(|_| bad("expires is not a number".into()))?;
+        let number = |v: Option<String>, key: &str| -> Result<u64, IndexError> {
+            v.ok_or_else(|| bad(format!("no {key}")))?
+                .parse()
+                .map_err(|_| bad(format!("{key} is not a number")))
+        };
+        let issued = number(issued, "issued")?;
+        let expires = number(expires, "expires")?;
+        if expires <= issued {
+            return Err(bad(format!(
+                "it expires ({expires}) before it was issued ({issued})"
+            )));
+        }
         let allow_downgrade = match allow.as_deref() {
             Some("0") | None => false,
             Some("1") => true,
@@ -152,6 +173,7 @@ impl Index {
         releases.sort_by(|a, b| compare_versions(&b.version, &a.version));
         Ok(Index {
             channel,
+            issued,
             expires,
             allow_downgrade,
             releases,
@@ -189,6 +211,7 @@ mod tests {
     fn index(allow: bool) -> Index {
         Index {
             channel: "stable".into(),
+            issued: 1_900_000_000,
             expires: 2_000_000_000,
             allow_downgrade: allow,
             releases: ["0.1.0", "0.3.0", "0.2.0"]
@@ -210,7 +233,11 @@ mod tests {
         assert_eq!(parsed.releases[0].version, "0.3.0");
         assert_eq!(parsed.to_text(), text);
         assert!(Index::parse(&format!("{text}mirror=x\n")).is_err());
-        assert!(Index::parse(&text.replace("format=1", "format=9")).is_err());
+        assert!(Index::parse(&text.replace("format=2", "format=9")).is_err());
+        assert!(Index::parse(&text.replace("format=2", "format=1")).is_err());
+        assert!(Index::parse(&text.replace("issued=1900000000\n", "")).is_err());
+        assert!(Index::parse(&text.replace("issued=1900000000", "issued=2100000000")).is_err());
+        assert!(Index::parse(&text.replace("channel=stable", "channel=Stable")).is_err());
     }
 
     #[test]

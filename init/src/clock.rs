@@ -14,6 +14,13 @@
 //! the kernel runs the clock slightly fast or slow until it is gone, so time never jumps
 //! back); a larger one is stepped and said on the console. Each exchange runs on a
 //! [`Worker`] thread: name lookups and the one-second waits stay off PID 1's loop.
+//!
+//! SNTP is not authenticated, and the clock judges whether an update index has expired. So
+//! the clock has a [`Floor`]: the image's build time (systemd's `/usr/lib/clock-epoch`
+//! convention, in the verified root) and the issue time of the newest update index this
+//! host accepted. A clock found below it at boot is moved up to it, and a server's answer
+//! below it is refused with a console line: nobody who can answer SNTP packets can take
+//! the clock back to a time when an old, expired index was still valid.
 
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
 use std::os::fd::BorrowedFd;
@@ -43,6 +50,76 @@ pub const BUDGET: Duration = Duration::from_secs(6);
 pub const SLEW_LIMIT: Duration = Duration::from_millis(500);
 /// First retry after no server answered (doubling up to the interval).
 const RETRY: Duration = Duration::from_secs(16);
+/// The file whose modification time is the image's build time, in the verified root.
+pub const CLOCK_EPOCH: &str = "/usr/lib/clock-epoch";
+
+/// The earliest time the clock may show, and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Floor {
+    /// Unix seconds.
+    pub at: i64,
+    /// What sets it.
+    pub what: &'static str,
+}
+
+impl Floor {
+    /// The floor from the image's build time and the newest accepted update index.
+    pub fn read() -> Option<Floor> {
+        let built = std::fs::metadata(CLOCK_EPOCH)
+            .ok()
+            .map(|m| std::os::unix::fs::MetadataExt::mtime(&m));
+        let index = crate::update::record::Records::new(Path::new(crate::update::record::DIR))
+            .newest_issued()
+            .and_then(|t| i64::try_from(t).ok());
+        Self::of(built, index)
+    }
+
+    /// The higher of the two times that are known.
+    pub fn of(built: Option<i64>, index: Option<i64>) -> Option<Floor> {
+        let built = built.map(|at| Floor {
+            at,
+            what: "this image's build",
+        });
+        let index = index.map(|at| Floor {
+            at,
+            what: "the newest update index this host accepted",
+        });
+        match (built, index) {
+            (Some(b), Some(i)) => Some(if i.at > b.at { i } else { b }),
+            (b, i) => b.or(i),
+        }
+    }
+
+    /// Whether a clock at `unix` would be below the floor.
+    pub fn refuses(&self, unix: i64) -> bool {
+        unix < self.at
+    }
+}
+
+/// Moves a clock that is below the floor up to it (a dead RTC battery, or an RTC someone
+/// set back); returns what it did, for the phase line.
+fn raise_to_floor(floor: Option<Floor>) -> Option<String> {
+    let floor = floor?;
+    let now = now_unix();
+    if !floor.refuses(now) {
+        return None;
+    }
+    let moved = set_clock((floor.at - now).saturating_mul(1_000_000));
+    Some(match moved {
+        Ok(()) => format!(
+            "the RTC said {}, before {} ({}): moved up to it",
+            format_utc(now),
+            floor.what,
+            format_utc(floor.at)
+        ),
+        Err(e) => format!(
+            "the RTC says {}, before {} ({}), and the clock cannot be set ({e})",
+            format_utc(now),
+            floor.what,
+            format_utc(floor.at)
+        ),
+    })
+}
 
 /// What a successful exchange did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +157,9 @@ pub fn phase(config: &HostConfig, network: &net::Network) -> Keeper {
     };
     let servers = servers(&config.time.servers, &offered);
     let interval = Duration::from_secs(u64::from(config.time.interval));
+    if let Some(raised) = raise_to_floor(Floor::read()) {
+        console::note("clock", &raised);
+    }
     let (detail, synced) = if servers.is_empty() {
         let detail = format!(
             "no time server (none configured, none from DHCP); the clock stays at {} from \
@@ -140,12 +220,14 @@ pub fn servers(configured: &[String], offered: &[std::net::Ipv4Addr]) -> Vec<Ser
     all
 }
 
-/// Asks the servers in turn until one answers, within `budget`; corrects the clock.
+/// Asks the servers in turn until one answers with a time not below the [`Floor`],
+/// within `budget`; corrects the clock.
 pub fn sync(
     servers: &[ServerName],
     budget: Duration,
     correction: Correction,
 ) -> Result<Synced, String> {
+    let floor = Floor::read();
     let deadline = Instant::now() + budget;
     let mut failures = Vec::new();
     for server in servers {
@@ -164,6 +246,18 @@ pub fn sync(
             match query(addr, TRIES, deadline) {
                 Ok(result) => {
                     let offset_us = result.offset();
+                    let claimed = now_unix().saturating_add(offset_us.div_euclid(1_000_000));
+                    if let Some(f) = floor.filter(|f| f.refuses(claimed)) {
+                        let line = format!(
+                            "refused {server}'s time {}: it is before {} ({})",
+                            format_utc(claimed),
+                            f.what,
+                            format_utc(f.at)
+                        );
+                        console::note("clock", &line);
+                        failures.push(line);
+                        continue;
+                    }
                     let slewed = correction == Correction::SlewOrStep
                         && offset_us.unsigned_abs() <= SLEW_LIMIT.as_micros() as u64;
                     let moved = if slewed {
@@ -590,6 +684,23 @@ mod tests {
         assert!(
             took >= REQUEST_TIMEOUT * 2 && took < REQUEST_TIMEOUT * 3,
             "{took:?}"
+        );
+    }
+
+    #[test]
+    fn the_floor_is_the_later_of_the_build_and_the_newest_index() {
+        assert_eq!(Floor::of(None, None), None);
+        let f = Floor::of(Some(1_700_000_000), None).unwrap();
+        assert_eq!(f.what, "this image's build");
+        assert!(f.refuses(1_699_999_999) && !f.refuses(1_700_000_000));
+        let f = Floor::of(Some(1_700_000_000), Some(1_800_000_000)).unwrap();
+        assert_eq!(f.at, 1_800_000_000);
+        assert_eq!(f.what, "the newest update index this host accepted");
+        assert_eq!(
+            Floor::of(Some(1_900_000_000), Some(1_800_000_000))
+                .unwrap()
+                .at,
+            1_900_000_000
         );
     }
 

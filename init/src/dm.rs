@@ -31,6 +31,7 @@ const DM_DEV_CREATE_CMD: u32 = 3;
 const DM_DEV_REMOVE_CMD: u32 = 4;
 const DM_DEV_SUSPEND_CMD: u32 = 6;
 const DM_TABLE_LOAD_CMD: u32 = 9;
+const DM_TABLE_STATUS_CMD: u32 = 12;
 
 /// Table flag: the device is read-only (its targets open their devices read-only).
 const DM_READONLY_FLAG: u32 = 1 << 0;
@@ -265,6 +266,28 @@ impl Control {
         let mut msg = Message::new(name, "", 0).map_err(|e| Error::new("verity", e))?;
         self.call(&format!("resume of {name:?}"), DM_DEV_SUSPEND_CMD, &mut msg)?;
         Ok(DevNum::from_huge(msg.header.dev))
+    }
+
+    /// The status line of the device's (first) target, as `dmsetup status` shows it
+    /// after the sector range and type: for verity, `V` while every block read verified and
+    /// `C` once one did not.
+    pub fn status(&self, name: &str) -> Result<String> {
+        let mut msg = Message::new(name, "", 0).map_err(|e| Error::new("verity", e))?;
+        // The reply is written from the header on: give the kernel the whole buffer.
+        msg.header.data_size = size_of::<Message>() as u32;
+        self.call(
+            &format!("status of {name:?}"),
+            DM_TABLE_STATUS_CMD,
+            &mut msg,
+        )?;
+        if msg.header.target_count == 0 || msg.header.data_start as usize != size_of::<DmIoctl>() {
+            return Err(Error::new(
+                "verity",
+                format!("device-mapper reports no target status for {name:?}"),
+            ));
+        }
+        let end = msg.params.iter().position(|&b| b == 0).unwrap_or(0);
+        Ok(String::from_utf8_lossy(&msg.params[..end]).into_owned())
     }
 
     /// Removes a device.

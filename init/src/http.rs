@@ -8,11 +8,15 @@
 //! for none of that. Each request uses its own connection (`Connection: close`); responses
 //! are read to the end, framed by `Content-Length` when the server sends it. Chunked
 //! transfer encoding is refused (IMDS does not use it).
+//!
+//! Every exchange is bounded twice ([`Bounds`]): each network step (connect, each read and
+//! write) waits at most a step timeout, and the whole exchange ends at a deadline, so a
+//! peer that sends one byte at a time cannot hold a caller longer than the deadline.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Largest response accepted (EC2 caps user-data at 16 KiB; leave room).
 pub const MAX_RESPONSE: usize = 1 << 20;
@@ -35,6 +39,120 @@ impl Response {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How long an exchange may take: each step, and the whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// The longest wait for one network step (connect, a read, a write).
+    pub step: Duration,
+    /// When the whole exchange must be over.
+    pub deadline: Instant,
+}
+
+impl Bounds {
+    /// Steps of at most `step`, the whole exchange at most `total` from now.
+    pub fn new(step: Duration, total: Duration) -> Self {
+        Self {
+            step,
+            deadline: Instant::now() + total,
+        }
+    }
+
+    /// The wait for the next step: the step timeout, or what is left until the deadline
+    /// if that is less. An error once the deadline has passed.
+    fn next_wait(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the exchange ran past its deadline",
+            ));
+        }
+        Ok(left.min(self.step))
+    }
+}
+
+/// Where a request goes: the address to connect to, and the name for the `Host` header
+/// (the URL's host and port, so that name-based virtual hosts, CDNs and buckets answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The address connected to.
+    pub addr: SocketAddr,
+    /// The `Host` header's value.
+    pub host: String,
+}
+
+impl Endpoint {
+    /// An endpoint known by its address only (`Host` is the address).
+    pub fn address(addr: SocketAddr) -> Self {
+        let host = match addr {
+            SocketAddr::V4(a) if a.port() == 80 => a.ip().to_string(),
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) if a.port() == 80 => format!("[{}]", a.ip()),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        Self { addr, host }
+    }
+}
+
+/// A connection whose every read and write waits no longer than its bounds allow.
+struct Bounded {
+    stream: TcpStream,
+    bounds: Bounds,
+}
+
+impl Bounded {
+    fn connect(endpoint: &Endpoint, bounds: Bounds) -> Result<Self, HttpError> {
+        let wait = bounds.next_wait().map_err(HttpError::Connect)?;
+        let stream =
+            TcpStream::connect_timeout(&endpoint.addr, wait).map_err(HttpError::Connect)?;
+        Ok(Self { stream, bounds })
+    }
+}
+
+impl Bounded {
+    /// A socket timeout (`EAGAIN` on Linux) said as what it was: a silent peer, or the
+    /// exchange's deadline.
+    fn timed_out(&self, e: io::Error, waited: Duration) -> io::Error {
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            return e;
+        }
+        if Instant::now() >= self.bounds.deadline {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the exchange ran past its deadline",
+            )
+        } else {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the server sent nothing for {:.1} s", waited.as_secs_f64()),
+            )
+        }
+    }
+}
+
+impl Read for Bounded {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let wait = self.bounds.next_wait()?;
+        self.stream.set_read_timeout(Some(wait))?;
+        self.stream.read(buf).map_err(|e| self.timed_out(e, wait))
+    }
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let wait = self.bounds.next_wait()?;
+        self.stream.set_write_timeout(Some(wait))?;
+        self.stream.write(buf).map_err(|e| self.timed_out(e, wait))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
     }
 }
 
@@ -96,16 +214,28 @@ impl Url {
         })
     }
 
-    /// The first address the host resolves to (DNS through the C library's resolver).
-    pub fn address(&self) -> Result<SocketAddr, HttpError> {
+    /// The first address the host resolves to (DNS through the C library's resolver), with
+    /// the URL's name for the `Host` header.
+    pub fn endpoint(&self) -> Result<Endpoint, HttpError> {
         use std::net::ToSocketAddrs;
-        (self.host.as_str(), self.port)
+        let addr = (self.host.as_str(), self.port)
             .to_socket_addrs()
             .map_err(HttpError::Connect)?
             .next()
             .ok_or_else(|| {
                 HttpError::Connect(io::Error::other(format!("{} has no address", self.host)))
-            })
+            })?;
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let host = if self.port == 80 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        };
+        Ok(Endpoint { addr, host })
     }
 
     /// The path of `rel` below this URL's path.
@@ -114,22 +244,18 @@ impl Url {
     }
 }
 
-/// `GET path`, the body streamed into `sink` (at most `limit` bytes; each network step waits
-/// at most `timeout`). Anything but `200 OK` is an error. Returns the body's length.
+/// `GET path`, the body streamed into `sink` (at most `limit` bytes, within `bounds`).
+/// Anything but `200 OK` is an error. Returns the body's length.
 pub fn download(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     path: &str,
-    timeout: Duration,
+    bounds: Bounds,
     limit: u64,
     sink: &mut dyn Write,
 ) -> Result<u64, HttpError> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(HttpError::Connect)?;
+    let mut stream = Bounded::connect(endpoint, bounds)?;
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(HttpError::Io)?;
-    stream
-        .write_all(request_bytes(addr, "GET", path, &[]).as_bytes())
+        .write_all(request_bytes(&endpoint.host, "GET", path, &[]).as_bytes())
         .map_err(HttpError::Io)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 << 10];
@@ -198,22 +324,18 @@ pub fn download(
     Ok(written)
 }
 
-/// Sends one request with an empty body and reads the response; every step waits at most
-/// `timeout`.
+/// Sends one request with an empty body and reads the response (at most
+/// [`MAX_RESPONSE`] bytes), within `bounds`.
 pub fn request(
-    addr: SocketAddr,
+    endpoint: &Endpoint,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
-    timeout: Duration,
+    bounds: Bounds,
 ) -> Result<Response, HttpError> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(HttpError::Connect)?;
+    let mut stream = Bounded::connect(endpoint, bounds)?;
     stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(HttpError::Io)?;
-    stream
-        .write_all(request_bytes(addr, method, path, headers).as_bytes())
+        .write_all(request_bytes(&endpoint.host, method, path, headers).as_bytes())
         .map_err(HttpError::Io)?;
     let mut raw = Vec::new();
     stream
@@ -229,11 +351,10 @@ pub fn request(
 }
 
 /// The request's bytes.
-fn request_bytes(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+fn request_bytes(host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
     let mut text = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: crust-init/{}\r\nAccept: */*\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: crust-init/{}\r\nAccept: */*\r\n\
          Connection: close\r\n",
-        addr.ip(),
         crate::VERSION
     );
     if method != "GET" {
@@ -311,13 +432,61 @@ mod tests {
     #[test]
     fn requests_close_and_carry_headers() {
         let addr: SocketAddr = "169.254.169.254:80".parse().unwrap();
-        let text = request_bytes(addr, "PUT", "/latest/api/token", &[("X-A", "1")]);
+        let host = Endpoint::address(addr).host;
+        let text = request_bytes(&host, "PUT", "/latest/api/token", &[("X-A", "1")]);
         assert!(text.starts_with("PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.contains("Content-Length: 0\r\n"));
         assert!(text.ends_with("X-A: 1\r\n\r\n"));
-        let get = request_bytes(addr, "GET", "/", &[]);
+        let get = request_bytes(&host, "GET", "/", &[]);
         assert!(!get.contains("Content-Length"));
+    }
+
+    #[test]
+    fn the_host_header_names_the_url_host_and_port() {
+        let url = Url::parse("http://127.0.0.1:8080/crust").unwrap();
+        assert_eq!(url.endpoint().unwrap().host, "127.0.0.1:8080");
+        let url = Url::parse("http://localhost/crust/").unwrap();
+        let e = url.endpoint().unwrap();
+        assert_eq!(e.host, "localhost");
+        assert_eq!(e.addr.port(), 80);
+        assert_eq!(
+            Endpoint::address("[::1]:8080".parse().unwrap()).host,
+            "[::1]:8080"
+        );
+    }
+
+    /// A server that sends its answer one byte every 200 ms, for ever.
+    fn trickle() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                    while conn.write_all(b"x").is_ok() {
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_peer_sending_a_byte_at_a_time_is_cut_off_at_the_deadline() {
+        let endpoint = Endpoint::address(trickle());
+        let started = Instant::now();
+        let bounds = Bounds::new(Duration::from_secs(5), Duration::from_millis(1500));
+        let err = download(&endpoint, "/", bounds, 1 << 20, &mut Vec::new()).unwrap_err();
+        let took = started.elapsed();
+        assert!(err.to_string().contains("past its deadline"), "{err}");
+        assert!(took < Duration::from_secs(3), "{took:?}");
+        let started = Instant::now();
+        let bounds = Bounds::new(Duration::from_secs(5), Duration::from_millis(1500));
+        assert!(request(&endpoint, "GET", "/", &[], bounds).is_err());
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]

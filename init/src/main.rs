@@ -108,8 +108,10 @@ fn not_pid1() -> ! {
     std::process::exit(2);
 }
 
-/// Reports a failed check and reboots.
+/// Reports a failed check and reboots (setting the running version aside first if the
+/// failure came from a corrupted root and the other slot can boot instead).
 fn fail(error: &Error) -> ! {
+    update::corruption::after_failure();
     let delay = reboot_delay();
     console::phase(
         Phase::Error,

@@ -127,6 +127,9 @@ pub fn run() -> Result<Infallible> {
     boot.set_phase(Phase::Verity.as_str(), at);
     boot.set(keys::DM_DEVICE, dm_node.as_str());
     boot.set(keys::ROOT_HASH, m.verity.root_hash.to_hex());
+    // From here on a failed step may be a corrupted root: what `main` needs to set this
+    // version aside before it reboots (update::corruption) is in /run already.
+    record_facts(&verified, &boot)?;
 
     // root
     let tmp = mount_root(&dm_node, m.filesystem.as_str())?;
@@ -193,7 +196,9 @@ fn setup_verity(verified: &Verified, found: &BootDisk) -> Result<String> {
     let params = v.table_params(
         &found.root.dev.to_string(),
         &found.verity.dev.to_string(),
-        OnCorruption::Restart,
+        // A corrupted block fails the read; the init then sets this version aside (when
+        // the other slot holds one) and reboots (update::corruption).
+        OnCorruption::Error,
     );
     let target = Target {
         start: 0,
@@ -276,8 +281,8 @@ fn mount_etc_overlay() -> Result<()> {
     .advise("check that the overlay module is in the module list")
 }
 
-/// Leaves the verified manifest and the boot facts in /run for stage 2.
-fn hand_over(verified: &Verified, boot: &BootInfo) -> Result<()> {
+/// Writes the verified manifest and the boot facts so far to /run.
+fn record_facts(verified: &Verified, boot: &BootInfo) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
@@ -285,6 +290,12 @@ fn hand_over(verified: &Verified, boot: &BootInfo) -> Result<()> {
         .context("root", || format!("cannot create {}", initrd::RUN_DIR))?;
     fs::write(initrd::RUN_MANIFEST, &verified.bytes)
         .context("root", || format!("cannot write {}", initrd::RUN_MANIFEST))?;
+    write_boot_info(boot)
+}
+
+/// Leaves the verified manifest, its key and the boot facts in /run for stage 2.
+fn hand_over(verified: &Verified, boot: &BootInfo) -> Result<()> {
+    record_facts(verified, boot)?;
     fs::copy(
         Path::new("/").join(initrd::PUBLIC_KEY),
         initrd::RUN_PUBLIC_KEY,
@@ -292,7 +303,7 @@ fn hand_over(verified: &Verified, boot: &BootInfo) -> Result<()> {
     .context("root", || {
         format!("cannot write {}", initrd::RUN_PUBLIC_KEY)
     })?;
-    write_boot_info(boot)
+    Ok(())
 }
 
 /// Writes `/run/crust/boot`.

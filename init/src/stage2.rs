@@ -73,11 +73,13 @@ pub fn run() -> Result<Infallible> {
         ),
     );
 
+    // Listening for dm-verity's reports before anything reads much of the root.
+    let verity_watch = crate::update::corruption::Watch::new();
     let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
     console::phase(Phase::State, &state::setup(&disk));
 
     let mut network = net::Network::start();
-    let host = config::phase(&mut network);
+    let host = config::phase(&mut network, &disk);
     network.phase(&host);
     let clock = clock::phase(&host, &network);
 
@@ -111,6 +113,7 @@ pub fn run() -> Result<Infallible> {
 
     // Stopped in reverse: the updater first, then the services, the clock, the network.
     let mut tasks: Vec<Box<dyn Task>> = vec![
+        Box::new(verity_watch),
         Box::new(buttons),
         Box::new(network),
         Box::new(clock),

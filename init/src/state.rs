@@ -78,7 +78,7 @@ pub fn setup(disk: &str) -> String {
                 Some("tmpfs"),
                 VAR,
                 Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
                 Some("mode=0755"),
             );
             let id = fallback.ok().and_then(|_| identity(Path::new(VAR)).ok());
@@ -147,7 +147,10 @@ fn mount_state(disk: &str) -> Result<State> {
         Some(&device),
         VAR,
         Some("ext4"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        // Nothing the host runs comes from the unverified state partition: no program on it
+        // can be executed, set-uid or a device (containers' images run through their own
+        // overlay mounts, which this does not cover).
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("errors=remount-ro"),
     )
     .context("state", || {

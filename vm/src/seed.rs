@@ -1,5 +1,6 @@
 //! NoCloud seed disks: a FAT volume labelled `CIDATA` holding `user-data` and `meta-data`,
-//! as cloud-init's NoCloud data source defines it and as Crust's init looks for it.
+//! as cloud-init's NoCloud data source defines it and as Crust's init looks for it, and
+//! `user-data.sig` when the user-data is signed (`cargo xtask sign-user-data`).
 //!
 //! The volume is written by the builder's FAT32 writer ([`crust_builder::fat`]); FAT32's
 //! smallest volume is a little over 32 MiB, but the file is sparse, so it takes a few
@@ -13,14 +14,24 @@ use crust_builder::fat::{self, FatOptions, FatTree};
 
 /// The label NoCloud seeds carry.
 pub const LABEL: &str = "CIDATA";
+/// The name of the signature beside `user-data`.
+pub const SIGNATURE_FILE: &str = crust_format::user_data::SEED_SIGNATURE_FILE;
 /// The volume size: the smallest FAT32 volume, rounded up to a whole MiB.
 pub const SIZE: u64 = fat::MIN_VOLUME_SIZE.div_ceil(1 << 20) * (1 << 20);
 
 /// Writes a seed disk image holding `user_data` to `dest` (replacing it). `meta-data`
 /// names the instance, as NoCloud requires.
 pub fn write(user_data: &[u8], dest: &Path) -> Result<()> {
+    write_signed(user_data, None, dest)
+}
+
+/// [`write`], with `signature` (the raw 64 bytes) as `user-data.sig` beside the user-data.
+pub fn write_signed(user_data: &[u8], signature: Option<&[u8]>, dest: &Path) -> Result<()> {
     let mut tree = FatTree::new();
     tree.add_file("user-data", user_data.to_vec())?;
+    if let Some(signature) = signature {
+        tree.add_file(SIGNATURE_FILE, signature.to_vec())?;
+    }
     tree.add_file(
         "meta-data",
         b"instance-id: crust-nocloud\nlocal-hostname: crust\n".to_vec(),
@@ -41,12 +52,22 @@ pub fn write(user_data: &[u8], dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Writes a seed holding the user-data file `user_data` to `dest` and attaches it to
-/// `config`'s machine as a second disk.
+/// Writes a seed holding the user-data file `user_data` (and its signature `FILE.sig`, if
+/// there is one beside it) to `dest` and attaches it to `config`'s machine as a second disk.
 pub fn attach(config: &mut crate::Config, user_data: &Path, dest: &Path) -> Result<()> {
     let bytes = std::fs::read(user_data)
         .with_context(|| format!("cannot read the user-data {}", user_data.display()))?;
-    write(&bytes, dest)?;
+    let mut sig_path = user_data.as_os_str().to_owned();
+    sig_path.push(".sig");
+    let signature = match std::fs::read(&sig_path) {
+        Ok(sig) => Some(sig),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot read {}", Path::new(&sig_path).display()));
+        }
+    };
+    write_signed(&bytes, signature.as_deref(), dest)?;
     config.extra_drives.push(dest.to_path_buf());
     Ok(())
 }

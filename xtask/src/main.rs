@@ -15,6 +15,7 @@ mod image;
 mod keys;
 mod qemu;
 mod test;
+mod user_data;
 
 use std::process::ExitCode;
 
@@ -173,6 +174,19 @@ enum Cmd {
         /// carries a new key with the key the hosts still trust).
         #[arg(long, value_name = "KEY")]
         key: Option<std::path::PathBuf>,
+    },
+    /// Sign user-data for images whose profile has `[config] signed = true`: writes
+    /// FILE.sig (a NoCloud seed's `user-data.sig`), or with --inline OUT the user-data
+    /// followed by its signature line (EC2 IMDS, crust.config=).
+    SignUserData {
+        /// The private key (a key the image trusts: `[config] keys`, else its signing key).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// The user-data file.
+        file: std::path::PathBuf,
+        /// Write the inline form to OUT instead of FILE.sig.
+        #[arg(long, value_name = "OUT")]
+        inline: Option<std::path::PathBuf>,
     },
     /// Make an Ed25519 signing key pair (private key mode 0600), or with --secure-boot a
     /// Secure Boot key set (PK, KEK, db) in DIR/secure-boot.
@@ -449,6 +463,9 @@ fn run(cli: Cli) -> Result<()> {
                 "Set `[signing] key = \"{}\"` in your profile to sign with it.",
                 private.display()
             );
+        }
+        Cmd::SignUserData { key, file, inline } => {
+            user_data::sign(&key, &file, inline.as_deref())?;
         }
         Cmd::Bench {
             profile,

@@ -110,12 +110,15 @@ enum Attempt {
 
 fn try_once(addr: SocketAddr, timeout: Duration) -> Result<Option<Vec<u8>>, Attempt> {
     let ttl = TOKEN_TTL.to_string();
+    let endpoint = http::Endpoint::address(addr);
+    // Each request is over within its timeout, however the service answers.
+    let bounds = || http::Bounds::new(timeout, timeout);
     let token = http::request(
-        addr,
+        &endpoint,
         "PUT",
         "/latest/api/token",
         &[(TTL_HEADER, &ttl)],
-        timeout,
+        bounds(),
     )
     .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
     match token.status {
@@ -135,8 +138,14 @@ fn try_once(addr: SocketAddr, timeout: Duration) -> Result<Option<Vec<u8>>, Atte
         }
     }
     let token = String::from_utf8_lossy(&token.body).trim().to_owned();
-    let data = http::request(addr, "GET", USER_DATA, &[(TOKEN_HEADER, &token)], timeout)
-        .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
+    let data = http::request(
+        &endpoint,
+        "GET",
+        USER_DATA,
+        &[(TOKEN_HEADER, &token)],
+        bounds(),
+    )
+    .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
     match data.status {
         200 => Ok(Some(data.body)),
         404 => Ok(None),

@@ -2,13 +2,16 @@
 //! the network's or the clock's business (host name, kernel modules, sysctls, update
 //! settings). `docs/CONFIGURATION.md` documents the schema for users.
 //!
-//! Sources, the first that has user-data wins ([`source`]): `crust.config=` on the kernel
-//! command line (base64 of the TOML), a NoCloud seed ([`nocloud`]), EC2's IMDSv2 on EC2
-//! instances ([`imds`], which needs a DHCP lease first: [`crate::net::Network`] provides
-//! it), then the image's own `/usr/lib/crust/config.toml`, then built-in defaults.
+//! Sources ([`source`]), in the order the image's policy lists them ([`trust`]; by default
+//! all four), the first that has user-data winning: `crust.config=` on the kernel command
+//! line (base64 of the TOML), a NoCloud seed that is not on the boot disk ([`nocloud`]),
+//! EC2's IMDSv2 on EC2 instances ([`imds`], which needs a DHCP lease first:
+//! [`crate::net::Network`] provides it), the image's own `/usr/lib/crust/config.toml`; then
+//! built-in defaults.
 //!
-//! User-data that cannot be used (not TOML, an unknown key, a wrong type, `#cloud-config`)
-//! never stops the boot: one console warning names the source and the field, the error is
+//! User-data that cannot be used (unsigned where the image wants a signature, not TOML, an
+//! unknown key, a wrong type, `#cloud-config`, a change the image does not allow) never
+//! stops the boot: one console warning names the source and the reason, the error is
 //! appended to `/var/log/crust/config.log`, and the host comes up with the image's
 //! configuration.
 
@@ -18,15 +21,18 @@ pub mod nocloud;
 pub mod schema;
 pub mod services;
 pub mod source;
+pub mod trust;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 
 use crust_format::phase::Phase;
+use crust_format::user_data::{Policy, Source};
 
 pub use schema::HostConfig;
 use source::Origin;
+use trust::Found;
 
 use crate::{clock, cmdline, console, net};
 
@@ -48,30 +54,20 @@ pub struct Loaded {
 
 /// The `config` phase: finds and checks the user-data, applies host name, modules,
 /// sysctls and update settings, prints the phase line, and returns the configuration for
-/// the network and clock phases. May bring the network up early, for IMDS.
-pub fn phase(network: &mut net::Network) -> HostConfig {
-    let (loaded, refused) = match find(network) {
+/// the network and clock phases. `boot_disk` (a kernel name) is never a source. May bring
+/// the network up early, for IMDS.
+pub fn phase(network: &mut net::Network, boot_disk: &str) -> HostConfig {
+    let policy = trust::policy(Path::new("/"));
+    let (loaded, refused) = match find(network, &policy, boot_disk) {
         None => (image_default(), None),
-        Some((origin, found)) => {
-            match found
-                .and_then(source::to_text)
-                .and_then(|text| parse(&text).map(|c| (c, text)).map_err(|e| e.to_string()))
-            {
-                Ok((config, text)) => (
-                    Loaded {
-                        config,
-                        origin,
-                        text,
-                    },
-                    None,
-                ),
-                Err(why) => {
-                    let fallback = image_default();
-                    refuse(&origin, &why, &fallback.origin);
-                    (fallback, Some(origin))
-                }
+        Some((origin, found)) => match accept(&origin, found, &policy) {
+            Ok(loaded) => (loaded, None),
+            Err(why) => {
+                let fallback = image_default();
+                refuse(&origin, &why, &fallback.origin);
+                (fallback, Some(origin))
             }
-        }
+        },
     };
     let applied = apply_all(&loaded);
     let detail = match refused {
@@ -79,53 +75,128 @@ pub fn phase(network: &mut net::Network) -> HostConfig {
             "user-data from {origin} refused (see {LOG}); {} instead{applied}",
             loaded.origin
         ),
-        None if loaded.origin == Origin::BuiltIn || loaded.origin == Origin::Image => format!(
-            "no user-data ({}=, NoCloud, EC2 IMDS); {}{applied}",
-            source::CMDLINE_KEY,
-            loaded.origin
-        ),
+        None if loaded.origin == Origin::BuiltIn
+            || (loaded.origin == Origin::Image
+                && policy.sources.first() != Some(&Source::Image)) =>
+        {
+            format!(
+                "no user-data ({}); {}{applied}",
+                describe_sources(&policy),
+                loaded.origin
+            )
+        }
         None => format!("from {}{applied}", loaded.origin),
     };
     console::phase(Phase::Config, &detail);
     loaded.config
 }
 
-/// Parses user-data and checks its services against the root's (a service that is not
-/// there is refused like any other mistake).
-fn parse(text: &str) -> Result<HostConfig, schema::SchemaError> {
+/// The sources the policy reads, for the phase line (`crust.config=, NoCloud, EC2 IMDS`).
+fn describe_sources(policy: &Policy) -> String {
+    let names: Vec<String> = policy
+        .sources
+        .iter()
+        .filter(|s| **s != Source::Image)
+        .map(|s| match s {
+            Source::Cmdline => format!("{}=", source::CMDLINE_KEY),
+            Source::NoCloud => "NoCloud".into(),
+            Source::Imds => "EC2 IMDS".into(),
+            Source::Image => unreachable!("filtered out"),
+        })
+        .collect();
+    if names.is_empty() {
+        "the image reads none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+/// User-data a source gave, if the policy accepts it: signed where it must be, valid, and
+/// changing only what the image lets user-data change.
+fn accept(
+    origin: &Origin,
+    found: Result<Found, String>,
+    policy: &Policy,
+) -> Result<Loaded, String> {
+    let bytes = trust::authenticate(found?, origin, policy)?;
+    let text = source::to_text(bytes)?;
+    // The image's own default is the profile's word: no policy applies to it.
+    let limits = (*origin != Origin::Image).then_some(policy);
+    let config = parse(&text, limits).map_err(|e| e.to_string())?;
+    Ok(Loaded {
+        config,
+        origin: origin.clone(),
+        text,
+    })
+}
+
+/// Parses user-data and checks its services against the root's and against what `policy`
+/// allows (a service that is not there, or one user-data may not touch, is refused like any
+/// other mistake).
+fn parse(text: &str, policy: Option<&Policy>) -> Result<HostConfig, schema::SchemaError> {
     let config = schema::parse(text)?;
-    crate::services::check_user_data(Path::new("/"), &config.service)?;
+    crate::services::check_user_data(Path::new("/"), &config.service, policy)?;
     Ok(config)
 }
 
-/// The first source that has user-data, with the bytes or why they could not be read.
-fn find(network: &mut net::Network) -> Option<(Origin, Result<Vec<u8>, String>)> {
-    if let Ok(line) = fs::read_to_string(cmdline::PROC_CMDLINE)
-        && let Some(found) = source::from_cmdline(&line)
-    {
-        return Some((Origin::Cmdline, found));
-    }
-    if let Some(seed) = nocloud::find() {
-        let origin = Origin::NoCloud(seed.device.display().to_string());
-        match nocloud::read_user_data(&seed) {
-            Ok(Some(bytes)) => return Some((origin, Ok(bytes))),
-            Ok(None) => console::warning(&format!("config: {origin} holds no user-data")),
-            Err(why) => return Some((origin, Err(why))),
+/// The first source of the policy's that has user-data, with the bytes or why they could
+/// not be read.
+fn find(
+    network: &mut net::Network,
+    policy: &Policy,
+    boot_disk: &str,
+) -> Option<(Origin, Result<Found, String>)> {
+    policy.sources.iter().find_map(|source| match source {
+        Source::Cmdline => {
+            let line = fs::read_to_string(cmdline::PROC_CMDLINE).ok()?;
+            let found = source::from_cmdline(&line)?;
+            Some((Origin::Cmdline, found.map(Found::bytes)))
         }
+        Source::NoCloud => {
+            let seed = nocloud::find(boot_disk)?;
+            let origin = Origin::NoCloud(seed.device.display().to_string());
+            match nocloud::read_user_data(&seed) {
+                Ok(Some(data)) => Some((
+                    origin,
+                    Ok(Found {
+                        bytes: data.user_data,
+                        signature: data.signature,
+                    }),
+                )),
+                Ok(None) => {
+                    console::warning(&format!("config: {origin} holds no user-data"));
+                    None
+                }
+                Err(why) => Some((origin, Err(why))),
+            }
+        }
+        Source::Imds => from_imds(network).map(|bytes| (Origin::Imds, Ok(Found::bytes(bytes)))),
+        Source::Image => fs::read(source::IMAGE_DEFAULT)
+            .ok()
+            .map(|bytes| (Origin::Image, Ok(Found::bytes(bytes)))),
+    })
+}
+
+/// EC2's user-data, on EC2 instances that have any.
+fn from_imds(network: &mut net::Network) -> Option<Vec<u8>> {
+    if !imds::is_ec2(Path::new(DMI)) {
+        return None;
     }
-    if imds::is_ec2(Path::new(DMI)) {
-        match network.up_for_metadata() {
-            Err(why) => console::warning(&format!(
+    match network.up_for_metadata() {
+        Err(why) => {
+            console::warning(&format!(
                 "config: this is an EC2 instance but {why}, so IMDS cannot be asked"
-            )),
-            Ok(()) => match imds::user_data(imds::ADDRESS, imds::BOOT_RETRY) {
-                Ok(Some(bytes)) => return Some((Origin::Imds, Ok(bytes))),
-                Ok(None) => {}
-                Err(e) => console::warning(&format!("config: EC2 IMDS: {e}")),
-            },
+            ));
+            None
         }
+        Ok(()) => match imds::user_data(imds::ADDRESS, imds::BOOT_RETRY) {
+            Ok(found) => found,
+            Err(e) => {
+                console::warning(&format!("config: EC2 IMDS: {e}"));
+                None
+            }
+        },
     }
-    None
 }
 
 /// The image's default configuration, or the built-in one when the image has none (or a
@@ -138,7 +209,7 @@ fn image_default() -> Loaded {
     };
     match fs::read_to_string(source::IMAGE_DEFAULT) {
         Err(_) => builtin,
-        Ok(text) => match parse(&text) {
+        Ok(text) => match parse(&text, None) {
             Ok(config) => Loaded {
                 config,
                 origin: Origin::Image,

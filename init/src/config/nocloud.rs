@@ -5,7 +5,12 @@
 //! The label is read from the raw device, without mounting anything: the FAT boot sector's
 //! `BS_VolLab` (FAT32 at offset 71, FAT12/16 at 43, each behind the extended boot
 //! signature 0x29) or the ISO 9660 primary volume descriptor's volume identifier (sector
-//! 16 of 2048 bytes). Only the seed found is mounted, read-only, to read `user-data`.
+//! 16 of 2048 bytes). Only the seed found is mounted, read-only, to read `user-data` (and
+//! `user-data.sig`, its signature, when there is one).
+//!
+//! The boot disk and its partitions are never a seed: whoever can write the ESP (which
+//! Secure Boot does not cover) could otherwise relabel it `CIDATA` and run code on every
+//! boot. A seed found there is named on the console and left alone.
 
 use std::fs::{self, File};
 use std::io::Read;
@@ -13,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crust_format::user_data::SEED_SIGNATURE_FILE;
 
 use crate::devnode::{self, DevNum, Kind};
 
@@ -94,8 +101,9 @@ fn text(raw: &[u8]) -> Option<String> {
     (!s.is_empty()).then(|| s.to_owned())
 }
 
-/// Looks at every block device for a NoCloud seed; the first in name order wins.
-pub fn find() -> Option<Seed> {
+/// Looks at every block device but the boot disk (`boot_disk`, a kernel name; empty when
+/// unknown) and its partitions for a NoCloud seed; the first in name order wins.
+pub fn find(boot_disk: &str) -> Option<Seed> {
     let mut names: Vec<String> = fs::read_dir(SYS_CLASS_BLOCK)
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
@@ -103,6 +111,7 @@ pub fn find() -> Option<Seed> {
         .collect();
     names.sort();
     names.into_iter().find_map(|name| {
+        let on_boot_disk = !boot_disk.is_empty() && disk_of(&name) == boot_disk;
         let sys = Path::new(SYS_CLASS_BLOCK).join(&name);
         let size: u64 = fs::read_to_string(sys.join("size"))
             .ok()?
@@ -116,10 +125,32 @@ pub fn find() -> Option<Seed> {
         let dev = DevNum::from_sysfs(&sys).ok()?;
         devnode::ensure(&device, Kind::Block, dev, Duration::from_millis(200)).ok()?;
         let (kind, found) = label(&read_head(&device)?)?;
-        found
-            .eq_ignore_ascii_case(LABEL)
-            .then_some(Seed { device, kind })
+        if !found.eq_ignore_ascii_case(LABEL) {
+            return None;
+        }
+        if on_boot_disk {
+            crate::console::warning(&format!(
+                "config: ignoring the {LABEL} file system on {} (the boot disk is never a \
+                 source of user-data)",
+                device.display()
+            ));
+            return None;
+        }
+        Some(Seed { device, kind })
     })
+}
+
+/// The disk a block device belongs to: its parent for a partition, itself otherwise (the
+/// kernel shows a partition as a folder inside its disk's).
+fn disk_of(name: &str) -> String {
+    let sys = Path::new(SYS_CLASS_BLOCK).join(name);
+    if !sys.join("partition").exists() {
+        return name.to_owned();
+    }
+    fs::canonicalize(&sys)
+        .ok()
+        .and_then(|p| Some(p.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| name.to_owned())
 }
 
 fn read_head(device: &Path) -> Option<Vec<u8>> {
@@ -132,9 +163,18 @@ fn read_head(device: &Path) -> Option<Vec<u8>> {
     Some(head)
 }
 
-/// Mounts the seed read-only, reads `user-data`, unmounts. `Ok(None)` when the seed has no
-/// `user-data` (NoCloud allows that: meta-data only).
-pub fn read_user_data(seed: &Seed) -> Result<Option<Vec<u8>>, String> {
+/// What a seed holds: `user-data`, and `user-data.sig` if the seed has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedData {
+    /// The user-data bytes.
+    pub user_data: Vec<u8>,
+    /// The detached signature's bytes.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// Mounts the seed read-only, reads `user-data` (and its signature), unmounts. `Ok(None)`
+/// when the seed has no `user-data` (NoCloud allows that: meta-data only).
+pub fn read_user_data(seed: &Seed) -> Result<Option<SeedData>, String> {
     let target = Path::new(MOUNT_POINT);
     fs::create_dir_all(target).map_err(|e| format!("cannot create {MOUNT_POINT}: {e}"))?;
     let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
@@ -153,24 +193,37 @@ pub fn read_user_data(seed: &Seed) -> Result<Option<Vec<u8>>, String> {
             e.desc()
         )
     })?;
-    let read = read_file(&target.join("user-data"));
+    let read = read_file(&target.join("user-data"), MAX_USER_DATA).and_then(|user_data| {
+        let Some(user_data) = user_data else {
+            return Ok(None);
+        };
+        let signature = read_file(&target.join(SEED_SIGNATURE_FILE), MAX_SIGNATURE)?;
+        Ok(Some(SeedData {
+            user_data,
+            signature,
+        }))
+    });
     let _ = umount2(target, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(target);
     read
 }
 
-fn read_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+/// The largest `user-data.sig` read (a signature is 64 bytes; more is refused by length).
+const MAX_SIGNATURE: u64 = 1024;
+
+fn read_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, String> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open user-data: {e}")),
+        Err(e) => return Err(format!("cannot open {name}: {e}")),
     };
     let mut data = Vec::new();
-    file.take(MAX_USER_DATA + 1)
+    file.take(limit + 1)
         .read_to_end(&mut data)
-        .map_err(|e| format!("cannot read user-data: {e}"))?;
-    if data.len() as u64 > MAX_USER_DATA {
-        return Err(format!("user-data is larger than {MAX_USER_DATA} bytes"));
+        .map_err(|e| format!("cannot read {name}: {e}"))?;
+    if data.len() as u64 > limit {
+        return Err(format!("{name} is larger than {limit} bytes"));
     }
     Ok(Some(data))
 }

@@ -227,20 +227,35 @@ pub struct Update {
     /// The update repository, an `http://` URL (indexes and bundles are signed, so the
     /// transport needs no trust of its own).
     pub repository: String,
-    /// The channel to follow.
+    /// The channel to follow ([`crust_format::repo::check_channel`]'s names).
     #[serde(default = "default_channel")]
     pub channel: String,
-    /// Seconds between checks (a tenth of it is added at random); at least 10.
+    /// Seconds between checks (a tenth of it is added at random), in [`UPDATE_INTERVAL`].
     #[serde(default = "default_interval")]
     pub interval: u64,
     /// When an installed update may reboot the host: `"now"`, or a daily UTC window
     /// `"HH:MM-HH:MM"`.
     #[serde(default = "default_reboot")]
     pub reboot: String,
-    /// Seconds a newly updated boot may take to become healthy before it counts as failed.
+    /// Seconds a newly updated boot may take to become healthy (and to fetch a verified
+    /// index) before it counts as failed, in [`HEALTH_TIMEOUT`].
     #[serde(default = "default_health_timeout")]
     pub health_timeout: u64,
 }
+
+/// Bounds of `update.interval`, in seconds: ten seconds to thirty days.
+pub const UPDATE_INTERVAL: std::ops::RangeInclusive<u64> = 10..=2_592_000;
+/// Bounds of `update.health-timeout`, in seconds: ten seconds to a day.
+pub const HEALTH_TIMEOUT: std::ops::RangeInclusive<u64> = 10..=86_400;
+
+/// Sysctls user-data may not set: each makes the kernel run a program named by path (or
+/// write core files wherever it says), which would run code from outside the verified root.
+pub const FORBIDDEN_SYSCTLS: [&str; 4] = [
+    "kernel.core_pattern",
+    "kernel.modprobe",
+    "kernel.hotplug",
+    "kernel.poweroff_cmd",
+];
 
 fn default_interval() -> u64 {
     3600
@@ -459,6 +474,14 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
     }
     for key in c.sysctl.keys() {
         check_sysctl(key).map_err(|m| SchemaError::new(format!("sysctl.\"{key}\""), m))?;
+        let dotted = key.replace('/', ".");
+        if FORBIDDEN_SYSCTLS.contains(&dotted.as_str()) {
+            return Err(SchemaError::new(
+                format!("sysctl.\"{key}\""),
+                "user-data may not set it: the kernel would run a program (or write files) \
+                 where it says, outside the verified root",
+            ));
+        }
     }
     for (key, value) in &c.sysctl {
         if value.0.contains(['\n', '\0']) {
@@ -492,11 +515,20 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
                 ),
             ));
         }
-        if update.interval < 10 {
-            return Err(SchemaError::new(
-                "update.interval",
-                format!("{} s is too often; use at least 10", update.interval),
-            ));
+        for (field, value, range) in [
+            ("update.interval", update.interval, &UPDATE_INTERVAL),
+            (
+                "update.health-timeout",
+                update.health_timeout,
+                &HEALTH_TIMEOUT,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(SchemaError::new(
+                    field,
+                    format!("{value} s is outside {}..={} s", range.start(), range.end()),
+                ));
+            }
         }
         if crate::update::RebootWindow::parse(&update.reboot).is_none() {
             return Err(SchemaError::new(
@@ -507,23 +539,8 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
                 ),
             ));
         }
-        let ok = !update.channel.is_empty()
-            && update.channel.len() <= 64
-            && update
-                .channel
-                .starts_with(|ch: char| ch.is_ascii_alphanumeric())
-            && update.channel.chars().all(|ch| {
-                ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '-' | '_' | '.')
-            });
-        if !ok {
-            return Err(SchemaError::new(
-                "update.channel",
-                format!(
-                    "{:?} is not a channel name (lowercase letters, digits, `-_.`)",
-                    update.channel
-                ),
-            ));
-        }
+        crust_format::repo::check_channel(&update.channel)
+            .map_err(|m| SchemaError::new("update.channel", m))?;
     }
     super::services::validate(&c.service)?;
     Ok(())
@@ -828,6 +845,35 @@ channel = "beta"
             (
                 "version = 1\n[update]\nrepository = \"http://x\"\nchannel = \"Beta!\"\n",
                 "update.channel",
+            ),
+            // Names the repository never publishes (one rule for both sides).
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\nchannel = \"beta_1.x\"\n",
+                "update.channel",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\ninterval = 9\n",
+                "update.interval",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\ninterval = 9223372036854775807\n",
+                "update.interval",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\nhealth-timeout = 0\n",
+                "update.health-timeout",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\nhealth-timeout = 86401\n",
+                "update.health-timeout",
+            ),
+            (
+                "version = 1\n[sysctl]\n\"kernel.core_pattern\" = \"|/var/x\"\n",
+                "sysctl.\"kernel.core_pattern\"",
+            ),
+            (
+                "version = 1\n[sysctl]\n\"kernel/modprobe\" = \"/var/x\"\n",
+                "sysctl.\"kernel/modprobe\"",
             ),
         ] {
             assert_eq!(err(text).field, field, "{text}");

@@ -113,6 +113,22 @@ pub fn check_reference(reference: &str) -> Result<(), String> {
     }
 }
 
+/// Checks that a reference names its image by digest (`…@sha256:<64 hex digits>`):
+/// containerd keeps pulled images on the state partition, which nothing verifies, and runs
+/// the same image again for the same reference, so the reference must say which bytes.
+pub fn check_pinned(reference: &str) -> Result<(), String> {
+    let digest = reference.rsplit_once("@sha256:").map(|(_, d)| d);
+    if digest.is_some_and(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{reference:?} is not pinned by digest; name the image as \
+             host/name[:tag]@sha256:<digest> (`skopeo inspect` shows the digest), so the host \
+             runs exactly those bytes"
+        ))
+    }
+}
+
 /// Checks the tables on their own (names, forms, exclusive fields).
 pub fn validate(services: &[Service]) -> Result<(), SchemaError> {
     let mut seen = BTreeSet::new();
@@ -139,7 +155,8 @@ pub fn validate(services: &[Service]) -> Result<(), SchemaError> {
             match (&image.service, &image.pull) {
                 (Some(base), None) => check_name(base).map_err(|m| bad("image.service", m))?,
                 (None, Some(reference)) => {
-                    check_reference(reference).map_err(|m| bad("image.pull", m))?
+                    check_reference(reference).map_err(|m| bad("image.pull", m))?;
+                    check_pinned(reference).map_err(|m| bad("image.pull", m))?;
                 }
                 _ => {
                     return Err(bad(
@@ -206,7 +223,7 @@ enabled = false
 
 [[service]]
 name = "demo"
-image.pull = "http://10.0.2.2:5000/demo:1"
+image.pull = "http://10.0.2.2:5000/demo:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 command = ["/bin/busybox", "echo", "hello"]
 after = ["web"]
 "#,
@@ -215,9 +232,17 @@ after = ["web"]
         assert_eq!(c.service.len(), 3);
         assert_eq!(c.service[0].env["GREETING"], "hi");
         assert!(!c.service[1].enabled());
-        assert_eq!(
-            c.service[2].image.as_ref().unwrap().pull.as_deref(),
-            Some("http://10.0.2.2:5000/demo:1")
+        assert!(
+            c.service[2]
+                .image
+                .as_ref()
+                .unwrap()
+                .pull
+                .as_deref()
+                .unwrap()
+                .ends_with(
+                    "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+                )
         );
     }
 
@@ -247,6 +272,14 @@ after = ["web"]
             ),
             (
                 "[[service]]\nname = \"x\"\nimage.pull = \"busybox\"\n",
+                "service[0].image.pull",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.pull = \"r.example/x:1\"\n",
+                "service[0].image.pull",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.pull = \"r.example/x@sha256:abc\"\n",
                 "service[0].image.pull",
             ),
             (

@@ -1,10 +1,13 @@
-//! Where user-data comes from, in the order they are tried (the first that has user-data
-//! wins): the kernel command line, a NoCloud seed, EC2's IMDS, the image's default.
+//! Where user-data comes from: the kernel command line, a NoCloud seed, EC2's IMDS, the
+//! image's default. The image's policy ([`super::trust`]) says which are tried, in which
+//! order; the first that has user-data wins.
 
 use std::fmt;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+
+use crust_format::user_data::Source;
 
 use crate::cmdline;
 
@@ -29,6 +32,17 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// The policy's name for the source (none for the built-in defaults).
+    pub fn source(&self) -> Option<Source> {
+        match self {
+            Origin::Cmdline => Some(Source::Cmdline),
+            Origin::NoCloud(_) => Some(Source::NoCloud),
+            Origin::Imds => Some(Source::Imds),
+            Origin::Image => Some(Source::Image),
+            Origin::BuiltIn => None,
+        }
+    }
+
     /// A short stable name (`/run/crust/config-source`, logs).
     pub fn name(&self) -> &'static str {
         match self {

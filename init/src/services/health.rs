@@ -18,8 +18,10 @@ pub fn tcp(port: u16) -> bool {
 
 /// Whether `GET path` on 127.0.0.1:`port` answers with a 2xx status.
 pub fn http(port: u16, path: &str) -> bool {
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    crate::http::request(addr, "GET", path, &[], TIMEOUT)
+    let endpoint = crate::http::Endpoint::address(SocketAddr::from(([127, 0, 0, 1], port)));
+    // The whole check is over within TIMEOUT, however slowly the service answers.
+    let bounds = crate::http::Bounds::new(TIMEOUT, TIMEOUT);
+    crate::http::request(&endpoint, "GET", path, &[], bounds)
         .is_ok_and(|r| (200..300).contains(&r.status))
 }
 

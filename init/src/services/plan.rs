@@ -23,6 +23,7 @@ use super::process::Process;
 use super::runner::Launch;
 use crate::config::schema::SchemaError;
 use crate::config::services::{self as user, field};
+use crust_format::user_data::{Permission, Policy};
 
 /// Where bundles that user-data changed are written (on the `/run` tmpfs).
 pub const RUN_SERVICES: &str = "/run/crust/services";
@@ -235,6 +236,16 @@ fn change(def: &mut Definition, t: &user::Service) -> Result<(), String> {
         return Ok(());
     }
     let name = def.spec.name.clone();
+    if let (Launch::Host { .. }, Some(program)) =
+        (&def.launch, t.command.as_ref().and_then(|c| c.first()))
+        && !in_verified_root(program)
+    {
+        return Err(format!(
+            "{program} is not a program of the verified root: a host program runs as root in \
+             the host's namespaces, so it must come from /usr (nothing the host runs comes \
+             from /var, /run, /tmp or /etc)"
+        ));
+    }
     match &mut def.launch {
         Launch::Host { process } | Launch::Pull { process, .. } => {
             if let Some(command) = &t.command {
@@ -251,6 +262,19 @@ fn change(def: &mut Definition, t: &user::Service) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `program` lies in the read-only, verified part of the root: `/usr` (and the
+/// merged-`/usr` links `/bin`, `/sbin`, `/lib`), never a writable or virtual file system.
+fn in_verified_root(program: &str) -> bool {
+    let path = Path::new(program);
+    path.is_absolute()
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        && ["/usr/", "/bin/", "/sbin/", "/lib/"]
+            .iter()
+            .any(|p| program.starts_with(p))
 }
 
 /// A new container from the image of the root's service `base`.
@@ -443,12 +467,125 @@ pub fn write_bundles(defs: Vec<Definition>) -> (Vec<Definition>, Vec<String>) {
     (kept, problems)
 }
 
-/// The config phase's check: user-data's services against the root's.
-pub fn check(root: &Path, tables: &[user::Service]) -> Result<(), SchemaError> {
+/// The config phase's check: user-data's services against the root's, and (for user-data
+/// from outside the image) against what `policy` lets user-data do.
+pub fn check(
+    root: &Path,
+    tables: &[user::Service],
+    policy: Option<&Policy>,
+) -> Result<(), SchemaError> {
     if tables.is_empty() {
         return Ok(());
     }
-    apply(load_root(root).0, tables).map(|_| ())
+    let defs = load_root(root).0;
+    if let Some(policy) = policy {
+        permitted(&defs, tables, policy)?;
+    }
+    apply(defs, tables).map(|_| ())
+}
+
+/// Refuses a table that does what the image's policy does not allow: changing a host
+/// program (`host`), a privileged container or its image (`admin`), any other container
+/// (`services`), or pulling an image (`pull`).
+fn permitted(
+    defs: &[Definition],
+    tables: &[user::Service],
+    policy: &Policy,
+) -> Result<(), SchemaError> {
+    for (i, t) in tables.iter().enumerate() {
+        let existing = defs.iter().find(|d| d.spec.name == t.name);
+        let (needed, field_name, what) = match (existing, &t.image) {
+            (Some(def), _) => {
+                let needed = needs(def);
+                let what = if t.enabled() {
+                    format!("change the {} service {}", kind_of(needed), t.name)
+                } else {
+                    format!("turn off the {} service {}", kind_of(needed), t.name)
+                };
+                (needed, "name", what)
+            }
+            (None, Some(image)) => match (&image.service, &image.pull) {
+                (Some(base), _) => {
+                    let Some(def) = defs.iter().find(|d| &d.spec.name == base) else {
+                        // `apply` names the missing image.
+                        continue;
+                    };
+                    let needed = match needs(def) {
+                        Permission::Host => Permission::Services,
+                        other => other,
+                    };
+                    (
+                        needed,
+                        "image.service",
+                        format!("start containers from the image of {}", def.spec.name),
+                    )
+                }
+                (None, Some(_)) => (
+                    Permission::Pull,
+                    "image.pull",
+                    "start services from images it pulls".to_owned(),
+                ),
+                (None, None) => continue,
+            },
+            (None, None) => continue,
+        };
+        if !policy.allows(needed) {
+            return Err(SchemaError::new(
+                field(i, field_name),
+                format!(
+                    "this image does not let user-data {what} (its profile's [config] allow \
+                     lacks \"{needed}\")"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What changing `def` takes: `host` for a host program, `admin` for a container with the
+/// host's powers (every capability, or the host's PID or mount namespace, as the admin
+/// shell has), `services` for any other.
+fn needs(def: &Definition) -> Permission {
+    match &def.launch {
+        Launch::Host { .. } => Permission::Host,
+        Launch::Pull { .. } => Permission::Services,
+        Launch::Crun { bundle } => {
+            let dir = def.dir.as_deref().unwrap_or(bundle);
+            match read_config(dir) {
+                Ok(config) if !privileged(&config) => Permission::Services,
+                // A bundle that cannot be read is treated as the most powerful kind.
+                _ => Permission::Admin,
+            }
+        }
+    }
+}
+
+fn kind_of(p: Permission) -> &'static str {
+    match p {
+        Permission::Host => "host program",
+        Permission::Admin => "privileged container",
+        _ => "container",
+    }
+}
+
+/// Whether an OCI config gives its container the host's powers: `CAP_SYS_ADMIN` in its
+/// bounding set, or no PID or mount namespace of its own.
+pub fn privileged(config: &Value) -> bool {
+    let has_cap = config
+        .pointer("/process/capabilities/bounding")
+        .and_then(Value::as_array)
+        .is_some_and(|caps| caps.iter().any(|c| c.as_str() == Some("CAP_SYS_ADMIN")));
+    let own_namespace = |kind: &str| {
+        config
+            .pointer("/linux/namespaces")
+            .and_then(Value::as_array)
+            .is_some_and(|ns| {
+                ns.iter().any(|n| {
+                    n.get("type").and_then(Value::as_str) == Some(kind) && n.get("path").is_none()
+                })
+            })
+    };
+    has_cap || !own_namespace("pid") || !own_namespace("mount")
 }
 
 #[cfg(test)]
@@ -456,27 +593,35 @@ mod tests {
     use super::*;
     use crate::config::schema::parse;
 
-    /// A root with `web` (crun, health check), `late` (after web), `containerd` (host).
+    /// A root with `web` (crun, health check), `late` (after web), `containerd` (host),
+    /// `admin` (crun in the host's PID namespace, every capability).
     fn root() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let services = dir.path().join(service::SERVICES_DIR);
+        let confined = r#""namespaces":[{"type":"pid"},{"type":"mount"},{"type":"network"}]"#;
+        let host_pid = r#""namespaces":[{"type":"mount"}]"#;
         for (name, text, config) in [
             (
                 "web",
                 "name=web\nkind=crun\nrestart=always\nafter=\nhealth=http:80/\n",
-                true,
+                Some(confined),
             ),
-            ("late", "name=late\nrestart=on-failure\nafter=web\n", true),
-            ("containerd", "name=containerd\nkind=host\nafter=\n", false),
+            (
+                "late",
+                "name=late\nrestart=on-failure\nafter=web\n",
+                Some(confined),
+            ),
+            ("containerd", "name=containerd\nkind=host\nafter=\n", None),
+            ("admin", "name=admin\nkind=crun\nafter=\n", Some(host_pid)),
         ] {
             let d = services.join(name);
             fs::create_dir_all(&d).unwrap();
             fs::write(d.join(service::SERVICE_FILE), text).unwrap();
-            if config {
+            if let Some(namespaces) = config {
                 fs::write(
                     d.join("config.json"),
                     format!(
-                        r#"{{"ociVersion":"1.0.2","process":{{"args":["/bin/busybox","sh"],"env":["PATH=/bin","A=1"],"cwd":"/"}},"root":{{"path":"rootfs","readonly":true}},"linux":{{"cgroupsPath":"/crust/{name}"}}}}"#
+                        r#"{{"ociVersion":"1.0.2","process":{{"args":["/bin/busybox","sh"],"env":["PATH=/bin","A=1"],"cwd":"/"}},"root":{{"path":"rootfs","readonly":true}},"linux":{{"cgroupsPath":"/crust/{name}",{namespaces}}}}}"#
                     ),
                 )
                 .unwrap();
@@ -490,7 +635,7 @@ mod tests {
         }
         fs::write(
             services.join(service::ORDER_FILE),
-            "web\nlate\ncontainerd\n",
+            "web\nlate\ncontainerd\nadmin\n",
         )
         .unwrap();
         dir
@@ -509,7 +654,7 @@ mod tests {
         let root = root();
         let (defs, problems) = load_root(root.path());
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(names(&defs), ["web", "late", "containerd"]);
+        assert_eq!(names(&defs), ["web", "late", "containerd", "admin"]);
         let (same, changes) = apply(defs.clone(), &[]).unwrap();
         assert_eq!(same, defs);
         assert_eq!(changes.describe(), "");
@@ -533,7 +678,7 @@ after = ["web"]
 
 [[service]]
 name = "demo"
-image.pull = "http://10.0.2.2:5000/demo:1"
+image.pull = "http://10.0.2.2:5000/demo:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 env = { SOURCE = "containerd" }
 
 [[service]]
@@ -542,7 +687,10 @@ enabled = false
 "#,
         );
         let (defs, changes) = apply(load_root(root.path()).0, &t).unwrap();
-        assert_eq!(names(&defs), ["web", "containerd", "extra", "demo"]);
+        assert_eq!(
+            names(&defs),
+            ["web", "containerd", "admin", "extra", "demo"]
+        );
         assert_eq!(
             changes.describe(),
             "; user-data added extra, demo; changed web; turned off late"
@@ -574,7 +722,7 @@ enabled = false
             })
         );
 
-        let extra = &defs[2];
+        let extra = &defs[3];
         let config = extra.config.as_ref().unwrap();
         assert_eq!(
             config["process"]["args"],
@@ -584,11 +732,11 @@ enabled = false
         assert_eq!(config["root"]["path"], rootfs.to_str().unwrap());
         assert_eq!(extra.spec.health, None);
 
-        let demo = &defs[3];
+        let demo = &defs[4];
         assert_eq!(demo.spec.after, ["containerd"]);
         match &demo.launch {
             Launch::Pull { reference, process } => {
-                assert_eq!(reference, "http://10.0.2.2:5000/demo:1");
+                assert!(reference.starts_with("http://10.0.2.2:5000/demo:1@sha256:"));
                 assert_eq!(process.env, ["SOURCE=containerd"]);
                 assert!(process.args.is_empty(), "the image's own command");
             }
@@ -603,7 +751,7 @@ enabled = false
             (
                 "[[service]]\nname = \"nosuch\"\nenv = { A = \"1\" }\n",
                 "service[0].name",
-                "this image has no service \"nosuch\" (it has web, late, containerd)",
+                "this image has no service \"nosuch\" (it has web, late, containerd, admin)",
             ),
             (
                 "[[service]]\nname = \"x\"\nimage.service = \"nosuch\"\n",
@@ -636,17 +784,131 @@ enabled = false
                 "keeps its image",
             ),
         ] {
-            let e = check(root.path(), &tables(text)).unwrap_err();
+            let e = check(root.path(), &tables(text), None).unwrap_err();
             assert_eq!(e.field, field, "{text}");
             assert!(e.message.contains(message), "{text}: {e}");
         }
         let bare = tempfile::tempdir().unwrap();
         let e = check(
             bare.path(),
-            &tables("[[service]]\nname = \"d\"\nimage.pull = \"r.example/d:1\"\n"),
+            &tables(&format!(
+                "[[service]]\nname = \"d\"\nimage.pull = \"r.example/d:1@sha256:{}\"\n",
+                "a".repeat(64)
+            )),
+            None,
         )
         .unwrap_err();
         assert_eq!(e.field, "service[0].image.pull");
         assert!(e.message.contains("no containerd"), "{e}");
+    }
+
+    fn policy(allow: &[Permission]) -> Policy {
+        Policy {
+            allow: allow.to_vec(),
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn user_data_does_only_what_the_image_allows() {
+        let root = root();
+        let pin = format!("@sha256:{}", "b".repeat(64));
+        let cases: Vec<(String, Permission, &str)> = vec![
+            (
+                "[[service]]\nname = \"web\"\ncommand = [\"/bin/busybox\", \"sh\"]\n".into(),
+                Permission::Services,
+                "service[0].name",
+            ),
+            (
+                "[[service]]\nname = \"late\"\nenabled = false\n".into(),
+                Permission::Services,
+                "service[0].name",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.service = \"web\"\n".into(),
+                Permission::Services,
+                "service[0].image.service",
+            ),
+            (
+                "[[service]]\nname = \"containerd\"\nenv = { X = \"1\" }\n".into(),
+                Permission::Host,
+                "service[0].name",
+            ),
+            (
+                "[[service]]\nname = \"admin\"\ncommand = [\"/bin/busybox\", \"id\"]\n".into(),
+                Permission::Admin,
+                "service[0].name",
+            ),
+            (
+                "[[service]]\nname = \"root\"\nimage.service = \"admin\"\n".into(),
+                Permission::Admin,
+                "service[0].image.service",
+            ),
+            (
+                format!("[[service]]\nname = \"d\"\nimage.pull = \"r.example/d{pin}\"\n"),
+                Permission::Pull,
+                "service[0].image.pull",
+            ),
+        ];
+        for (text, needed, field) in cases {
+            let t = tables(&text);
+            let others: Vec<Permission> = Permission::ALL
+                .into_iter()
+                .filter(|p| *p != needed)
+                .collect();
+            let e = check(root.path(), &t, Some(&policy(&others))).unwrap_err();
+            assert_eq!(e.field, field, "{text}");
+            assert!(
+                e.message.contains(&format!("lacks \"{needed}\"")),
+                "{text}: {e}"
+            );
+            // With the permission, the same user-data passes the policy (and the checks
+            // after it: a pull still needs containerd, which this root has).
+            check(root.path(), &t, Some(&policy(&[needed]))).unwrap_or_else(|e| {
+                panic!("{text}: {e}");
+            });
+        }
+    }
+
+    #[test]
+    fn host_programs_run_only_from_the_verified_root() {
+        let root = root();
+        let allow = policy(&[Permission::Host]);
+        for program in [
+            "/var/lib/x/evil",
+            "/run/x",
+            "/tmp/x",
+            "/etc/x",
+            "/proc/self/exe",
+        ] {
+            let t = tables(&format!(
+                "[[service]]\nname = \"containerd\"\ncommand = [\"{program}\"]\n"
+            ));
+            let e = check(root.path(), &t, Some(&allow)).unwrap_err();
+            assert_eq!(e.field, "service[0].command", "{program}");
+            assert!(e.message.contains("verified root"), "{program}: {e}");
+        }
+        let t = tables(
+            "[[service]]\nname = \"containerd\"\ncommand = [\"/usr/bin/containerd\", \"-l\", \"debug\"]\n",
+        );
+        check(root.path(), &t, Some(&allow)).unwrap();
+    }
+
+    #[test]
+    fn privileged_containers_are_known_by_their_powers() {
+        let config = |caps: &str, ns: &str| -> Value {
+            serde_json::from_str(&format!(
+                r#"{{"process":{{"capabilities":{{"bounding":[{caps}]}}}},"linux":{{"namespaces":[{ns}]}}}}"#
+            ))
+            .unwrap()
+        };
+        let own = r#"{"type":"pid"},{"type":"mount"}"#;
+        assert!(!privileged(&config(r#""CAP_NET_BIND_SERVICE""#, own)));
+        assert!(privileged(&config(r#""CAP_SYS_ADMIN""#, own)));
+        assert!(privileged(&config("", r#"{"type":"mount"}"#)));
+        assert!(privileged(&config(
+            "",
+            r#"{"type":"pid","path":"/proc/1/ns/pid"},{"type":"mount"}"#
+        )));
     }
 }

@@ -7,27 +7,47 @@
 //! this thread waited for could be reaped from under it. A shutdown [`Cancel`]s the check;
 //! it stops at its next step (every write of the download, between the parts of the
 //! install), which the install's order makes safe, and the next boot starts over.
+//!
+//! Order of a check: the index is judged ([`super::index`]) and recorded as the newest
+//! accepted; the release is picked (never one that rolled back or was refused); room on
+//! `/var` is made (superseded downloads removed) and checked; the bundle is downloaded,
+//! hashed on the way against the signed index, and checked as a stream
+//! ([`super::bundle`]); the parts are measured against the other slot's partitions and
+//! the ESP's room; only then does [`install`] touch the disk. A bundle refused after its
+//! download matched the signed index is refused for good: the refusal is recorded and the
+//! version never fetched again.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crust_format::Digest;
 use crust_format::boot_entry::BootEntryName;
-use crust_format::bundle::{self, Header};
 use crust_format::repo::{self, Index};
 use crust_format::signature::PublicKey;
 
 use super::record::{Pending, Records};
-use super::{Booted, NET_TIMEOUT, Settings, install, say, unix_now};
+use super::{Booted, Settings, bundle, index, install, say, unix_now};
 use crate::error::{Context, Error, Result};
-use crate::http;
+use crate::http::{self, Bounds, Endpoint};
 
 /// What a cancelled check fails with.
 pub(super) const STOPPED: &str =
     "stopped: the host is going down (the next boot starts the update over)";
+/// How long one network step may wait.
+const STEP: Duration = Duration::from_secs(10);
+/// The whole exchange for an index or its signature.
+const INDEX_DEADLINE: Duration = Duration::from_secs(60);
+/// A bundle download's deadline: this, plus its size at [`MIN_RATE`].
+const BUNDLE_BASE: Duration = Duration::from_secs(60);
+/// The slowest download rate a bundle's deadline allows for, bytes per second.
+const MIN_RATE: u64 = 32 << 10;
+/// Largest index accepted.
+const MAX_INDEX: u64 = 1 << 20;
+/// Room left free on `/var` beyond a download.
+const SPARE: u64 = 16 << 20;
 
 /// Set when the host is going down; the check stops at its next step.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +81,10 @@ pub enum Checked {
     Installed,
     /// Nothing to install, and why (up to date, a downgrade refused).
     Nothing(String),
+    /// The release's signed bundle cannot be taken by this host (recorded; not retried).
+    Refused(String),
+    /// The index checked out (a trial boot's proof that it can update).
+    IndexVerified(String),
 }
 
 /// Everything one check needs, owned, so that it can run on its own thread.
@@ -79,78 +103,98 @@ pub struct Checker {
 }
 
 impl Checker {
+    /// The repository's address.
+    fn endpoint(&self) -> Result<Endpoint> {
+        let url = &self.settings.repository;
+        url.endpoint()
+            .map_err(|e| Error::new("update", format!("{}: {e}", url.host)))
+    }
+
+    /// Fetches the channel's index and judges it; records it as the newest accepted.
+    fn index(&self, endpoint: &Endpoint) -> Result<Index> {
+        let s = &self.settings;
+        let fetch = |rel: &str, limit: u64| -> Result<Vec<u8>> {
+            let mut body = Vec::new();
+            let bounds = Bounds::new(STEP, INDEX_DEADLINE);
+            http::download(endpoint, &s.repository.join(rel), bounds, limit, &mut body)
+                .map_err(|e| Error::new("update", format!("{rel}: {e}")))?;
+            Ok(body)
+        };
+        let text = fetch(&repo::index_path(&s.channel), MAX_INDEX)?;
+        let sig = fetch(&repo::signature_path(&s.channel), 64)?;
+        let (index, accepted) = index::judge(
+            &text,
+            &sig,
+            &self.key,
+            &s.channel,
+            self.records.accepted(&s.channel),
+            unix_now(),
+        )
+        .map_err(|r| Error::new("update", r.0))?;
+        self.records
+            .accept(&s.channel, accepted)
+            .context("update", || "cannot record the accepted index".into())?;
+        Ok(index)
+    }
+
+    /// Fetches and judges the index only: the proof a trial boot gives before it is
+    /// blessed that it can still reach its repository and trust what it serves.
+    pub fn probe(&self) -> Result<Checked> {
+        let index = self.index(&self.endpoint()?)?;
+        Ok(Checked::IndexVerified(format!(
+            "the {} index checks out (issued {}, {} releases)",
+            index.channel,
+            crate::clock::format_utc(i64::try_from(index.issued).unwrap_or(i64::MAX)),
+            index.releases.len()
+        )))
+    }
+
     /// Checks the channel and installs what it offers.
     pub fn check(&self) -> Result<Checked> {
         let s = &self.settings;
-        let addr = s
-            .repository
-            .address()
-            .map_err(|e| Error::new("update", format!("{}: {e}", s.repository.host)))?;
-        let fetch = |rel: &str, limit: u64| -> Result<Vec<u8>> {
-            let mut body = Vec::new();
-            http::download(addr, &s.repository.join(rel), NET_TIMEOUT, limit, &mut body)
-                .map_err(|e| Error::new("update", format!("{}: {e}", rel)))?;
-            Ok(body)
-        };
-        let text = fetch(&repo::index_path(&s.channel), 1 << 20)?;
-        let sig = fetch(&repo::signature_path(&s.channel), 64)?;
-        self.key.verify(&text, &sig).map_err(|e| {
-            Error::new(
-                "update",
-                format!(
-                    "the {} index is not signed by this image's key ({e}); refused",
-                    s.channel
-                ),
-            )
-        })?;
-        let index = Index::parse(&String::from_utf8_lossy(&text))
-            .map_err(|e| Error::new("update", e.to_string()))?;
-        let now = unix_now();
-        if index.expires <= now {
-            return Err(Error::new(
-                "update",
-                format!(
-                    "the {} index expired {} s ago; refused (the repository must be republished)",
-                    s.channel,
-                    now - index.expires
-                ),
-            ));
-        }
+        let endpoint = self.endpoint()?;
+        let index = self.index(&endpoint)?;
         let running = &self.booted.manifest.version;
-        let failed = self.records.failed();
-        let Some(release) = index.target(running, &failed).cloned() else {
-            let newest = index
-                .releases
-                .first()
-                .map_or("nothing".to_owned(), |r| r.version.clone());
-            let why = if crust_format::version::compare_versions(&newest, running)
-                == std::cmp::Ordering::Less
-            {
-                format!(
-                    "the channel offers {newest}, older than {running}: downgrades are refused unless the index allows them"
-                )
-            } else {
-                format!("up to date ({running}; the channel's newest is {newest})")
-            };
-            return Ok(Checked::Nothing(why));
+        let Some(release) = index.target(running, &self.records.skipped()).cloned() else {
+            return Ok(Checked::Nothing(nothing_to_do(&index, running)));
         };
         say(&format!(
             "found {} on channel {} ({} bytes); running {running}",
             release.version, s.channel, release.size
         ));
         let started = Instant::now();
-        let path = self.download(addr, s, &release)?;
+        let path = self.download(&endpoint, &release)?;
         say(&format!(
             "downloaded {} bytes in {:.1} s; checking every digest and the signature",
             release.size,
             started.elapsed().as_secs_f64()
         ));
-        let (header, header_len) = self.verify_bundle(&path, &release.version)?;
+        // The file is what the signed index names: what is wrong with it now is wrong with
+        // the release, and stays wrong.
+        let refuse = |why: String| -> Result<Checked> {
+            let _ = std::fs::remove_file(&path);
+            let line = format!(
+                "bundle {}: {why}; refused, nothing written (not tried again)",
+                release.version
+            );
+            self.records
+                .add_refused(&release.version, &why)
+                .context("update", || "cannot record the refusal".into())?;
+            Ok(Checked::Refused(line))
+        };
+        let verified =
+            match bundle::verify(&path, &self.key, &self.booted.manifest, &release.version) {
+                Ok(v) => v,
+                Err(why) => return refuse(why),
+            };
         let target = install::find(&self.booted.disk, self.booted.slot.other())?;
         // Everything but the running version's UKI goes: that is what the other slot held
         // (or a failed version's leftovers).
         let keep_version = running.clone();
         let keep = move |e: &BootEntryName| e.version == keep_version;
+        if let Err(why) = install::fits(&verified.header, &target, &keep)? {
+            return refuse(why);
+        }
         say(&format!(
             "writing {} into slot {}",
             release.version,
@@ -159,8 +203,7 @@ impl Checker {
         self.cancel.check()?;
         let installed = install::install(
             &path,
-            &header,
-            header_len,
+            &verified,
             &target,
             &keep,
             &self.booted.devices,
@@ -190,34 +233,60 @@ impl Checker {
         Ok(Checked::Installed)
     }
 
-    /// Downloads a release's bundle to `/var` (streamed, hashed on the way); an already
-    /// complete download is reused.
-    fn download(
-        &self,
-        addr: std::net::SocketAddr,
-        s: &Settings,
-        release: &repo::Release,
-    ) -> Result<PathBuf> {
+    /// Downloads a release's bundle to `/var` (streamed, hashed on the way, within a
+    /// deadline that grows with its size); an already complete download is reused. Every
+    /// other file in the download folder (a superseded or partial download) goes first, and
+    /// the download needs room for itself and a spare.
+    fn download(&self, endpoint: &Endpoint, release: &repo::Release) -> Result<PathBuf> {
         let dir = self.records.downloads();
         std::fs::create_dir_all(&dir)
             .context("update", || format!("cannot create {}", dir.display()))?;
-        let path = dir.join(format!("{}.bundle", release.sha256));
-        if file_digest(&path).is_some_and(|d| d == release.sha256) {
+        let name = format!("{}.bundle", release.sha256);
+        let path = dir.join(&name);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if entry.file_name() != name.as_str() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        if bundle::file_digest(&path).is_some_and(|d| d == release.sha256) {
             return Ok(path);
+        }
+        let free = free_bytes(&dir).unwrap_or(u64::MAX);
+        if free < release.size.saturating_add(SPARE) {
+            return Err(Error::new(
+                "update",
+                format!(
+                    "not enough room on /var for the {} bundle: it needs {} MiB, {} MiB are \
+                     free; free space on the state partition (or give the disk more)",
+                    release.version,
+                    (release.size + SPARE) >> 20,
+                    free >> 20
+                ),
+            ));
         }
         let partial = dir.join("partial");
         let mut file = std::fs::File::create(&partial)
             .context("update", || format!("cannot create {}", partial.display()))?;
         let mut hashing = HashingWriter::new(&mut file, &self.cancel);
-        http::download(
-            addr,
-            &s.repository.join(&repo::bundle_path(&release.sha256)),
-            NET_TIMEOUT,
+        let deadline = BUNDLE_BASE + Duration::from_secs(release.size / MIN_RATE);
+        let fetched = http::download(
+            endpoint,
+            &self
+                .settings
+                .repository
+                .join(&repo::bundle_path(&release.sha256)),
+            Bounds::new(STEP, deadline),
             release.size,
             &mut hashing,
-        )
-        .map_err(|e| Error::new("update", format!("bundle {}: {e}", release.version)))?;
+        );
         let (bytes, digest) = hashing.finish();
+        if let Err(e) = fetched {
+            let _ = std::fs::remove_file(&partial);
+            return Err(Error::new(
+                "update",
+                format!("bundle {}: {e}", release.version),
+            ));
+        }
         if bytes != release.size || digest != release.sha256 {
             let _ = std::fs::remove_file(&partial);
             return Err(Error::new(
@@ -238,64 +307,27 @@ impl Checker {
             .context("update", || "cannot sync the download folder".into())?;
         Ok(path)
     }
+}
 
-    /// Checks a downloaded bundle in full before anything is written.
-    fn verify_bundle(&self, path: &Path, version: &str) -> Result<(Header, u64)> {
-        let bytes =
-            std::fs::read(path).context("update", || format!("cannot read {}", path.display()))?;
-        let bad = |m: String| {
-            Error::new(
-                "update",
-                format!("bundle {version}: {m}; refused, nothing written"),
-            )
-        };
-        let prefix: &[u8; 12] = bytes
-            .get(..12)
-            .and_then(|p| p.try_into().ok())
-            .ok_or_else(|| bad("truncated".into()))?;
-        let len = bundle::header_len(prefix).map_err(|e| bad(e.to_string()))? as usize;
-        let text = bytes
-            .get(12..12 + len)
-            .ok_or_else(|| bad("truncated".into()))?;
-        let sig = bytes
-            .get(12 + len..12 + len + 64)
-            .ok_or_else(|| bad("truncated".into()))?;
-        self.key
-            .verify(text, sig)
-            .map_err(|e| bad(format!("header signature: {e}")))?;
-        let header =
-            Header::parse(&String::from_utf8_lossy(text)).map_err(|e| bad(e.to_string()))?;
-        let m = &self.booted.manifest;
-        if header.name != m.name || header.version != version {
-            return Err(bad(format!(
-                "it holds {} {}, not {} {version}",
-                header.name, header.version, m.name
-            )));
-        }
-        if header.layout != m.layout {
-            return Err(bad(format!(
-                "it needs disk layout {} but this disk has layout {}",
-                header.layout, m.layout
-            )));
-        }
-        if header.file_size(len as u64) != bytes.len() as u64 {
-            return Err(bad("its size does not match its header".into()));
-        }
-        for part in &header.parts {
-            let at = header.part_offset(len as u64, part.kind) as usize;
-            if Digest::of(&bytes[at..at + part.size as usize]) != part.sha256 {
-                return Err(bad(format!(
-                    "the {} part does not match its digest",
-                    part.kind.as_str()
-                )));
-            }
-        }
-        Ok((header, len as u64))
+/// Why there is nothing to install, for the log.
+fn nothing_to_do(index: &Index, running: &str) -> String {
+    let newest = index
+        .releases
+        .first()
+        .map_or("nothing".to_owned(), |r| r.version.clone());
+    if crust_format::version::compare_versions(&newest, running) == std::cmp::Ordering::Less {
+        format!(
+            "the channel offers {newest}, older than {running}: downgrades are refused unless the index allows them"
+        )
+    } else {
+        format!("up to date ({running}; the channel's newest is {newest})")
     }
 }
 
-fn file_digest(path: &Path) -> Option<Digest> {
-    std::fs::read(path).ok().map(|b| Digest::of(&b))
+/// Free bytes on the file system holding `path` (as root may use them).
+fn free_bytes(path: &std::path::Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() * st.fragment_size())
 }
 
 /// Hashes what is written through it; fails once the check is cancelled.

@@ -61,6 +61,26 @@ impl Esp {
         names
     }
 
+    /// Bytes a new UKI may take: the free space, plus the UKIs that `keep` does not keep
+    /// (an install removes them first).
+    pub fn room(&self, keep: &dyn Fn(&BootEntryName) -> bool) -> Result<u64> {
+        let st = nix::sys::statvfs::statvfs(&self.root).map_err(|e| {
+            Error::new(
+                "update",
+                format!("cannot measure the ESP's free space: {}", e.desc()),
+            )
+        })?;
+        let free = st.blocks_available() * st.fragment_size();
+        let removed: u64 = self
+            .entries()
+            .iter()
+            .filter(|e| !keep(e))
+            .filter_map(|e| fs::metadata(self.dir().join(e.file_name())).ok())
+            .map(|m| m.len())
+            .sum();
+        Ok(free + removed)
+    }
+
     /// Removes a UKI.
     pub fn remove(&self, entry: &BootEntryName) -> Result<()> {
         let path = self.dir().join(entry.file_name());
@@ -98,6 +118,47 @@ impl Esp {
             .context("update", || format!("cannot name {}", final_path.display()))?;
         self.sync()?;
         Ok(written)
+    }
+
+    /// Renames an entry (one directory entry update: a power cut leaves either name).
+    pub fn rename(&self, from: &BootEntryName, to: &BootEntryName) -> Result<()> {
+        let (a, b) = (
+            self.dir().join(from.file_name()),
+            self.dir().join(to.file_name()),
+        );
+        fs::rename(&a, &b).context("update", || {
+            format!("cannot rename {} to {}", a.display(), b.display())
+        })?;
+        self.sync()
+    }
+
+    /// Writes a small note at `path` (relative to the ESP's root), synced.
+    pub fn write_note(&self, path: &str, text: &str) -> Result<()> {
+        let file = self.root.join(path);
+        if let Some(dir) = file.parent() {
+            fs::create_dir_all(dir)
+                .context("update", || format!("cannot create {}", dir.display()))?;
+        }
+        (|| -> std::io::Result<()> {
+            let mut f = fs::File::create(&file)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })()
+        .context("update", || format!("cannot write {}", file.display()))
+    }
+
+    /// Reads (at most `limit` bytes of) the note at `path` and removes it.
+    pub fn take_note(&self, path: &str, limit: u64) -> Option<String> {
+        use std::io::Read;
+        let file = self.root.join(path);
+        let mut text = String::new();
+        let read = fs::File::open(&file)
+            .ok()?
+            .take(limit)
+            .read_to_string(&mut text);
+        let _ = fs::remove_file(&file);
+        nix::unistd::sync();
+        read.ok().map(|_| text)
     }
 
     /// Renames a counted entry to its blessed name (dropping the boot counter).

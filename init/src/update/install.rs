@@ -13,6 +13,10 @@
 //! Until step 4 completes the old slot is the only bootable one; after it, systemd-boot
 //! tries the new version three times before falling back. The running slot is never
 //! written: the target is always the other slot, checked against the devices under `/`.
+//!
+//! Step 1 takes away the fallback, so everything that could refuse the bundle is known
+//! before it: [`fits`] measures every part against its partition and the ESP's room, and
+//! the check runs it before [`install`].
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};
@@ -25,6 +29,7 @@ use crust_format::layout::{self, Role, Slot};
 use gpt::disk::LogicalBlockSize;
 use sha2::Digest as _;
 
+use super::bundle::Verified;
 use super::check::Cancel;
 use super::esp::Esp;
 use crate::disk;
@@ -133,6 +138,48 @@ impl<R> Hashing<R> {
     }
 }
 
+/// Whether the bundle's parts fit the target: root and verity their partitions, the UKI
+/// the ESP's free space plus what the install removes from it (every UKI `keep` does not
+/// keep). `Ok(Err(why))` is a refusal of the bundle; `Err` a failure to look.
+pub fn fits(
+    header: &Header,
+    target: &Target,
+    keep: &dyn Fn(&BootEntryName) -> bool,
+) -> Result<std::result::Result<(), String>> {
+    for (kind, dest) in [
+        (PartKind::Root, &target.root),
+        (PartKind::Verity, &target.verity),
+    ] {
+        let Some(part) = header.part(kind) else {
+            return Ok(Err(format!("it has no {} part", kind.as_str())));
+        };
+        if part.raw_size > dest.size {
+            return Ok(Err(format!(
+                "its {} part is {} bytes but partition {} ({}) holds {}; this update needs a \
+                 disk layout with larger partitions",
+                kind.as_str(),
+                part.raw_size,
+                dest.number,
+                dest.node.display(),
+                dest.size
+            )));
+        }
+    }
+    let Some(uki) = header.part(PartKind::Uki) else {
+        return Ok(Err("it has no UKI".into()));
+    };
+    let esp = Esp::mount(&target.esp.node)?;
+    let room = esp.room(keep)?;
+    if uki.raw_size > room {
+        return Ok(Err(format!(
+            "its UKI is {} bytes but the ESP has room for {room} (after removing the other \
+             slot's)",
+            uki.raw_size
+        )));
+    }
+    Ok(Ok(()))
+}
+
 /// Decodes part `kind` of the bundle into `dest`, checking size and digest.
 fn write_part(
     bundle: &File,
@@ -151,7 +198,7 @@ fn write_part(
         return Err(Error::new(
             "update",
             format!(
-                "the {} part is {} bytes but {} holds {}; this update needs a larger disk layout",
+                "the {} part is {} bytes but {} holds {}",
                 kind.as_str(),
                 part.raw_size,
                 dest.node.display(),
@@ -232,16 +279,17 @@ pub struct Installed {
 }
 
 /// Installs the verified bundle at `path` into `target`. `keep` is the UKI of the running
-/// version (never removed); `running_devices` are the nodes under `/`, never written.
+/// version (never removed); `running_devices` are the nodes under `/`, never written. The
+/// caller has checked that it [`fits`].
 pub fn install(
     path: &Path,
-    header: &Header,
-    header_len: u64,
+    verified: &Verified,
     target: &Target,
     keep: &dyn Fn(&BootEntryName) -> bool,
     running_devices: &[PathBuf],
     cancel: &Cancel,
 ) -> Result<Installed> {
+    let (header, header_len) = (&verified.header, verified.header_len);
     for part in [&target.root, &target.verity] {
         if running_devices.contains(&part.node) {
             return Err(Error::new(

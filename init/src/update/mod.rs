@@ -8,18 +8,25 @@
 //! recorded update that is not the running version rolled back: it is reported and never
 //! tried again.
 //!
-//! With a repository configured (user-data `[update]`), it then checks the channel at boot
-//! and every interval (plus up to a tenth at random): the index's signature (the image's
-//! own key) and expiry, the highest version above the running one (lower only if the index
-//! allows it), the bundle downloaded to `/var` and checked in full (signature, every digest)
-//! before anything is written, then [`install`] into the other slot, and a reboot now or
-//! in the configured window. Each check runs on a thread of its own ([`check`]), so the
-//! main loop goes on supervising while it downloads and writes.
+//! With a repository configured (user-data `[update]`), a trial boot is blessed only once
+//! it has also fetched and verified its channel's index: a version that breaks the network
+//! or the update path must not become the one the host keeps. The agent then checks the
+//! channel at boot and every interval (plus up to a tenth at random): the index judged
+//! ([`index`]: the image's own key, the channel it follows, not older than the newest
+//! accepted, not expired), the highest version above the running one (lower only if the
+//! index allows it), the bundle downloaded to `/var` and checked in full ([`bundle`]:
+//! signature, every digest) and measured against the other slot before anything is
+//! written, then [`install`] into the other slot, and a reboot now or in the configured
+//! window. Each check runs on a thread of its own ([`check`]), so the main loop goes on
+//! supervising while it downloads and writes.
 
+mod bundle;
 mod check;
+pub mod corruption;
 mod esp;
+mod index;
 mod install;
-mod record;
+pub mod record;
 
 use std::cell::Cell;
 use std::io::Write;
@@ -33,6 +40,7 @@ use crust_format::boot_entry::BootEntryName;
 use crust_format::layout::Slot;
 use crust_format::signature::PublicKey;
 
+use crate::config::schema::{HEALTH_TIMEOUT, UPDATE_INTERVAL};
 use crate::console;
 use crate::error::{Error, Result};
 use crate::event::{Control, Task, Worker};
@@ -45,14 +53,14 @@ use record::Records;
 pub const RUN_UPDATE: &str = "/run/crust/update";
 /// The update log.
 const LOG: &str = "/var/log/crust/update.log";
-/// How long a network step may wait.
-const NET_TIMEOUT: Duration = Duration::from_secs(10);
 /// Health timeout when no configuration names one.
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest wait at shutdown for a check to stop (the services' stop needs the rest).
 const STOP_WAIT: Duration = Duration::from_secs(5);
 /// First retry after a failed check (doubling up to the interval).
 const RETRY: Duration = Duration::from_secs(30);
+/// Retry of a trial boot's index fetch (until its health deadline).
+const PROBE_RETRY: Duration = Duration::from_secs(5);
 
 /// When an installed update may reboot the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,16 +117,21 @@ impl Settings {
         };
         let parse = || -> std::result::Result<Self, String> {
             let repository = Url::parse(&get("repository").ok_or("no repository")?)?;
-            let secs = |k: &str, d: u64| get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+            // The config phase checked the ranges; clamping again keeps every deadline
+            // computed from them far from an Instant's overflow whatever the file says.
+            let secs = |k: &str, d: u64, range: std::ops::RangeInclusive<u64>| {
+                let v = get(k).and_then(|v| v.parse().ok()).unwrap_or(d);
+                Duration::from_secs(v.clamp(*range.start(), *range.end()))
+            };
             Ok(Settings {
                 repository,
                 channel: get("channel").unwrap_or_else(|| "stable".into()),
-                interval: Duration::from_secs(secs("interval", 3600).max(10)),
+                interval: secs("interval", 3600, UPDATE_INTERVAL),
                 reboot: get("reboot")
                     .as_deref()
                     .and_then(RebootWindow::parse)
                     .unwrap_or(RebootWindow::Now),
-                health_timeout: Duration::from_secs(secs("health-timeout", 300)),
+                health_timeout: secs("health-timeout", 300, HEALTH_TIMEOUT),
             })
         };
         Some(parse())
@@ -145,6 +158,12 @@ enum Stage {
     AwaitHealthy {
         deadline: Option<Instant>,
         next: Instant,
+    },
+    /// A healthy trial boot fetches and verifies its index before it is blessed (on a
+    /// thread while `job` runs; again at `next` after a failure), until the deadline.
+    Probing {
+        deadline: Option<Instant>,
+        next: Option<Instant>,
     },
     /// Checking the channel at the instant.
     Idle { next: Instant },
@@ -220,7 +239,19 @@ impl Updater {
         }
         // systemd-boot names the entry it started without its counter, so the ESP itself
         // says whether the running version is on trial: its UKI still carries a counter.
-        let trial = running_entry(&booted).filter(|e| e.counter.is_some());
+        let (entry, note) = running_entry(&booted);
+        if let Some(n) = note {
+            say(&format!(
+                "{} in slot {} was set aside ({}); running {running} in slot {} instead; an \
+                 update of slot {} rewrites it",
+                n.version,
+                n.slot,
+                n.why,
+                booted.slot.as_str(),
+                n.slot
+            ));
+        }
+        let trial = entry.filter(|e| e.counter.is_some());
         let counted = trial.is_some();
         let timeout = settings
             .as_ref()
@@ -285,18 +316,22 @@ impl Updater {
         }
     }
 
-    /// Starts a check on its thread.
-    fn start_check(&mut self, now: Instant) -> Control {
-        let Some(settings) = self.settings.clone() else {
-            self.stage = Stage::Done;
-            return Control::Continue;
-        };
-        let checker = Checker {
-            settings,
+    /// A checker owning a copy of what a check needs; `None` without update settings.
+    fn checker(&self) -> Option<Checker> {
+        Some(Checker {
+            settings: self.settings.clone()?,
             key: self.key.clone(),
             booted: self.booted.clone(),
             records: self.records.clone(),
             cancel: self.cancel.clone(),
+        })
+    }
+
+    /// Starts a check on its thread.
+    fn start_check(&mut self, now: Instant) -> Control {
+        let Some(checker) = self.checker() else {
+            self.stage = Stage::Done;
+            return Control::Continue;
         };
         match Worker::start("update", move || checker.check()) {
             Ok(job) => {
@@ -311,6 +346,65 @@ impl Updater {
         }
     }
 
+    /// A healthy trial boot: fetches and verifies the index on a thread before blessing.
+    fn start_probe(&mut self, deadline: Option<Instant>, now: Instant) -> Control {
+        let Some(checker) = self.checker() else {
+            self.bless();
+            self.stage = Stage::Done;
+            return Control::Continue;
+        };
+        match Worker::start("update", move || checker.probe()) {
+            Ok(job) => {
+                self.job = Some(job);
+                self.stage = Stage::Probing {
+                    deadline,
+                    next: None,
+                };
+            }
+            Err(e) => {
+                say(&format!("cannot start the index check: {e}"));
+                self.stage = Stage::Probing {
+                    deadline,
+                    next: Some(now + PROBE_RETRY),
+                };
+            }
+        }
+        Control::Continue
+    }
+
+    /// Acts on a trial boot's index check: blessed once it passed; retried until the health
+    /// deadline otherwise (and the deadline's reboot counts the try as failed).
+    fn probed(&mut self, outcome: Result<Checked>, deadline: Option<Instant>, now: Instant) {
+        match outcome {
+            Ok(Checked::IndexVerified(line)) => {
+                say(&line);
+                self.bless();
+                self.stage = Stage::Idle { next: now };
+            }
+            Ok(other) => {
+                say(&format!("unexpected outcome of the index check: {other:?}"));
+                self.stage = Stage::Probing {
+                    deadline,
+                    next: Some(now + PROBE_RETRY),
+                };
+            }
+            Err(e) => {
+                self.report(format!(
+                    "{} in slot {} is healthy but cannot fetch a verified index ({}): not \
+                     blessed; trying again in {} s",
+                    self.booted.manifest.version,
+                    self.booted.slot.as_str(),
+                    e.message,
+                    PROBE_RETRY.as_secs()
+                ));
+                self.stage = Stage::Probing {
+                    deadline,
+                    next: Some(now + PROBE_RETRY),
+                };
+            }
+        }
+    }
+
     /// Acts on a check's outcome.
     fn checked(&mut self, outcome: Result<Checked>, now: Instant) -> Control {
         let interval = self
@@ -322,7 +416,7 @@ impl Updater {
                 self.stage = Stage::RebootPending { next: now };
                 return self.run(&[], now);
             }
-            Ok(Checked::Nothing(why)) => {
+            Ok(Checked::Nothing(why) | Checked::Refused(why) | Checked::IndexVerified(why)) => {
                 self.report(why);
                 self.retry = RETRY;
                 self.stage = Stage::Idle {
@@ -346,14 +440,21 @@ impl Updater {
     }
 }
 
-/// The running version's UKI on the ESP (as it is named now, counter included).
-fn running_entry(booted: &Booted) -> Option<BootEntryName> {
-    let target = install::find(&booted.disk, booted.slot).ok()?;
-    let esp = esp::Esp::mount(&target.esp.node).ok()?;
+/// The running version's UKI on the ESP (as it is named now, counter included), and the
+/// note a version set aside after a dm-verity error left ([`corruption`]), taken.
+fn running_entry(booted: &Booted) -> (Option<BootEntryName>, Option<corruption::Note>) {
+    let Some(esp) = install::find(&booted.disk, booted.slot)
+        .ok()
+        .and_then(|t| esp::Esp::mount(&t.esp.node).ok())
+    else {
+        return (None, None);
+    };
     let m = &booted.manifest;
-    esp.entries()
+    let entry = esp
+        .entries()
         .into_iter()
-        .find(|e| e.name == m.name && e.version == m.version)
+        .find(|e| e.name == m.name && e.version == m.version);
+    (entry, corruption::take_note(&esp))
 }
 
 impl Task for Updater {
@@ -366,6 +467,11 @@ impl Task for Updater {
             Stage::AwaitHealthy { next, .. }
             | Stage::Idle { next }
             | Stage::RebootPending { next } => Some(next),
+            // While the index check runs, the health deadline still ends the trial.
+            Stage::Probing { deadline, next } => match (deadline, next) {
+                (Some(d), Some(n)) => Some(d.min(n)),
+                (d, n) => d.or(n),
+            },
             Stage::Checking | Stage::Done => None,
         }
     }
@@ -379,6 +485,9 @@ impl Task for Updater {
                     next: now + Duration::from_secs(1),
                 };
                 if self.healthy.get() {
+                    if self.trial.is_some() && self.settings.is_some() {
+                        return self.start_probe(deadline, now);
+                    }
                     self.bless();
                     self.stage = if self.settings.is_some() {
                         Stage::Idle { next: now }
@@ -392,6 +501,37 @@ impl Task for Updater {
                         self.booted.slot.as_str()
                     ));
                     return Control::Shutdown(Action::Reboot, "update on trial not healthy".into());
+                }
+            }
+            Stage::Probing { deadline, next } => {
+                if ready.first().copied().unwrap_or(false)
+                    && let Some(job) = self.job.take()
+                {
+                    let outcome = job
+                        .finish()
+                        .unwrap_or_else(|| Err(Error::new("update", "the check's thread failed")));
+                    self.probed(outcome, deadline, now);
+                    return Control::Continue;
+                }
+                if deadline.is_some_and(|d| now >= d) {
+                    if let Some(job) = self.job.take() {
+                        self.cancel.set();
+                        let _ = job.wait(STOP_WAIT);
+                    }
+                    say(&format!(
+                        "{} in slot {} could not fetch a verified index in time: rebooting \
+                         (systemd-boot counts the failed try; a version that cannot update \
+                         is not kept)",
+                        self.booted.manifest.version,
+                        self.booted.slot.as_str()
+                    ));
+                    return Control::Shutdown(
+                        Action::Reboot,
+                        "update on trial cannot reach its repository".into(),
+                    );
+                }
+                if self.job.is_none() && next.is_some_and(|n| now >= n) {
+                    return self.start_probe(deadline, now);
                 }
             }
             Stage::Idle { next } if now >= next => return self.start_check(now),

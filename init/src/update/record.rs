@@ -1,14 +1,50 @@
 //! What the update agent remembers across boots, under `/var/lib/crust/update/`:
 //! `pending` (the version last installed into the other slot, until it proves itself or
-//! rolls back), `failed` (versions that rolled back; they are never tried again), and the
-//! downloaded bundles.
+//! rolls back), `failed` (versions that rolled back; they are never tried again),
+//! `refused` (versions whose signed bundle this host cannot take, with why; never fetched
+//! again), `index-<channel>` (the newest index accepted on each channel: its issue time and
+//! digest, so an older one is refused), and the downloaded bundles.
+//!
+//! Every file is small and read with a bound: the state partition is not verified, and a
+//! damaged record must cost a log line, never the agent.
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crust_format::Digest;
+
 /// The folder.
 pub const DIR: &str = "/var/lib/crust/update";
+
+/// The newest index accepted on a channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    /// Its signed issue time (Unix seconds).
+    pub issued: u64,
+    /// The digest of its bytes.
+    pub sha256: Digest,
+}
+
+/// Largest record file read.
+const MAX_RECORD: u64 = 64 << 10;
+
+fn read_bounded(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    fs::File::open(path)
+        .ok()?
+        .take(MAX_RECORD)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
+}
+
+fn field(text: &str, key: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+        .map(str::to_owned)
+}
 
 /// An installed update waiting for its first healthy boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,16 +78,11 @@ impl Records {
 
     /// The pending update, if any.
     pub fn pending(&self) -> Option<Pending> {
-        let text = fs::read_to_string(self.dir.join("pending")).ok()?;
-        let get = |k: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{k}=")))
-                .map(str::to_owned)
-        };
+        let text = read_bounded(&self.dir.join("pending"))?;
         Some(Pending {
-            version: get("version")?,
-            slot: get("slot")?,
-            from: get("from")?,
+            version: field(&text, "version")?,
+            slot: field(&text, "slot")?,
+            from: field(&text, "from")?,
         })
     }
 
@@ -70,12 +101,75 @@ impl Records {
 
     /// Versions that rolled back.
     pub fn failed(&self) -> Vec<String> {
-        fs::read_to_string(self.dir.join("failed"))
+        read_bounded(&self.dir.join("failed"))
             .unwrap_or_default()
             .lines()
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Versions refused for good, with why (`<version> <why>` lines).
+    pub fn refused(&self) -> Vec<(String, String)> {
+        read_bounded(&self.dir.join("refused"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (v, why) = l.split_once(' ').unwrap_or((l, ""));
+                (!v.is_empty()).then(|| (v.to_owned(), why.to_owned()))
+            })
+            .collect()
+    }
+
+    /// Records that `version`'s bundle cannot be taken, and why (one line).
+    pub fn add_refused(&self, version: &str, why: &str) -> std::io::Result<()> {
+        let mut all = self.refused();
+        if !all.iter().any(|(v, _)| v == version) {
+            all.push((version.to_owned(), why.replace(['\n', '\r'], " ")));
+        }
+        let text: String = all.iter().map(|(v, w)| format!("{v} {w}\n")).collect();
+        self.write("refused", &text)
+    }
+
+    /// The versions no check fetches again: rolled back or refused.
+    pub fn skipped(&self) -> Vec<String> {
+        let mut all = self.failed();
+        all.extend(self.refused().into_iter().map(|(v, _)| v));
+        all
+    }
+
+    /// The newest index accepted on `channel`.
+    pub fn accepted(&self, channel: &str) -> Option<Accepted> {
+        let text = read_bounded(&self.dir.join(format!("index-{channel}")))?;
+        Some(Accepted {
+            issued: field(&text, "issued")?.parse().ok()?,
+            sha256: field(&text, "sha256")?.parse().ok()?,
+        })
+    }
+
+    /// Records the newest index accepted on `channel` (synced: a replay after a power cut
+    /// must still be refused).
+    pub fn accept(&self, channel: &str, index: Accepted) -> std::io::Result<()> {
+        if self.accepted(channel) == Some(index) {
+            return Ok(());
+        }
+        self.write(
+            &format!("index-{channel}"),
+            &format!("issued={}\nsha256={}\n", index.issued, index.sha256),
+        )
+    }
+
+    /// The latest issue time of any accepted index: a time the clock is known to be past.
+    pub fn newest_issued(&self) -> Option<u64> {
+        fs::read_dir(&self.dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let channel = name.strip_prefix("index-")?;
+                Some(self.accepted(channel)?.issued)
+            })
+            .max()
     }
 
     /// Adds a version that rolled back.
@@ -120,5 +214,38 @@ mod tests {
         r.add_failed("0.3.0").unwrap();
         r.add_failed("0.4.0").unwrap();
         assert_eq!(r.failed(), ["0.3.0", "0.4.0"]);
+        r.add_refused("0.5.0", "too big\nfor the disk").unwrap();
+        r.add_refused("0.5.0", "again").unwrap();
+        assert_eq!(
+            r.refused(),
+            [("0.5.0".into(), "too big for the disk".into())]
+        );
+        assert_eq!(r.skipped(), ["0.3.0", "0.4.0", "0.5.0"]);
+    }
+
+    #[test]
+    fn accepted_indexes_are_per_channel_and_give_the_newest_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Records::new(&dir.path().join("update"));
+        assert_eq!(r.accepted("stable"), None);
+        assert_eq!(r.newest_issued(), None);
+        let a = Accepted {
+            issued: 1_900_000_000,
+            sha256: Digest::of(b"a"),
+        };
+        r.accept("stable", a).unwrap();
+        r.accept(
+            "beta",
+            Accepted {
+                issued: 1_900_000_500,
+                sha256: Digest::of(b"b"),
+            },
+        )
+        .unwrap();
+        assert_eq!(r.accepted("stable"), Some(a));
+        assert_eq!(r.newest_issued(), Some(1_900_000_500));
+        // A damaged record is no record.
+        std::fs::write(dir.path().join("update/index-stable"), "issued=soon\n").unwrap();
+        assert_eq!(r.accepted("stable"), None);
     }
 }

@@ -248,14 +248,12 @@ pub fn sync(
                     let offset_us = result.offset();
                     let claimed = now_unix().saturating_add(offset_us.div_euclid(1_000_000));
                     if let Some(f) = floor.filter(|f| f.refuses(claimed)) {
-                        let line = format!(
+                        failures.push(format!(
                             "refused {server}'s time {}: it is before {} ({})",
                             format_utc(claimed),
                             f.what,
                             format_utc(f.at)
-                        );
-                        console::note("clock", &line);
-                        failures.push(line);
+                        ));
                         continue;
                     }
                     let slewed = correction == Correction::SlewOrStep
@@ -279,7 +277,10 @@ pub fn sync(
             }
         }
     }
-    Err(format!("no time server answered ({})", failures.join("; ")))
+    Err(format!(
+        "no time server gave a usable answer ({})",
+        failures.join("; ")
+    ))
 }
 
 /// The task that keeps the clock right after boot.

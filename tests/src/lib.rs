@@ -321,6 +321,22 @@ pub fn flip_byte(file: &Path, offset: u64) {
     f.write_all(&b).expect("write");
 }
 
+/// Offset in a squashfs root image of the first data block of the file at `path`.
+pub fn file_data_offset(root_image: &Path, path: &str) -> u64 {
+    use backhand::{FilesystemReader, InnerNode, SquashfsFileReader};
+    let reader = std::io::BufReader::new(File::open(root_image).expect("root image"));
+    let fs = FilesystemReader::from_reader(reader).expect("squashfs");
+    let node = fs
+        .files()
+        .find(|n| n.fullpath == Path::new(path))
+        .unwrap_or_else(|| panic!("{path} not in the root"));
+    match &node.inner {
+        InnerNode::File(SquashfsFileReader::Basic(f)) => u64::from(f.blocks_start),
+        InnerNode::File(SquashfsFileReader::Extended(f)) => f.blocks_start,
+        _ => panic!("{path} is not a file"),
+    }
+}
+
 /// The boot package of the test image's lock, from the package cache (no network).
 fn stub() -> Vec<u8> {
     use crust_builder::{apt::Apt, fetch, lock::Lock, lock::Role, profile::Profile};

@@ -4,12 +4,92 @@
 //! pushed by skopeo), which the guest pulls at boot through QEMU's user network
 //! (10.0.2.2) and runs with `ctr run`. Its output reaches the console, and at the power-off
 //! its SIGTERM handler runs before containerd stops.
+//!
+//! Nothing the host runs comes from `/var`: before the boot, a program named
+//! `containerd-shim-runc-v2` that would announce itself on the console is written into
+//! `/var/lib/containerd/opt/bin` of the state partition, offline (debugfs), where containerd's
+//! `opt` plugin would have put it first on the PATH. The container starts with the verified
+//! root's shim, and the planted one never runs.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use crust_format::phase::Phase;
 use crust_tests::registry::{Registry, busybox_layout};
-use crust_tests::{BootOptions, Disk, boot_timeout, build_profile, built_image, profiles_copy};
+use crust_tests::{
+    BootOptions, Disk, boot_timeout, build_profile, built_image, extract, partition, profiles_copy,
+    run_ok,
+};
+
+/// What the planted shim prints if it ever runs.
+const MARKER: &str = "SHIM-FROM-VAR-RAN";
+
+/// A static program that writes [`MARKER`] to the kernel log and the console, then fails.
+fn planted_shim(dir: &Path) -> std::path::PathBuf {
+    let source = dir.join("shim.c");
+    std::fs::write(
+        &source,
+        format!(
+            "#include <fcntl.h>\n#include <unistd.h>\nint main(void) {{\n\
+             const char m[] = \"{MARKER}\\n\";\n\
+             for (const char **p = (const char *[]){{\"/dev/kmsg\", \"/dev/console\", 0}}; *p; p++) {{\n\
+             int fd = open(*p, O_WRONLY); if (fd >= 0) {{ write(fd, m, sizeof m - 1); close(fd); }} }}\n\
+             return 1; }}\n"
+        ),
+    )
+    .unwrap();
+    let binary = dir.join("containerd-shim-runc-v2");
+    run_ok(
+        Command::new("gcc")
+            .args(["-static", "-Os", "-o"])
+            .arg(&binary)
+            .arg(&source),
+    );
+    binary
+}
+
+/// Writes `program` as `/lib/containerd/opt/bin/containerd-shim-runc-v2` (mode 0755) into
+/// the state partition of `raw`, with e2fsprogs' debugfs, as an attacker with the disk
+/// would.
+fn plant_in_state(raw: &Path, program: &Path, work: &Path) {
+    let state = partition(raw, "state");
+    let fs = work.join("state.img");
+    extract(raw, &state, &fs, None);
+    let script = "mkdir /lib\nmkdir /lib/containerd\nmkdir /lib/containerd/opt\n\
+                  mkdir /lib/containerd/opt/bin\n"
+        .to_owned()
+        + &format!(
+            "write {} /lib/containerd/opt/bin/containerd-shim-runc-v2\n\
+             sif /lib/containerd/opt/bin/containerd-shim-runc-v2 mode 0100755\n",
+            program.display()
+        );
+    let commands = work.join("debugfs.cmd");
+    std::fs::write(&commands, script).unwrap();
+    run_ok(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&commands)
+            .arg(&fs),
+    );
+    let listed = run_ok(
+        Command::new("debugfs")
+            .args(["-R", "ls -l /lib/containerd/opt/bin"])
+            .arg(&fs),
+    );
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("containerd-shim-runc-v2"),
+        "the shim was not planted"
+    );
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", fs.display()))
+            .arg(format!("of={}", raw.display()))
+            .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+            .arg(format!("seek={}", state.offset >> 20)),
+    );
+}
 
 #[test]
 #[ignore = "builds the containerd profile, runs a registry and boots; run through `cargo xtask test`"]
@@ -18,7 +98,7 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
     let dir = profiles_copy();
     let registry = Registry::start();
     let layout = busybox_layout(dir.path(), "demo");
-    registry.push(&layout, "demo", "demo:1");
+    let digest = registry.push(&layout, "demo", "demo:1");
     let built = build_profile(dir.path(), "containerd", true);
     eprintln!(
         "containerd profile: root file system {} bytes ({:.1} MiB)",
@@ -26,11 +106,22 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
         built.breakdown.root as f64 / f64::from(1 << 20)
     );
 
+    // User-data pins the image by the digest the registry serves (as it must).
+    let reference = format!("http://10.0.2.2:{}/demo:1@{digest}", registry.port);
     let user_data = format!(
-        "version = 1\n\n[[service]]\nname = \"demo\"\nimage.pull = \"http://10.0.2.2:{}/demo:1\"\nenv = {{ SOURCE = \"containerd\" }}\n",
-        registry.port
+        "version = 1\n\n[[service]]\nname = \"demo\"\nimage.pull = \"{reference}\"\nenv = {{ SOURCE = \"containerd\" }}\n"
     );
-    let mut disk = Disk::over(&built.image, &img.dir);
+    let work = tempfile::tempdir().unwrap();
+    let raw = crust_tests::copy_image(
+        &crust_tests::BuiltImage {
+            dir: img.dir.clone(),
+            image: built.image.clone(),
+            manifest: built.manifest.clone(),
+        },
+        work.path(),
+    );
+    plant_in_state(&raw, &planted_shim(work.path()), work.path());
+    let mut disk = Disk::over(&raw, &img.dir);
     let seed = disk.scratch.path().join("seed.img");
     crust_vm::seed::write(user_data.as_bytes(), &seed).unwrap();
     let mut t = disk.boot_with(BootOptions::default(), |c| c.extra_drives.push(seed));
@@ -50,10 +141,7 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
         "Start cri plugin",
         "containerd: health check exec passes",
         "crust: healthy: 1 health check(s) pass: containerd exec",
-        &format!(
-            "demo: pulling http://10.0.2.2:{}/demo:1: done",
-            registry.port
-        ),
+        &format!("demo: pulling {reference}: done"),
         "demo: hello from containerd",
     ] {
         if !t.vm.console().history().iter().any(|l| l.contains(text)) {
@@ -77,4 +165,8 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
     t.vm.wait_for_phase(Phase::PowerOff, long)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(t.vm.wait_exit(long).unwrap().success());
+    assert!(
+        !t.vm.console().history().iter().any(|l| l.contains(MARKER)),
+        "a program from /var ran"
+    );
 }

@@ -3,7 +3,12 @@
 //! firmware (`OVMF_CODE_4M.secboot.fd`).
 //!
 //! - With the keys enrolled (`virt-fw-vars`) the image boots to `ready` and the kernel
-//!   reports Secure Boot enabled; the same image with one byte of the UKI's command line
+//!   reports Secure Boot enabled. Its profile has `[secure-boot]`, so user-data must be
+//!   signed: an unsigned NoCloud seed that names a host name and changes a service's command
+//!   is refused and the host comes up with its image defaults; the same seed signed with
+//!   the image's key (as `cargo xtask sign-user-data` signs) is taken on the next boot. A
+//!   seed on the boot disk itself (the ESP relabelled `CIDATA`, holding user-data signed
+//!   with the right key) is never read. The same image with one byte of the UKI's command line
 //!   changed, or with the UKI's signature removed, is refused by the firmware before any
 //!   kernel runs.
 //! - On a machine in setup mode systemd-boot enrols the image's own `.auth` files, reboots,
@@ -176,30 +181,153 @@ fn boot_secure(
     (disk, vm)
 }
 
+/// User-data that names a host name and replaces the web service's command (so the page
+/// is served, and the command's first line shows it ran).
+fn user_data(hostname: &str) -> String {
+    format!(
+        "version = 1\nhostname = \"{hostname}\"\n\n[[service]]\nname = \"web\"\n\
+         command = [\"/bin/busybox\", \"sh\", \"-c\", \"echo command-from-{hostname}; exec \
+         /bin/busybox sh /srv/web/start\"]\n"
+    )
+}
+
+/// The raw signature the image's policy accepts over `data`, by the image's own key (what
+/// `cargo xtask sign-user-data` writes).
+fn sign_user_data(signed: &Signed, data: &[u8]) -> Vec<u8> {
+    let key = crust_builder::sign::SigningKey::development(
+        &signed.profile.with_file_name("ed25519-keys"),
+    )
+    .expect("the image's signing key");
+    key.sign(&crust_format::user_data::signed_message(data))
+        .to_vec()
+}
+
 #[test]
 #[ignore = "needs the init and virt-fw-vars from `cargo xtask test`"]
-fn signed_image_boots_with_secure_boot_enforced() {
+fn signed_image_boots_with_secure_boot_enforced_and_takes_only_signed_user_data() {
     let _one = serial();
     let signed = signed();
-    let (_disk, mut vm) = boot_secure(
-        &signed.image.image,
-        &signed.image.dir,
-        &signed.enrolled_store(),
-        BootOptions::default(),
-    );
+    let work = tempfile::tempdir().expect("work");
+    // The boot disk's ESP relabelled CIDATA, with user-data signed by the right key: whoever
+    // can write the ESP must still not be a source.
+    let raw = copy_image(&signed.image, work.path());
+    let esp_data = user_data("from-the-esp");
+    let on_esp = work.path().join("user-data");
+    std::fs::write(&on_esp, &esp_data).expect("user-data");
+    std::fs::write(
+        work.path().join("user-data.sig"),
+        sign_user_data(signed, esp_data.as_bytes()),
+    )
+    .expect("signature");
+    run_ok(Command::new("mlabel").args(["-i", &Signed::esp(&raw), "::CIDATA"]));
+    Signed::put(&raw, &on_esp, "user-data");
+    Signed::put(&raw, &work.path().join("user-data.sig"), "user-data.sig");
+
+    // Boot 1: an unsigned seed.
+    let seed = work.path().join("seed.img");
+    let unsigned = user_data("unsigned");
+    crust_vm::seed::write(unsigned.as_bytes(), &seed).expect("seed");
+    let mut disk = Disk::over(&raw, &signed.image.dir);
+    let vars = disk.scratch.path().join("efivars-secure-boot.fd");
+    let template = signed.enrolled_store();
+    let machine = |config: &mut crust_vm::Config| {
+        config.firmware = Firmware::secure_boot(&vars, &template).expect("Secure Boot firmware");
+        config.extra_drives.push(seed.clone());
+    };
+    let mut vm = disk.boot_with(BootOptions::default(), |c| machine(c));
     let bound = boot_timeout(vm.accel);
     vm.vm
         .wait_for_text(ENABLED, bound)
         .unwrap_or_else(|e| panic!("{e}"));
+    let ignored = vm
+        .vm
+        .wait_for_text("config: ignoring the CIDATA file system on /dev/vda", bound)
+        .unwrap_or_else(|e| panic!("the ESP seed was not ignored: {e}"));
+    assert!(
+        ignored.contains("the boot disk is never a source"),
+        "{ignored}"
+    );
+    let refused = vm
+        .vm
+        .wait_for_text(
+            "config: user-data from NoCloud seed /dev/vdb refused",
+            bound,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        refused.contains("it carries no signature; this image takes only user-data signed by key"),
+        "{refused}"
+    );
+    let network = vm
+        .vm
+        .wait_for_phase(Phase::Network, bound)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        network.detail.contains("hostname crust (default)"),
+        "{}",
+        network.detail
+    );
     let ready = vm
         .vm
         .wait_for_phase(Phase::Ready, bound)
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(ready.detail.contains("dm-verity"), "{}", ready.detail);
+    vm.vm
+        .wait_for_text("web: serving", bound)
+        .unwrap_or_else(|e| panic!("{e}"));
     let history = vm.vm.console().history().join("\n");
     assert!(
         history.contains("Kernel is locked down from EFI Secure Boot"),
         "the kernel did not lock itself down:\n{history}"
+    );
+    for foreign in ["command-from-", "from-the-esp", "user-data changed"] {
+        assert!(
+            !history.contains(foreign),
+            "refused user-data ran ({foreign}):\n{history}"
+        );
+    }
+    vm.power_off();
+    drop(vm);
+
+    // Boot 2: the same user-data, signed.
+    let good = user_data("signed");
+    crust_vm::seed::write_signed(
+        good.as_bytes(),
+        Some(&sign_user_data(signed, good.as_bytes())),
+        &seed,
+    )
+    .expect("seed");
+    let mut vm = disk.boot_with(BootOptions::default(), |c| machine(c));
+    let config = vm
+        .vm
+        .wait_for_phase(Phase::Config, bound)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        config
+            .detail
+            .contains("from NoCloud seed /dev/vdb: hostname signed"),
+        "{}",
+        config.detail
+    );
+    let services = vm
+        .vm
+        .wait_for_phase(Phase::Services, bound)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        services.detail.contains("user-data changed web"),
+        "{}",
+        services.detail
+    );
+    vm.vm
+        .wait_for_text("web: command-from-signed", bound)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !vm.vm
+            .console()
+            .history()
+            .iter()
+            .any(|l| l.contains("from-the-esp")),
+        "the ESP's user-data was read"
     );
     vm.power_off();
 }

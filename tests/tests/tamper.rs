@@ -6,9 +6,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use backhand::{FilesystemReader, InnerNode, SquashfsFileReader};
 use crust_tests::{
-    BootOptions, Disk, boot_timeout, built_image, copy_image, edit_initramfs, flip_byte, partition,
+    BootOptions, Disk, boot_timeout, built_image, copy_image, edit_initramfs, file_data_offset,
+    flip_byte, partition,
 };
 
 const UKI: &str = "crust_0.1.0.efi";
@@ -43,21 +43,6 @@ fn refused(raw: &Path, image_dir: &Path, allow: &str, expect: &[&str]) {
         log.contains("reboot: Restarting system") || log.contains("rebooting"),
         "no reboot after the refusal:\n{log}"
     );
-}
-
-/// Offset in the root image of the first data block of `path`.
-fn file_data_offset(root_image: &Path, path: &str) -> u64 {
-    let reader = std::io::BufReader::new(std::fs::File::open(root_image).unwrap());
-    let fs = FilesystemReader::from_reader(reader).expect("squashfs");
-    let node = fs
-        .files()
-        .find(|n| n.fullpath == Path::new(path))
-        .unwrap_or_else(|| panic!("{path} not in the root"));
-    match &node.inner {
-        InnerNode::File(SquashfsFileReader::Basic(f)) => u64::from(f.blocks_start),
-        InnerNode::File(SquashfsFileReader::Extended(f)) => f.blocks_start,
-        _ => panic!("{path} is not a file"),
-    }
 }
 
 #[test]

@@ -1,11 +1,20 @@
 //! A/B updates end to end: a host running the built image (0.1.0) follows an update
 //! repository served over HTTP from this machine and
 //!
-//! 1. updates to 0.2.0 (slot b) and blesses it once healthy;
-//! 2. refuses a tampered bundle, an expired index and a downgrade, writing nothing;
+//! 1. updates to 0.2.0 (slot b) and blesses it once healthy and its index verified;
+//! 2. refuses, writing nothing: a tampered bundle, an expired index, a downgrade, another
+//!    channel's validly signed index served as its own, an older (unexpired) index replayed
+//!    after a newer one, and a validly signed bundle whose root does not fit its partition
+//!    (refused before the fallback UKI is touched, and never fetched again);
 //! 3. installs 0.3.0 (slot a), which never becomes healthy: its tries run out, 0.2.0 comes
 //!    back by itself and the rollback is reported (and 0.3.0 not tried again);
-//! 4. loses power while writing 0.4.0, comes back on 0.2.0, and then completes the update.
+//! 4. loses power while writing 0.4.0, comes back on 0.2.0, and then completes the update;
+//! 5. has one block of 0.4.0's root (slot a, blessed) corrupted while off: dm-verity fails
+//!    the read, the init sets 0.4.0 aside, 0.2.0 boots from slot b and says why, and the
+//!    agent rewrites slot a with 0.4.0 from the repository;
+//! 6. installs 0.5.0, whose network never comes up (a static address on the wrong subnet in
+//!    its image default): healthy, but it never fetches a verified index, so it is never
+//!    blessed, its tries run out and 0.4.0 comes back.
 //!
 //! Every step prints (and the test checks) the slot and version booted.
 
@@ -18,10 +27,24 @@ use crust_builder::fetch::Cache;
 use crust_builder::repo::{Publish, publish};
 use crust_builder::sign::SigningKey;
 use crust_format::phase::Phase;
-use crust_tests::{BootOptions, BuiltImage, Disk, TestVm, boot_timeout, built_image, init_binary};
+use crust_tests::{
+    BootOptions, BuiltImage, Disk, TestVm, boot_timeout, built_image, extract, file_data_offset,
+    init_binary, partition,
+};
 
 /// Builds the qemu profile at `version`, with `extra` TOML appended; returns the bundle.
 fn variant(work: &Path, keys: &Path, version: &str, extra: &str) -> PathBuf {
+    variant_with(work, keys, version, extra, &[])
+}
+
+/// [`variant`], with `files` (name, content) written beside the profile first.
+fn variant_with(
+    work: &Path,
+    keys: &Path,
+    version: &str,
+    extra: &str,
+    files: &[(&str, &str)],
+) -> PathBuf {
     let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
     let dir = work.join(format!("v{version}"));
     std::fs::create_dir_all(dir.join("files")).unwrap();
@@ -34,6 +57,9 @@ fn variant(work: &Path, keys: &Path, version: &str, extra: &str) -> PathBuf {
     )
     .unwrap();
     std::fs::copy(profiles.join("qemu.lock"), dir.join("variant.lock")).unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.join(name), content).unwrap();
+    }
     std::fs::write(
         dir.join("variant.toml"),
         format!("include = \"qemu.toml\"\n[image]\nversion = \"{version}\"\n{extra}"),
@@ -60,13 +86,25 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// Publishes `bundle` to the stable channel of `repo`.
-fn release(repo: &Path, bundle: &Path, key: &SigningKey, valid_for: u64, at: u64) {
+/// Publishes `bundle` to the stable channel of `repo`; returns the index's issue time.
+fn release(repo: &Path, bundle: &Path, key: &SigningKey, valid_for: u64, at: u64) -> u64 {
+    release_to(repo, "stable", bundle, key, valid_for, at)
+}
+
+/// Publishes `bundle` to `channel` of `repo`; returns the index's issue time.
+fn release_to(
+    repo: &Path,
+    channel: &str,
+    bundle: &Path,
+    key: &SigningKey,
+    valid_for: u64,
+    at: u64,
+) -> u64 {
     publish(
         &Publish {
             repo,
             bundle,
-            channel: "stable",
+            channel,
             valid_for,
             allow_downgrade: false,
             now: at,
@@ -74,7 +112,31 @@ fn release(repo: &Path, bundle: &Path, key: &SigningKey, valid_for: u64, at: u64
         },
         key,
     )
-    .unwrap_or_else(|e| panic!("publish: {e:#}"));
+    .unwrap_or_else(|e| panic!("publish: {e:#}"))
+    .index
+    .issued
+}
+
+/// A validly signed bundle of `version` whose root is one block larger than the 1 GiB root
+/// partitions of the test image (zeros, so it stays small on disk).
+fn oversized_bundle(work: &Path, key: &SigningKey, version: &str) -> PathBuf {
+    let path = work.join(format!("{version}.bundle"));
+    let root = vec![0u8; (1 << 30) + 4096];
+    crust_builder::bundle::write(
+        &path,
+        &crust_builder::bundle::Contents {
+            layout: crust_format::layout::LAYOUT_VERSION,
+            name: "crust",
+            version,
+            root_hash: crust_format::Digest::of(version.as_bytes()),
+            root: &root,
+            verity: &[0u8; 4096],
+            uki: b"not a UKI: the bundle is refused before anyone reads it",
+        },
+        key,
+    )
+    .unwrap_or_else(|e| panic!("oversized bundle: {e:#}"));
+    path
 }
 
 /// A real HTTP server (Python's) serving `dir` on 127.0.0.1:`port`, stopped on drop.
@@ -117,12 +179,43 @@ impl Drop for Server {
 
 /// Copies a channel's index and signature (the bundles they name are copied separately).
 fn copy_index(from: &Path, to: &Path) {
+    serve_index_as(from, "stable", to);
+}
+
+/// Serves `channel`'s index and signature from `from` as the stable channel's in `to`.
+fn serve_index_as(from: &Path, channel: &str, to: &Path) {
     std::fs::create_dir_all(to.join("channels")).unwrap();
-    for f in ["channels/stable.index.sig", "channels/stable.index"] {
-        let tmp = to.join(format!("{f}.tmp"));
-        std::fs::copy(from.join(f), &tmp).unwrap();
-        std::fs::rename(tmp, to.join(f)).unwrap();
+    for (src, dest) in [
+        (
+            format!("channels/{channel}.index.sig"),
+            "channels/stable.index.sig",
+        ),
+        (format!("channels/{channel}.index"), "channels/stable.index"),
+    ] {
+        let tmp = to.join(format!("{dest}.tmp"));
+        std::fs::copy(from.join(src), &tmp).unwrap();
+        std::fs::rename(tmp, to.join(dest)).unwrap();
     }
+}
+
+/// Copies every bundle of `from` into `to`.
+fn copy_bundles(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("bundles")).unwrap();
+    for e in std::fs::read_dir(from.join("bundles")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("bundles").join(e.file_name())).unwrap();
+    }
+}
+
+/// Overwrites the 4 KiB block holding byte `offset` of the machine's disk (its qcow2
+/// overlay) with a pattern, as a failing disk or an offline attacker would.
+fn corrupt_block(disk: &Disk, offset: u64) {
+    let block = offset / 4096 * 4096;
+    crust_tests::run_ok(
+        Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", &format!("write -P 0x5a {block} 4096")])
+            .arg(&disk.overlay),
+    );
 }
 
 fn wait(t: &mut TestVm, text: &str, secs: u64) -> String {
@@ -175,6 +268,9 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
          command = [\"/bin/busybox\", \"sleep\", \"3600\"]\nhealth = { tcp = 9, interval = 1 }\n",
     );
     let v4 = variant(work.path(), &keys, "0.4.0", "");
+    // 0.2.5 does not fit the disk; 0.5.0 cannot reach its repository (its image default,
+    // the only source of user-data it reads, puts eth0 on another subnet).
+    let v25 = oversized_bundle(work.path(), &key, "0.2.5");
 
     let repo = work.path().join("repo");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -190,11 +286,25 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
         port,
     );
     release(&repo, &v2, &key, 86_400, now());
-    let seed = work.path().join("seed.img");
-    let user_data = format!(
-        "version = 1\n[update]\nrepository = \"http://10.0.2.2:{port}\"\nchannel = \"stable\"\n\
+    // The first index, kept to be replayed once the host has accepted newer ones.
+    let first = work.path().join("first");
+    copy_index(&repo, &first);
+    let update_settings = format!(
+        "[update]\nrepository = \"http://10.0.2.2:{port}\"\nchannel = \"stable\"\n\
          interval = 10\nhealth-timeout = 15\n"
     );
+    let broken_network = format!(
+        "version = 1\n[network.interfaces.eth0]\naddress = \"192.0.2.10/24\"\n{update_settings}"
+    );
+    let v5 = variant_with(
+        work.path(),
+        &keys,
+        "0.5.0",
+        "[config]\nsources = [\"image\"]\ndefault = \"host.toml\"\n",
+        &[("host.toml", &broken_network)],
+    );
+    let seed = work.path().join("seed.img");
+    let user_data = format!("version = 1\n{update_settings}");
     crust_vm::seed::write(user_data.as_bytes(), &seed).unwrap();
 
     let mut disk = Disk::new(&img);
@@ -215,7 +325,7 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
     // 2. Refusals, nothing written. Each is staged in another folder and copied in, so the
     // host never sees a good 0.3.0 in between. A tampered bundle:
     let staging = work.path().join("staging");
-    release(&staging, &v3, &key, 86_400, now());
+    let tampered_at = release(&staging, &v3, &key, 86_400, now());
     let index = std::fs::read_to_string(staging.join("channels/stable.index")).unwrap();
     let sha = index
         .lines()
@@ -236,8 +346,10 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
     // An expired index (signed with an expiry in the past), over the good bundle:
     std::fs::remove_file(repo.join(&name)).unwrap();
     std::fs::copy(staging.join(&name), repo.join(&name)).unwrap();
+    // Issued after the last index the host accepted (so not a replay), and expired a second
+    // later.
     let expired = work.path().join("expired");
-    release(&expired, &v3, &key, 60, now() - 3600);
+    release(&expired, &v3, &key, 1, tampered_at + 1);
     copy_index(&expired, &repo);
     wait(&mut t, "index expired", 60);
     // A downgrade: a channel offering only 0.1.0.
@@ -250,23 +362,54 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
         now(),
     );
     copy_index(&old_repo, &repo);
-    for e in std::fs::read_dir(old_repo.join("bundles")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), repo.join("bundles").join(e.file_name())).unwrap();
-    }
+    copy_bundles(&old_repo, &repo);
     wait(&mut t, "older than 0.2.0: downgrades are refused", 60);
-    assert!(
-        !t.vm
-            .console()
-            .history()
-            .iter()
-            .any(|l| l.contains("update: writing 0.3.0") || l.contains("update: writing 0.1.0")),
-        "a refused update was written"
+    // Another channel's index, validly signed, served as stable's.
+    let beta = work.path().join("beta");
+    release_to(&beta, "beta", &v3, &key, 86_400, now());
+    copy_bundles(&beta, &repo);
+    serve_index_as(&beta, "beta", &repo);
+    wait(
+        &mut t,
+        "the repository served the beta channel's index as stable's; refused",
+        60,
     );
-
-    // 3. 0.3.0 never becomes healthy and rolls back to 0.2.0.
+    // The first index again: signed, unexpired, and older than what the host accepted.
+    copy_index(&first, &repo);
+    wait(&mut t, "refused (an old index replayed)", 60);
+    // A validly signed 0.2.5 whose root is larger than the root partitions.
     std::fs::remove_file(repo.join("channels/stable.index")).unwrap();
     release(&repo, &v2, &key, 86_400, now());
+    release(&repo, &v25, &key, 86_400, now());
+    let refused = wait(&mut t, "bundle 0.2.5: its root part is", 120);
+    assert!(
+        refused.contains("refused, nothing written (not tried again)"),
+        "{refused}"
+    );
+    wait(
+        &mut t,
+        "nothing to install: the channel's newest, 0.2.5, rolled back or was refused",
+        60,
+    );
+    let history = t.vm.console().history().to_vec();
+    assert_eq!(
+        history
+            .iter()
+            .filter(|l| l.contains("update: found 0.2.5"))
+            .count(),
+        1,
+        "a refused release was fetched again"
+    );
+    assert!(
+        !history.iter().any(|l| l.contains("update: writing 0.3.0")
+            || l.contains("update: writing 0.1.0")
+            || l.contains("update: writing 0.2.5")
+            || l.contains("removed crust_")),
+        "a refused update was written, or the fallback touched"
+    );
+
+    // 3. 0.3.0 never becomes healthy and rolls back to 0.2.0. (The UKI of 0.1.0, the
+    // fallback through every refusal above, is still there to be replaced.)
     release(&repo, &v3, &key, 86_400, now());
     let installed = wait(&mut t, "update: 0.3.0 installed in slot a", 180);
     assert!(installed.contains("removed crust_0.1.0.efi"), "{installed}");
@@ -279,7 +422,7 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
     wait(&mut t, "update: 0.3.0 in slot a rolled back", 60);
     wait(
         &mut t,
-        "up to date (0.2.0; the channel's newest is 0.3.0)",
+        "nothing to install: the channel's newest, 0.3.0, rolled back or was refused",
         60,
     );
 
@@ -296,6 +439,64 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
         &mut t,
         "update: 0.4.0 in slot a is healthy: blessed crust_0.4.0.efi",
         120,
+    );
+    t.power_off();
+    drop(t);
+
+    // 5. One block of crun in 0.4.0's root (slot a) changed while the host is off: the
+    // first container start reads it, dm-verity refuses it, and 0.2.0 (slot b) takes over.
+    let v4_image = v4.with_file_name(crust_builder::build::outputs::IMAGE);
+    let v4_root = partition(&v4_image, "root-a");
+    let root_file = work.path().join("v4-root.sqfs");
+    extract(&v4_image, &v4_root, &root_file, None);
+    // The second 4 KiB of crun's first compressed block: not the squashfs superblock in
+    // block 0 (stage 1 would fail to mount the root, the other path to the same end), but
+    // read by the first container start.
+    let crun = file_data_offset(&root_file, "/usr/bin/crun");
+    corrupt_block(
+        &disk,
+        partition(&img.image, "root-a").offset + crun + 4096 + 64,
+    );
+    let mut t = boot(&mut disk, &seed);
+    let aside = wait(&mut t, "verity: 0.4.0 in slot a is corrupted", 180);
+    assert!(
+        aside.contains("set aside as crust_0.4.0+0.efi; rebooting into 0.2.0 in slot b"),
+        "{aside}"
+    );
+    ready(&mut t, "0.2.0", "b");
+    let said = wait(&mut t, "update: 0.4.0 in slot a was set aside", 60);
+    assert!(said.contains("block"), "{said}");
+    // The repository still offers 0.4.0: installing it rewrites the damaged slot.
+    wait(&mut t, "update: 0.4.0 installed in slot a", 180);
+    ready(&mut t, "0.4.0", "a");
+    wait(
+        &mut t,
+        "update: 0.4.0 in slot a is healthy: blessed crust_0.4.0.efi",
+        120,
+    );
+
+    // 6. 0.5.0 is healthy but cannot reach its repository: never blessed, rolled back.
+    release(&repo, &v5, &key, 86_400, now());
+    wait(&mut t, "update: 0.5.0 installed in slot b", 180);
+    for attempt in 1..=3 {
+        ready(&mut t, "0.5.0", "b");
+        wait(&mut t, "cannot fetch a verified index", 120);
+        wait(
+            &mut t,
+            "could not fetch a verified index in time: rebooting",
+            120,
+        );
+        eprintln!("=== 0.5.0 try {attempt} failed");
+    }
+    ready(&mut t, "0.4.0", "a");
+    wait(&mut t, "update: 0.5.0 in slot b rolled back", 60);
+    assert!(
+        !t.vm
+            .console()
+            .history()
+            .iter()
+            .any(|l| l.contains("0.5.0 in slot b is healthy: blessed")),
+        "a version that cannot update was blessed"
     );
     t.power_off();
 }

@@ -70,6 +70,12 @@ pub const TEST: &[Need] = &[
     need("losetup", "mount"),
     need("mkfs.ext4", "e2fsprogs"),
     need("debugfs", "e2fsprogs"),
+    // Offline attacks on a test machine's disk: a block of its qcow2 overlay overwritten,
+    // a static program planted on its state partition.
+    need("qemu-io", "qemu-utils"),
+    need("gcc", "gcc"),
+    need("/usr/lib/x86_64-linux-gnu/libc.a", "libc6-dev"),
+    need("mlabel", "mtools"),
     // NoCloud seeds as cloud-localds makes them (ISO 9660, label cidata).
     need("genisoimage", "genisoimage"),
     need("sha256sum", "coreutils"),

@@ -141,11 +141,12 @@ impl Checker {
     /// blessed that it can still reach its repository and trust what it serves.
     pub fn probe(&self) -> Result<Checked> {
         let index = self.index(&self.endpoint()?)?;
+        let n = index.releases.len();
         Ok(Checked::IndexVerified(format!(
-            "the {} index checks out (issued {}, {} releases)",
+            "the {} index checks out (issued {}, {n} release{})",
             index.channel,
             crate::clock::format_utc(i64::try_from(index.issued).unwrap_or(i64::MAX)),
-            index.releases.len()
+            if n == 1 { "" } else { "s" }
         )))
     }
 
@@ -155,8 +156,9 @@ impl Checker {
         let endpoint = self.endpoint()?;
         let index = self.index(&endpoint)?;
         let running = &self.booted.manifest.version;
-        let Some(release) = index.target(running, &self.records.skipped()).cloned() else {
-            return Ok(Checked::Nothing(nothing_to_do(&index, running)));
+        let skipped = self.records.skipped();
+        let Some(release) = index.target(running, &skipped).cloned() else {
+            return Ok(Checked::Nothing(nothing_to_do(&index, running, &skipped)));
         };
         say(&format!(
             "found {} on channel {} ({} bytes); running {running}",
@@ -310,12 +312,20 @@ impl Checker {
 }
 
 /// Why there is nothing to install, for the log.
-fn nothing_to_do(index: &Index, running: &str) -> String {
+fn nothing_to_do(index: &Index, running: &str, skipped: &[String]) -> String {
     let newest = index
         .releases
         .first()
         .map_or("nothing".to_owned(), |r| r.version.clone());
-    if crust_format::version::compare_versions(&newest, running) == std::cmp::Ordering::Less {
+    let newer =
+        crust_format::version::compare_versions(&newest, running) == std::cmp::Ordering::Greater;
+    if newer && skipped.contains(&newest) {
+        format!(
+            "nothing to install: the channel's newest, {newest}, rolled back or was refused on \
+             this host before (running {running})"
+        )
+    } else if crust_format::version::compare_versions(&newest, running) == std::cmp::Ordering::Less
+    {
         format!(
             "the channel offers {newest}, older than {running}: downgrades are refused unless the index allows them"
         )

@@ -30,6 +30,7 @@ mod event;
 mod grow;
 mod http;
 mod manifest;
+mod memory;
 mod modules;
 mod mounts;
 mod net;

@@ -17,6 +17,7 @@ use crust_format::Manifest;
 use crust_vm::{Accel, Config, Vm, firmware::Firmware};
 
 pub mod registry;
+pub mod repo;
 
 /// The image built for this test run.
 #[derive(Debug, Clone)]

@@ -19,17 +19,15 @@
 //! Every step prints (and the test checks) the slot and version booted.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use crust_builder::build::{BuildRequest, build};
-use crust_builder::fetch::Cache;
-use crust_builder::repo::{Publish, publish};
 use crust_builder::sign::SigningKey;
 use crust_format::phase::Phase;
+use crust_tests::repo::{self, Server, now, release_to};
 use crust_tests::{
     BootOptions, BuiltImage, Disk, TestVm, boot_timeout, built_image, extract, file_data_offset,
-    init_binary, partition,
+    partition,
 };
 
 /// Builds the qemu profile at `version`, with `extra` TOML appended; returns the bundle.
@@ -45,76 +43,12 @@ fn variant_with(
     extra: &str,
     files: &[(&str, &str)],
 ) -> PathBuf {
-    let profiles = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
-    let dir = work.join(format!("v{version}"));
-    std::fs::create_dir_all(dir.join("files")).unwrap();
-    for f in ["base.toml", "qemu.toml"] {
-        std::fs::copy(profiles.join(f), dir.join(f)).unwrap();
-    }
-    std::fs::copy(
-        profiles.join("files/web-start.sh"),
-        dir.join("files/web-start.sh"),
-    )
-    .unwrap();
-    std::fs::copy(profiles.join("qemu.lock"), dir.join("variant.lock")).unwrap();
-    for (name, content) in files {
-        std::fs::write(dir.join(name), content).unwrap();
-    }
-    std::fs::write(
-        dir.join("variant.toml"),
-        format!("include = \"qemu.toml\"\n[image]\nversion = \"{version}\"\n{extra}"),
-    )
-    .unwrap();
-    let out = dir.join("out");
-    build(&BuildRequest {
-        profile: dir.join("variant.toml"),
-        init: init_binary(),
-        out_dir: out.clone(),
-        dev_key_dir: keys.to_path_buf(),
-        cache: Cache::new(Cache::default_root()),
-        locked: false,
-        source_date_epoch: None,
-    })
-    .unwrap_or_else(|e| panic!("building {version}: {e:#}"));
-    out.join(crust_builder::build::outputs::BUNDLE)
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    repo::variant(work, keys, version, extra, files).join(crust_builder::build::outputs::BUNDLE)
 }
 
 /// Publishes `bundle` to the stable channel of `repo`; returns the index's issue time.
 fn release(repo: &Path, bundle: &Path, key: &SigningKey, valid_for: u64, at: u64) -> u64 {
     release_to(repo, "stable", bundle, key, valid_for, at)
-}
-
-/// Publishes `bundle` to `channel` of `repo`; returns the index's issue time.
-fn release_to(
-    repo: &Path,
-    channel: &str,
-    bundle: &Path,
-    key: &SigningKey,
-    valid_for: u64,
-    at: u64,
-) -> u64 {
-    publish(
-        &Publish {
-            repo,
-            bundle,
-            channel,
-            valid_for,
-            allow_downgrade: false,
-            now: at,
-            built_with: None,
-        },
-        key,
-    )
-    .unwrap_or_else(|e| panic!("publish: {e:#}"))
-    .index
-    .issued
 }
 
 /// A validly signed bundle of `version` whose root is one block larger than the 1 GiB root
@@ -137,44 +71,6 @@ fn oversized_bundle(work: &Path, key: &SigningKey, version: &str) -> PathBuf {
     )
     .unwrap_or_else(|e| panic!("oversized bundle: {e:#}"));
     path
-}
-
-/// A real HTTP server (Python's) serving `dir` on 127.0.0.1:`port`, stopped on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(dir: &Path, port: u16) -> Self {
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                &port.to_string(),
-                "--directory",
-            ])
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 http.server");
-        // Owned by the guard from here on: a failed start still reaps it.
-        let server = Server(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return server;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the HTTP server did not start");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Copies a channel's index and signature (the bundles they name are copied separately).
@@ -273,18 +169,8 @@ fn updates_roll_forward_refuse_bad_input_roll_back_and_survive_power_loss() {
     let v25 = oversized_bundle(work.path(), &key, "0.2.5");
 
     let repo = work.path().join("repo");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _server = Server::start(
-        &{
-            std::fs::create_dir_all(&repo).unwrap();
-            repo.clone()
-        },
-        port,
-    );
+    let port = repo::free_port();
+    let _server = Server::start(&repo, port);
     release(&repo, &v2, &key, 86_400, now());
     // The first index, kept to be replayed once the host has accepted newer ones.
     let first = work.path().join("first");

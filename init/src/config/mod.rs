@@ -23,8 +23,7 @@ pub mod services;
 pub mod source;
 pub mod trust;
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use crust_format::phase::Phase;
@@ -242,12 +241,7 @@ fn refusal(origin: &Origin, why: &str, instead: &Origin) -> String {
 }
 
 fn append_log(line: &str) -> std::io::Result<()> {
-    if let Some(dir) = Path::new(LOG).parent() {
-        fs::create_dir_all(dir)?;
-    }
-    let mut file = OpenOptions::new().create(true).append(true).open(LOG)?;
-    file.write_all(line.as_bytes())?;
-    file.sync_all()
+    crate::services::output::append_bounded(Path::new(LOG), line)
 }
 
 /// Applies what the config phase owns; returns the phase line's tail.

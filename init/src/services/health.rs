@@ -1,9 +1,9 @@
 //! Health checks: a TCP connection or an HTTP GET on the host's loopback (for services on
 //! the host network), or a command run in the container through `crun exec`.
 //!
-//! HTTP goes through the init's small client ([`crate::http`]). Network checks are bounded
-//! to half a second so the main loop never stalls for long; a
-//! loopback connection is accepted or refused at once when the service is there or not.
+//! HTTP goes through the init's small client ([`crate::http`]). Network checks run on a
+//! thread of their own (the services task polls it), and each is over within half a second
+//! in all, however slowly the service answers.
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;

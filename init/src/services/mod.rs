@@ -13,6 +13,7 @@
 //! timeout, then SIGKILL. The admin shell's service has the console itself as its input and
 //! output instead of a pipe.
 
+mod binds;
 mod health;
 pub mod output;
 mod plan;
@@ -38,7 +39,7 @@ use nix::unistd::Pid;
 
 use crate::config::services::Service as UserService;
 use crate::console;
-use crate::event::{Control, Task};
+use crate::event::{Control, Task, Worker};
 use output::{Log, OutputPipe};
 use plan::Changes;
 use runner::{CGROUP_ROOT, CRUN, CTR, Launch, Step};
@@ -86,6 +87,9 @@ struct Service {
     passed_once: bool,
     next_check: Option<Instant>,
     check_pid: Option<Pid>,
+    /// A TCP or HTTP check running on its thread: a service that answers slowly (or a
+    /// byte at a time) must never hold up PID 1's loop.
+    probe: Option<Worker<bool>>,
 }
 
 /// The services task.
@@ -171,6 +175,7 @@ impl Services {
                 passed_once: false,
                 next_check: None,
                 check_pid: None,
+                probe: None,
             })
             .collect();
         Self {
@@ -195,7 +200,10 @@ impl Services {
         {
             self.healthy_reported = true;
             self.healthy.set(true);
-            console::phase(Phase::Healthy, &detail);
+            console::phase(
+                Phase::Healthy,
+                &format!("{detail}; init resident {}", crate::memory::resident()),
+            );
         }
     }
 
@@ -336,6 +344,11 @@ impl Service {
             }
             return;
         }
+        if let Launch::Crun { bundle } = &self.launch
+            && let Err(e) = binds::prepare(bundle)
+        {
+            self.say(&e);
+        }
         let spawned = if self.spec.console {
             // The console itself: an interactive shell writes prompts without newlines and
             // reads what is typed.
@@ -450,13 +463,18 @@ impl Service {
         let Some(health) = self.spec.health.clone() else {
             return;
         };
-        if !matches!(self.state, State::Running { .. }) || self.check_pid.is_some() {
+        if !matches!(self.state, State::Running { .. })
+            || self.check_pid.is_some()
+            || self.probe.is_some()
+        {
             return;
         }
         self.next_check = Some(now + Duration::from_secs(u64::from(self.spec.health_interval)));
-        match health {
-            Health::Tcp(port) => self.record(health::tcp(port)),
-            Health::Http { port, path } => self.record(health::http(port, &path)),
+        let probe = match health {
+            Health::Tcp(port) => Worker::start("health", move || health::tcp(port)),
+            Health::Http { port, path } => {
+                Worker::start("health", move || health::http(port, &path))
+            }
             Health::Exec => {
                 let process = self
                     .dir
@@ -480,7 +498,26 @@ impl Service {
                         self.record(false);
                     }
                 }
+                return;
             }
+        };
+        match probe {
+            Ok(worker) => self.probe = Some(worker),
+            Err(e) => {
+                self.say(&format!("cannot run the health check: {e}"));
+                self.record(false);
+            }
+        }
+    }
+
+    /// Records a TCP or HTTP check whose thread has ended.
+    fn probe_ended(&mut self) {
+        let Some(worker) = self.probe.take() else {
+            return;
+        };
+        match worker.wait(Duration::ZERO) {
+            Ok(outcome) => self.record(outcome.unwrap_or(false)),
+            Err(worker) => self.probe = Some(worker),
         }
     }
 
@@ -574,10 +611,15 @@ fn describe(status: WaitStatus) -> String {
 
 impl Task for Services {
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.services
+        let pipes = self
+            .services
             .iter()
-            .filter_map(|s| s.pipe.as_ref().map(|p| p.fd()))
-            .collect()
+            .filter_map(|s| s.pipe.as_ref().map(|p| p.fd()));
+        let probes = self
+            .services
+            .iter()
+            .filter_map(|s| s.probe.as_ref().map(Worker::fd));
+        pipes.chain(probes).collect()
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -597,6 +639,7 @@ impl Task for Services {
     fn run(&mut self, _ready: &[bool], now: Instant) -> Control {
         for s in &mut self.services {
             s.pump();
+            s.probe_ended();
             if s.next_check.is_some_and(|t| t <= now) {
                 s.check(now);
             }

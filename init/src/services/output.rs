@@ -131,6 +131,23 @@ impl Log {
     }
 }
 
+/// Appends `text` to the log file at `path`, first moving a file that reached
+/// [`LOG_LIMIT`] to `<path>.1` (so each log takes at most twice the limit on `/var`);
+/// synced, for logs that must survive a power cut.
+pub fn append_bounded(path: &Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    if fs::metadata(path).is_ok_and(|m| m.len() >= LOG_LIMIT) {
+        let mut rotated = path.as_os_str().to_owned();
+        rotated.push(".1");
+        fs::rename(path, rotated)?;
+    }
+    let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_data()
+}
+
 /// Prints a service's line on the console: `[time] <name>: <line>`.
 pub fn to_console(name: &str, line: &str) {
     console::note(name, line);

@@ -28,7 +28,7 @@ use crust_format::boot_entry::BootEntryName;
 use crust_format::repo::{self, Index};
 use crust_format::signature::PublicKey;
 
-use super::record::{Pending, Records};
+use super::record::{self, Pending, Records};
 use super::{Booted, Settings, bundle, index, install, say, unix_now};
 use crate::error::{Context, Error, Result};
 use crate::http::{self, Bounds, Endpoint};
@@ -150,8 +150,22 @@ impl Checker {
         )))
     }
 
-    /// Checks the channel and installs what it offers.
+    /// Checks the channel and installs what it offers. A `/var` too full for the records
+    /// and a download gets the agent's reserve back first; the reserve is made again
+    /// afterwards, when there is room.
     pub fn check(&self) -> Result<Checked> {
+        if self.records.release_reserve_if(SPARE) {
+            say(&format!(
+                "/var is full: released the update agent's reserve ({} MiB) for this check",
+                record::RESERVE >> 20
+            ));
+        }
+        let outcome = self.check_channel();
+        self.records.keep_reserve();
+        outcome
+    }
+
+    fn check_channel(&self) -> Result<Checked> {
         let s = &self.settings;
         let endpoint = self.endpoint()?;
         let index = self.index(&endpoint)?;
@@ -220,7 +234,8 @@ impl Checker {
             .context("update", || "cannot record the installed update".into())?;
         let _ = std::fs::remove_file(&path);
         say(&format!(
-            "{} installed in slot {} as {} ({} bytes written{}) in {:.1} s",
+            "{} installed in slot {} as {} ({} bytes written{}) in {:.1} s; init peak \
+             resident {}",
             release.version,
             target.slot.as_str(),
             installed.entry.file_name(),
@@ -230,7 +245,8 @@ impl Checker {
             } else {
                 format!(", removed {}", installed.removed.join(" "))
             },
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            crate::memory::peak_resident()
         ));
         Ok(Checked::Installed)
     }
@@ -253,7 +269,18 @@ impl Checker {
         if bundle::file_digest(&path).is_some_and(|d| d == release.sha256) {
             return Ok(path);
         }
-        let free = free_bytes(&dir).unwrap_or(u64::MAX);
+        let mut free = record::free_bytes(&dir).unwrap_or(u64::MAX);
+        if free < release.size.saturating_add(SPARE)
+            && self
+                .records
+                .release_reserve_if(release.size.saturating_add(SPARE))
+        {
+            say(&format!(
+                "/var has too little room: released the update agent's reserve ({} MiB)",
+                record::RESERVE >> 20
+            ));
+            free = record::free_bytes(&dir).unwrap_or(u64::MAX);
+        }
         if free < release.size.saturating_add(SPARE) {
             return Err(Error::new(
                 "update",
@@ -332,12 +359,6 @@ fn nothing_to_do(index: &Index, running: &str, skipped: &[String]) -> String {
     } else {
         format!("up to date ({running}; the channel's newest is {newest})")
     }
-}
-
-/// Free bytes on the file system holding `path` (as root may use them).
-fn free_bytes(path: &std::path::Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(st.blocks_available() * st.fragment_size())
 }
 
 /// Hashes what is written through it; fails once the check is cancelled.

@@ -29,7 +29,6 @@ mod install;
 pub mod record;
 
 use std::cell::Cell;
-use std::io::Write;
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -194,14 +193,11 @@ pub struct Updater {
 
 fn say(line: &str) {
     console::note("update", line);
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(LOG)
-    {
-        let now = console::now();
-        let _ = writeln!(f, "[{:5}.{:06}] {line}", now.as_secs(), now.subsec_micros());
-    }
+    let now = console::now();
+    let _ = crate::services::output::append_bounded(
+        Path::new(LOG),
+        &format!("[{:5}.{:06}] {line}\n", now.as_secs(), now.subsec_micros()),
+    );
 }
 
 fn unix_now() -> u64 {
@@ -223,6 +219,13 @@ impl Updater {
             }
             None => None,
         };
+        if settings.is_some() && !records.keep_reserve() {
+            say(&format!(
+                "/var has no room for the update agent's reserve ({} MiB): a full /var could \
+                 stop updates",
+                record::RESERVE >> 20
+            ));
+        }
         let running = booted.manifest.version.clone();
         if let Some(p) = records.pending()
             && p.version != running

@@ -3,7 +3,8 @@
 //! rolls back), `failed` (versions that rolled back; they are never tried again),
 //! `refused` (versions whose signed bundle this host cannot take, with why; never fetched
 //! again), `index-<channel>` (the newest index accepted on each channel: its issue time and
-//! digest, so an older one is refused), and the downloaded bundles.
+//! digest, so an older one is refused), `reserve` (room kept for the agent on a `/var` that
+//! services may fill), and the downloaded bundles.
 //!
 //! Every file is small and read with a bound: the state partition is not verified, and a
 //! damaged record must cost a log line, never the agent.
@@ -24,6 +25,17 @@ pub struct Accepted {
     pub issued: u64,
     /// The digest of its bytes.
     pub sha256: Digest,
+}
+
+/// The room kept for the update agent on `/var`.
+pub const RESERVE: u64 = 64 << 20;
+
+/// Free bytes on the file system holding `path` (or its nearest existing parent), as root
+/// may use them.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let st = nix::sys::statvfs::statvfs(existing).ok()?;
+    Some(st.blocks_available() * st.fragment_size())
 }
 
 /// Largest record file read.
@@ -69,6 +81,53 @@ impl Records {
         Self {
             dir: dir.to_path_buf(),
         }
+    }
+
+    /// The reserve file: [`RESERVE`] bytes allocated while `/var` has room, released when a
+    /// check finds `/var` full, so a service that fills the state partition cannot stop
+    /// the host from updating.
+    pub fn reserve_path(&self) -> PathBuf {
+        self.dir.join("reserve")
+    }
+
+    /// Allocates the reserve if it is missing and `/var` has room for it and a spare.
+    /// Returns whether the reserve is in place.
+    pub fn keep_reserve(&self) -> bool {
+        let path = self.reserve_path();
+        if fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE) {
+            return true;
+        }
+        if free_bytes(&self.dir).is_none_or(|free| free < 2 * RESERVE) {
+            return false;
+        }
+        let made = fs::create_dir_all(&self.dir)
+            .and_then(|()| fs::File::create(&path))
+            .and_then(|f| {
+                // Real blocks, not a sparse promise: the room must exist when it is needed.
+                nix::fcntl::fallocate(
+                    &f,
+                    nix::fcntl::FallocateFlags::empty(),
+                    0,
+                    RESERVE as nix::libc::off_t,
+                )
+                .map_err(std::io::Error::from)?;
+                f.sync_all()
+            });
+        if made.is_err() {
+            let _ = fs::remove_file(&path);
+        }
+        made.is_ok()
+    }
+
+    /// Frees the reserve when `/var` has less than `needed` bytes free; returns whether it
+    /// did.
+    pub fn release_reserve_if(&self, needed: u64) -> bool {
+        let path = self.reserve_path();
+        let free = free_bytes(&self.dir).unwrap_or(0);
+        if free >= needed || !path.exists() {
+            return false;
+        }
+        fs::remove_file(&path).is_ok()
     }
 
     /// Where downloaded bundles go.

@@ -419,29 +419,87 @@ fn resolve(profile: &Profile, cache: &Cache, old: Option<&Lock>) -> Result<Lock>
     Ok(lock)
 }
 
+/// Why a profile's lock file cannot be used as it is (what `--locked` refuses).
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock was resolved from other inputs than the profile asks for now.
+    #[error(
+        "{} is out of date for {} ({change}); run `cargo xtask lock --profile {name}`",
+        lock.display(),
+        profile.display()
+    )]
+    OutOfDate {
+        /// The lock file.
+        lock: PathBuf,
+        /// The profile file.
+        profile: PathBuf,
+        /// The profile's name (for the command that refreshes it).
+        name: String,
+        /// What changed, in one line ([`Inputs::describe_change`]).
+        change: String,
+    },
+    /// There is no lock file.
+    #[error("{} does not exist; run `cargo xtask lock --profile {name}`", lock.display())]
+    Missing {
+        /// The lock file.
+        lock: PathBuf,
+        /// The profile's name.
+        name: String,
+    },
+}
+
+/// A profile's lock file compared with what the profile asks for (no network).
+#[derive(Debug, Clone)]
+pub enum LockState {
+    /// The lock was resolved from the profile's current inputs.
+    Current(Lock),
+    /// The lock was resolved from other inputs.
+    OutOfDate(Lock),
+    /// There is no lock file.
+    Missing,
+}
+
+/// Reads a profile's lock and tells whether it is current: its recorded inputs (suite,
+/// mirrors, kernel, boot and root packages, service packages and images) against the
+/// profile's. A `--locked` build needs [`LockState::Current`].
+pub fn lock_state(profile: &Profile) -> Result<LockState> {
+    Ok(match Lock::read(&profile.lock_path())? {
+        Some(lock) if lock.inputs == Inputs::of(profile) => LockState::Current(lock),
+        Some(lock) => LockState::OutOfDate(lock),
+        None => LockState::Missing,
+    })
+}
+
+impl LockState {
+    /// The lock if it is current, else the error a `--locked` build stops with (naming the
+    /// command that refreshes it).
+    pub fn require(self, profile: &Profile) -> Result<Lock, LockError> {
+        match self {
+            LockState::Current(lock) => Ok(lock),
+            LockState::OutOfDate(lock) => Err(LockError::OutOfDate {
+                lock: profile.lock_path(),
+                profile: profile.path.clone(),
+                name: profile.name.clone(),
+                change: Inputs::of(profile).describe_change(&lock.inputs),
+            }),
+            LockState::Missing => Err(LockError::Missing {
+                lock: profile.lock_path(),
+                name: profile.name.clone(),
+            }),
+        }
+    }
+}
+
 /// Reads the lock, refreshing it when the profile asks for other packages (unless `locked`).
 fn ensure_lock(profile: &Profile, cache: &Cache, locked: bool) -> Result<Lock> {
     let path = profile.lock_path();
-    let inputs = Inputs::of(profile);
-    let old = match Lock::read(&path)? {
-        Some(lock) if lock.inputs == inputs => return Ok(lock),
-        other => other,
+    let state = lock_state(profile)?;
+    let old = match state {
+        LockState::Current(lock) => return Ok(lock),
+        state if locked => return Ok(state.require(profile)?),
+        LockState::OutOfDate(lock) => Some(lock),
+        LockState::Missing => None,
     };
-    match &old {
-        Some(lock) if locked => bail!(
-            "{} is out of date for {} ({}); run `cargo xtask lock --profile {}`",
-            path.display(),
-            profile.path.display(),
-            inputs.describe_change(&lock.inputs),
-            profile.name
-        ),
-        None if locked => bail!(
-            "{} does not exist; run `cargo xtask lock --profile {}`",
-            path.display(),
-            profile.name
-        ),
-        _ => {}
-    }
     if let Some(old) = &old
         && let Some(lock) = fetch::refresh_images(old, profile)?
     {

@@ -13,6 +13,11 @@
 //! Until step 4 completes the old slot is the only bootable one; after it, systemd-boot
 //! tries the new version three times before falling back. The running slot is never
 //! written: the target is always the other slot, checked against the devices under `/`.
+//!
+//! Only the `root`, `verity` and `uki` parts are written. A format 2 bundle's `sbom` part
+//! (the release's SBOM) has its digest checked with every other part before anything is
+//! written (`check` checks each part the signed header lists) and is then left in the
+//! download: the new root carries the same content at `/usr/share/crust/sbom.spdx.json`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};

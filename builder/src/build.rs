@@ -70,6 +70,11 @@ pub mod outputs {
     pub const KERNEL: &str = "vmlinuz";
     /// The update bundle of this build (`cargo xtask publish` puts it in a repository).
     pub const BUNDLE: &str = "update.bundle";
+    /// The release's SPDX 2.3 SBOM (also in the bundle; the root has it without the root
+    /// hash, see [`crate::sbom`]).
+    pub const SBOM_SPDX: &str = "sbom.spdx.json";
+    /// The same content as CycloneDX 1.5.
+    pub const SBOM_CYCLONEDX: &str = "sbom.cdx.json";
 }
 
 /// Sizes of what went into the image, in bytes.

@@ -144,6 +144,50 @@ pub fn resign(path: &Path, key: &SigningKey) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The SPDX document in the bundle at `path`, decompressed, its stored and decompressed
+/// digests checked against the header (the signature is not: that needs the image's key, see
+/// [`verify`]).
+pub fn read_sbom(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let prefix: &[u8; 12] = bytes
+        .get(..12)
+        .and_then(|p| p.try_into().ok())
+        .with_context(|| format!("{} is truncated", path.display()))?;
+    let len = bundle::header_len(prefix).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        as usize;
+    let text = bytes
+        .get(12..12 + len)
+        .with_context(|| format!("{} is truncated", path.display()))?;
+    let header = Header::parse(std::str::from_utf8(text)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let Some(part) = header.part(PartKind::Sbom) else {
+        bail!(
+            "{} is a format {} bundle, made before bundles carried an SBOM: it has none",
+            path.display(),
+            header.format()
+        );
+    };
+    let at = header.part_offset(len as u64, PartKind::Sbom) as usize;
+    let stored = bytes
+        .get(at..at + part.size as usize)
+        .with_context(|| format!("{} is truncated", path.display()))?;
+    if Digest::of(stored) != part.sha256 {
+        bail!(
+            "{}: the sbom part does not match its digest",
+            path.display()
+        );
+    }
+    let raw = zstd::bulk::decompress(stored, part.raw_size as usize)
+        .with_context(|| format!("{}: the sbom part is not zstd", path.display()))?;
+    if raw.len() as u64 != part.raw_size || Digest::of(&raw) != part.raw_sha256 {
+        bail!(
+            "{}: the sbom part decompresses to other bytes than its digest",
+            path.display()
+        );
+    }
+    Ok(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,7 @@ fn variant(work: &Path, keys: &Path, version: &str, extra: &str) -> PathBuf {
         cache: Cache::new(Cache::default_root()),
         locked: false,
         source_date_epoch: None,
+        init_crates: Some(crust_tests::init_crates()),
     })
     .unwrap_or_else(|e| panic!("building {version}: {e:#}"));
     out.join(crust_builder::build::outputs::BUNDLE)

@@ -94,6 +94,16 @@ pub fn build_init() -> Result<PathBuf> {
     Ok(target_dir.join(target.triple()).join("init").join("init"))
 }
 
+/// The crates compiled into the init [`build_init`] builds, as cargo resolves them for its
+/// target (the SBOM lists them).
+pub fn init_crates() -> Result<Vec<crust_builder::sbom::Crate>> {
+    crust_builder::sbom::cargo::init_crates(
+        &workspace().join("Cargo.toml"),
+        "crust-init",
+        host::init_target().triple(),
+    )
+}
+
 fn source_date_epoch() -> Result<Option<u64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => Ok(Some(v.trim().parse().with_context(|| {
@@ -131,12 +141,48 @@ pub fn build_with(
             cache: Cache::new(Cache::default_root()),
             locked,
             source_date_epoch: source_date_epoch()?,
+            init_crates: Some(init_crates()?),
         },
         formats,
     )?;
     summarize(&outcome, started);
     summarize_release(&outcome);
+    summarize_sbom(&outcome);
     Ok(outcome)
+}
+
+/// One line on what the SBOM lists: Debian packages by place, crates, OCI images.
+fn summarize_sbom(outcome: &BuildOutcome) {
+    let Some(dir) = outcome.image.parent() else {
+        return;
+    };
+    let doc = match crust_builder::sbom::read::load(dir) {
+        Ok(doc) => doc,
+        Err(e) => {
+            report::warn(format!("cannot read the SBOM back: {e:#}"));
+            return;
+        }
+    };
+    let mut debs = std::collections::BTreeMap::<&str, usize>::new();
+    let (mut crates, mut images) = (0, 0);
+    for e in &doc.entries {
+        match e.kind.as_str() {
+            "deb" => *debs.entry(&e.place).or_default() += 1,
+            "cargo" if e.place == "init" => crates += 1,
+            "oci" => images += 1,
+            _ => {}
+        }
+    }
+    let places: Vec<String> = debs.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    report::status(
+        "SBOM",
+        format!(
+            "{}: {} Debian packages ({}), the init and its {crates} crates, {images} OCI images",
+            crust_builder::build::outputs::SBOM_SPDX,
+            debs.values().sum::<usize>(),
+            places.join(", "),
+        ),
+    );
 }
 
 fn summarize_release(outcome: &BuildOutcome) {

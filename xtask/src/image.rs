@@ -95,13 +95,46 @@ pub fn build_init() -> Result<PathBuf> {
 }
 
 /// The crates compiled into the init [`build_init`] builds, as cargo resolves them for its
-/// target (the SBOM lists them).
+/// target (the SBOM lists them). Asking cargo takes a quarter of a second, so the answer is
+/// kept in `target/crust/init-crates/`, by the digest of what decides it: the target,
+/// `Cargo.lock` and every `Cargo.toml` of the workspace.
 pub fn init_crates() -> Result<Vec<crust_builder::sbom::Crate>> {
-    crust_builder::sbom::cargo::init_crates(
-        &workspace().join("Cargo.toml"),
-        "crust-init",
-        host::init_target().triple(),
-    )
+    let target = host::init_target().triple();
+    let ws = workspace();
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut parts = vec![
+        target.as_bytes().to_vec(),
+        read(&ws.join("Cargo.lock"))?,
+        read(&ws.join("Cargo.toml"))?,
+    ];
+    let mut members: Vec<PathBuf> = std::fs::read_dir(&ws)
+        .with_context(|| format!("cannot list {}", ws.display()))?
+        .flatten()
+        .map(|e| e.path().join("Cargo.toml"))
+        .filter(|p| p.is_file())
+        .collect();
+    members.sort();
+    for m in &members {
+        parts.push(m.to_string_lossy().into_owned().into_bytes());
+        parts.push(read(m)?);
+    }
+    let key = crust_format::Digest::of_parts(parts.iter().map(Vec::as_slice));
+    let kept = crust_target()
+        .join("init-crates")
+        .join(format!("{}.json", key.short(16)));
+    if let Some(crates) = std::fs::read(&kept)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        return Ok(crates);
+    }
+    let crates =
+        crust_builder::sbom::cargo::init_crates(&ws.join("Cargo.toml"), "crust-init", target)?;
+    if let Some(dir) = kept.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crust_builder::output::write_atomic(&kept, &serde_json::to_vec(&crates)?)?;
+    Ok(crates)
 }
 
 fn source_date_epoch() -> Result<Option<u64>> {

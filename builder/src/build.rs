@@ -30,6 +30,7 @@ use crate::kernel::Kernel;
 use crate::lock::{Inputs, Lock, Role as PackageRole};
 use crate::oci::{self, ImageConfig};
 use crate::profile::{KernelSource, Located, OutputFormat, Profile, ProfileError, show_size};
+use crate::sbom::{self, Sbom};
 use crate::secureboot::{self, KeySet};
 use crate::service::{self, Bundle, HostFacts, ImageSource};
 use crate::sign::{KeyKind, SigningKey};
@@ -58,6 +59,9 @@ pub struct BuildRequest {
     pub locked: bool,
     /// Overrides the lock's `source-date-epoch` (from `SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<u64>,
+    /// The crates compiled into the init ([`sbom::cargo::init_crates`]), for the SBOM;
+    /// `None` lists the init without them (and says so in the SBOM).
+    pub init_crates: Option<Vec<sbom::Crate>>,
 }
 
 /// File names in the output folder.
@@ -76,6 +80,11 @@ pub mod outputs {
     pub const KERNEL: &str = "vmlinuz";
     /// The update bundle of this build (`cargo xtask publish` puts it in a repository).
     pub const BUNDLE: &str = "update.bundle";
+    /// The release's SPDX 2.3 SBOM (also in the bundle; the root has it without the root
+    /// hash, see [`crate::sbom`]).
+    pub const SBOM_SPDX: &str = "sbom.spdx.json";
+    /// The same content as CycloneDX 1.5.
+    pub const SBOM_CYCLONEDX: &str = "sbom.cdx.json";
 }
 
 /// Sizes of what went into the image, in bytes.
@@ -144,7 +153,15 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let init = std::fs::read(&req.init)
         .with_context(|| format!("cannot read the init binary {}", req.init.display()))?;
     check_static(&init).with_context(|| format!("{} cannot be PID 1", req.init.display()))?;
-    let build_id = build_id(&profile, &lock, &init, &key, secure_boot.as_ref(), epoch)?;
+    let build_id = build_id(
+        &profile,
+        &lock,
+        &init,
+        req.init_crates.as_deref(),
+        &key,
+        secure_boot.as_ref(),
+        epoch,
+    )?;
     steps.done("inputs");
 
     let image_path = req.out_dir.join(outputs::IMAGE);
@@ -194,8 +211,28 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let os_release = os_release(&profile, &build_id);
     let policy = user_data_policy(&profile, &key)?;
     let mut root_tree = root_tree(&profile, &debs, &init, &os_release, &policy)?;
-    let bundles = service_bundles(&profile, &lock, &debs, &root_tree, req.cache.root())?;
+    let (bundles, services) =
+        service_bundles(&profile, &lock, &debs, &root_tree, req.cache.root())?;
     service::install(&mut root_tree, &bundles)?;
+    steps.done("rootfs");
+    // The SBOM, from the same inputs; its root copy goes into the root (without the root
+    // hash, which does not exist yet: the release copy below adds it).
+    let sbom = Sbom::gather(&sbom::Inputs {
+        name: &profile.image_name.value,
+        version: &profile.image_version.value,
+        profile: &profile.name,
+        build_id,
+        epoch,
+        mirror: &profile.mirror.value,
+        security_mirror: profile.security_mirror.as_ref().map(|m| m.value.as_str()),
+        debs: &debs,
+        cache: &req.cache,
+        init: Digest::of(&init),
+        init_crates: req.init_crates.as_deref(),
+        services: &services,
+    })?;
+    root_tree.insert(sbom::ROOT_PATH, Entry::file(sbom.spdx(None), 0o644))?;
+    steps.done("sbom");
     let root = rootfs::squashfs(&root_tree, epoch, profile.compression_level.value)?;
     fits(
         Role::Root(Slot::A),
@@ -203,7 +240,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         &profile.root_size,
         "disk.root",
     )?;
-    steps.done("rootfs");
+    steps.done("squashfs");
 
     let (verity_params, hash_tree) = verity::build(&root, verity::salt_for(&root));
     fits(
@@ -224,6 +261,12 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     };
     let manifest_text = manifest.to_text();
     let signature = key.sign(manifest_text.as_bytes());
+    let release_facts = sbom::Release {
+        root_hash: manifest.verity.root_hash,
+        root_sha256: Digest::of(&root),
+    };
+    let sbom_spdx = sbom.spdx(Some(&release_facts));
+    let sbom_cyclonedx = sbom.cyclonedx(&release_facts);
     steps.done("verity");
 
     let module_bytes: u64 = modules
@@ -342,6 +385,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
             root: &root,
             verity: &hash_tree,
             uki: &uki,
+            sbom: &sbom_spdx,
         },
         &key,
     )?;
@@ -357,6 +401,8 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         manifest_text.as_bytes(),
     )?;
     output::write_atomic(&req.out_dir.join(outputs::SIGNATURE), &signature)?;
+    output::write_atomic(&req.out_dir.join(outputs::SBOM_SPDX), &sbom_spdx)?;
+    output::write_atomic(&req.out_dir.join(outputs::SBOM_CYCLONEDX), &sbom_cyclonedx)?;
     output::link_or_copy(&kernel.image, &req.out_dir.join(outputs::KERNEL))?;
     output::make_public(tmp.as_file())?;
     let allocated = {
@@ -426,29 +472,87 @@ fn resolve(profile: &Profile, cache: &Cache, old: Option<&Lock>) -> Result<Lock>
     Ok(lock)
 }
 
+/// Why a profile's lock file cannot be used as it is (what `--locked` refuses).
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock was resolved from other inputs than the profile asks for now.
+    #[error(
+        "{} is out of date for {} ({change}); run `cargo xtask lock --profile {name}`",
+        lock.display(),
+        profile.display()
+    )]
+    OutOfDate {
+        /// The lock file.
+        lock: PathBuf,
+        /// The profile file.
+        profile: PathBuf,
+        /// The profile's name (for the command that refreshes it).
+        name: String,
+        /// What changed, in one line ([`Inputs::describe_change`]).
+        change: String,
+    },
+    /// There is no lock file.
+    #[error("{} does not exist; run `cargo xtask lock --profile {name}`", lock.display())]
+    Missing {
+        /// The lock file.
+        lock: PathBuf,
+        /// The profile's name.
+        name: String,
+    },
+}
+
+/// A profile's lock file compared with what the profile asks for (no network).
+#[derive(Debug, Clone)]
+pub enum LockState {
+    /// The lock was resolved from the profile's current inputs.
+    Current(Lock),
+    /// The lock was resolved from other inputs.
+    OutOfDate(Lock),
+    /// There is no lock file.
+    Missing,
+}
+
+/// Reads a profile's lock and tells whether it is current: its recorded inputs (suite,
+/// mirrors, kernel, boot and root packages, service packages and images) against the
+/// profile's. A `--locked` build needs [`LockState::Current`].
+pub fn lock_state(profile: &Profile) -> Result<LockState> {
+    Ok(match Lock::read(&profile.lock_path())? {
+        Some(lock) if lock.inputs == Inputs::of(profile) => LockState::Current(lock),
+        Some(lock) => LockState::OutOfDate(lock),
+        None => LockState::Missing,
+    })
+}
+
+impl LockState {
+    /// The lock if it is current, else the error a `--locked` build stops with (naming the
+    /// command that refreshes it).
+    pub fn require(self, profile: &Profile) -> Result<Lock, LockError> {
+        match self {
+            LockState::Current(lock) => Ok(lock),
+            LockState::OutOfDate(lock) => Err(LockError::OutOfDate {
+                lock: profile.lock_path(),
+                profile: profile.path.clone(),
+                name: profile.name.clone(),
+                change: Inputs::of(profile).describe_change(&lock.inputs),
+            }),
+            LockState::Missing => Err(LockError::Missing {
+                lock: profile.lock_path(),
+                name: profile.name.clone(),
+            }),
+        }
+    }
+}
+
 /// Reads the lock, refreshing it when the profile asks for other packages (unless `locked`).
 fn ensure_lock(profile: &Profile, cache: &Cache, locked: bool) -> Result<Lock> {
     let path = profile.lock_path();
-    let inputs = Inputs::of(profile);
-    let old = match Lock::read(&path)? {
-        Some(lock) if lock.inputs == inputs => return Ok(lock),
-        other => other,
+    let state = lock_state(profile)?;
+    let old = match state {
+        LockState::Current(lock) => return Ok(lock),
+        state if locked => return Ok(state.require(profile)?),
+        LockState::OutOfDate(lock) => Some(lock),
+        LockState::Missing => None,
     };
-    match &old {
-        Some(lock) if locked => bail!(
-            "{} is out of date for {} ({}); run `cargo xtask lock --profile {}`",
-            path.display(),
-            profile.path.display(),
-            inputs.describe_change(&lock.inputs),
-            profile.name
-        ),
-        None if locked => bail!(
-            "{} does not exist; run `cargo xtask lock --profile {}`",
-            path.display(),
-            profile.name
-        ),
-        _ => {}
-    }
     if let Some(old) = &old
         && let Some(lock) = fetch::refresh_images(old, profile)?
     {
@@ -561,12 +665,14 @@ pub fn secure_boot_keys(
     Ok(Some((keys, config.enroll.value)))
 }
 
-/// Everything that determines the image, hashed: profile files, lock, init, public key,
-/// the Secure Boot certificate and enrolment files, epoch, and this builder's version.
+/// Everything that determines the image, hashed: profile files, lock, init (and its crates,
+/// which the SBOM lists), public key, the Secure Boot certificate and enrolment files, epoch,
+/// and this builder's version.
 fn build_id(
     profile: &Profile,
     lock: &Lock,
     init: &[u8],
+    init_crates: Option<&[sbom::Crate]>,
     key: &SigningKey,
     secure_boot: Option<&(KeySet, secureboot::Enroll)>,
     epoch: u64,
@@ -579,6 +685,11 @@ fn build_id(
         key.public_key().to_bytes().to_vec(),
         epoch.to_le_bytes().to_vec(),
     ];
+    if let Some(crates) = init_crates {
+        // The SBOM in the root lists them.
+        parts.push(b"init crates".to_vec());
+        parts.push(serde_json::to_vec(crates)?);
+    }
     if let Some((keys, mode)) = secure_boot {
         // The certificate names the db key that signs; the enrolment files go on the ESP.
         parts.push(mode.loader_conf_value().as_bytes().to_vec());
@@ -706,21 +817,21 @@ fn os_release(profile: &Profile, build_id: &Digest) -> String {
     )
 }
 
-/// The root file system: the profile's packages (merged `/usr`), the init, os-release, the
-/// mount points the init needs, and the profile's files.
-/// The OCI runtime bundles of the profile's services, in start order.
+/// The OCI runtime bundles of the profile's services, in start order, and the SBOM's view of
+/// the images among them.
 fn service_bundles(
     profile: &Profile,
     lock: &Lock,
     debs: &[Deb],
     root: &Tree,
     cache_root: &Path,
-) -> Result<Vec<Bundle>> {
+) -> Result<(Vec<Bundle>, Vec<sbom::Service>)> {
     let host = HostFacts {
         image_name: profile.image_name.value.clone(),
         image_version: profile.image_version.value.clone(),
     };
     let mut bundles = Vec::new();
+    let mut images = Vec::new();
     for decl in &profile.services {
         let Some(image) = decl.image() else {
             // A host program or an image containerd pulls at boot: no bundle to make.
@@ -742,8 +853,25 @@ fn service_bundles(
                 deb::add_merged_usr_links(&mut tree)?;
                 (tree, ImageConfig::default())
             }
-            ImageSource::OciLayout { path, tag } => oci::read_layout(path, tag.as_deref())
-                .with_context(|| format!("{}: service {}: image", decl.at, decl.name))?,
+            ImageSource::OciLayout { path, tag } => {
+                let (tree, config) = oci::read_layout(path, tag.as_deref())
+                    .with_context(|| format!("{}: service {}: image", decl.at, decl.name))?;
+                let folder = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| decl.name.clone());
+                images.push(sbom::Service {
+                    name: decl.name.clone(),
+                    image: sbom::ServiceImage::Oci {
+                        name: tag.clone().unwrap_or(folder),
+                        digest: config.digest.clone().unwrap_or_default(),
+                        repository: None,
+                        tag: tag.clone(),
+                        vendor: config.vendor.clone(),
+                    },
+                });
+                (tree, config)
+            }
             ImageSource::Registry(reference) => {
                 let pinned = lock
                     .images
@@ -756,13 +884,37 @@ fn service_bundles(
                         )
                     })?;
                 let layout = oci::pull(cache_root, reference, &pinned.digest)?;
-                oci::read_layout(&layout, Some("image"))
-                    .with_context(|| format!("service {}: image {reference}", decl.name))?
+                let (tree, config) = oci::read_layout(&layout, Some("image"))
+                    .with_context(|| format!("service {}: image {reference}", decl.name))?;
+                let r = oci::Reference::parse(reference).map_err(anyhow::Error::msg)?;
+                images.push(sbom::Service {
+                    name: decl.name.clone(),
+                    image: sbom::ServiceImage::Oci {
+                        name: r
+                            .repository
+                            .rsplit('/')
+                            .next()
+                            .unwrap_or(&r.repository)
+                            .to_owned(),
+                        // The digest the lock pins (what the registry serves).
+                        digest: pinned.digest.clone(),
+                        repository: Some(format!("{}/{}", r.registry, r.repository)),
+                        tag: r.tag.clone(),
+                        vendor: config.vendor.clone(),
+                    },
+                });
+                (tree, config)
             }
         };
+        if matches!(image, ImageSource::Debian(_)) {
+            images.push(sbom::Service {
+                name: decl.name.clone(),
+                image: sbom::ServiceImage::Debian,
+            });
+        }
         bundles.push(service::bundle(decl, tree, &config, &host)?);
     }
-    Ok(bundles)
+    Ok((bundles, images))
 }
 
 /// What user-data may be and do on the image's hosts (`[config]`), with the keys that may
@@ -787,6 +939,8 @@ pub fn user_data_policy(profile: &Profile, key: &SigningKey) -> Result<Policy> {
     })
 }
 
+/// The root file system: the profile's packages (merged `/usr`), the init, os-release, the
+/// mount points the init needs, the user-data policy, and the profile's files.
 fn root_tree(
     profile: &Profile,
     debs: &[Deb],

@@ -1,8 +1,10 @@
-//! Update bundles: the new version's root image, verity tree and UKI, zstd-compressed, behind
-//! a header signed with the image's key ([`crust_format::bundle`] has the file format).
+//! Update bundles: the new version's root image, verity tree and UKI, and the release's SBOM,
+//! zstd-compressed, behind a header signed with the image's key ([`crust_format::bundle`] has
+//! the file format).
 //!
 //! Every build writes `update.bundle` beside `image.raw`, from the same bytes it puts in the
-//! image, so the bundle of a build installs exactly the image that build made.
+//! image, so the bundle of a build installs exactly the image that build made; its `sbom`
+//! part is the build's `sbom.spdx.json`, byte for byte ([`read_sbom`] takes it out).
 
 use std::io::Write;
 use std::path::Path;
@@ -34,6 +36,8 @@ pub struct Contents<'a> {
     pub verity: &'a [u8],
     /// The UKI.
     pub uki: &'a [u8],
+    /// The release's SPDX document (`sbom.spdx.json`).
+    pub sbom: &'a [u8],
 }
 
 /// A written bundle.
@@ -55,6 +59,7 @@ pub fn write(path: &Path, c: &Contents<'_>, key: &SigningKey) -> Result<Written>
         (PartKind::Root, c.root),
         (PartKind::Verity, c.verity),
         (PartKind::Uki, c.uki),
+        (PartKind::Sbom, c.sbom),
     ] {
         let packed = zstd::bulk::compress(raw, ZSTD_LEVEL)
             .with_context(|| format!("cannot compress the bundle's {} part", kind.as_str()))?;
@@ -144,6 +149,50 @@ pub fn resign(path: &Path, key: &SigningKey) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// The SPDX document in the bundle at `path`, decompressed, its stored and decompressed
+/// digests checked against the header (the signature is not: that needs the image's key, see
+/// [`verify`]).
+pub fn read_sbom(path: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let prefix: &[u8; 12] = bytes
+        .get(..12)
+        .and_then(|p| p.try_into().ok())
+        .with_context(|| format!("{} is truncated", path.display()))?;
+    let len = bundle::header_len(prefix).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        as usize;
+    let text = bytes
+        .get(12..12 + len)
+        .with_context(|| format!("{} is truncated", path.display()))?;
+    let header = Header::parse(std::str::from_utf8(text)?)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let Some(part) = header.part(PartKind::Sbom) else {
+        bail!(
+            "{} is a format {} bundle, made before bundles carried an SBOM: it has none",
+            path.display(),
+            header.format()
+        );
+    };
+    let at = header.part_offset(len as u64, PartKind::Sbom) as usize;
+    let stored = bytes
+        .get(at..at + part.size as usize)
+        .with_context(|| format!("{} is truncated", path.display()))?;
+    if Digest::of(stored) != part.sha256 {
+        bail!(
+            "{}: the sbom part does not match its digest",
+            path.display()
+        );
+    }
+    let raw = zstd::bulk::decompress(stored, part.raw_size as usize)
+        .with_context(|| format!("{}: the sbom part is not zstd", path.display()))?;
+    if raw.len() as u64 != part.raw_size || Digest::of(&raw) != part.raw_sha256 {
+        bail!(
+            "{}: the sbom part decompresses to other bytes than its digest",
+            path.display()
+        );
+    }
+    Ok(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +213,7 @@ mod tests {
                 root: &root,
                 verity: &[2u8; 4096],
                 uki: b"MZ...",
+                sbom: b"{}",
             },
             &key,
         )
@@ -188,6 +238,7 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.stdout, root);
+        assert_eq!(read_sbom(&path).unwrap(), b"{}");
 
         let mut tampered = bytes.clone();
         let last = tampered.len() - 1;
@@ -197,8 +248,9 @@ mod tests {
             verify(&path, &key.public_key())
                 .unwrap_err()
                 .to_string()
-                .contains("uki part")
+                .contains("sbom part")
         );
+        assert!(read_sbom(&path).unwrap_err().to_string().contains("digest"));
         let other = SigningKey::development(&dir.path().join("other")).unwrap();
         std::fs::write(&path, &bytes).unwrap();
         assert!(

@@ -4,7 +4,8 @@
 //! [`profile`] → [`lock`] → [`fetch`] (through [`apt`]) → [`deb`] into a [`tree`] →
 //! [`rootfs`] → [`verity`] → [`sign`] → [`initramfs`] (with [`kernel`] modules) → [`uki`]
 //! (signed by [`secureboot`] when the profile asks) → [`esp`] (on [`fat`]) → [`disk`] →
-//! [`formats`] → [`release`]. [`build`] drives the steps; [`report`] tells the user.
+//! [`formats`] → [`release`], with the [`sbom`] of what went in. [`build`] drives the
+//! steps; [`report`] tells the user.
 //!
 //! Everything is built from files in user space (no loop devices, mounts or root
 //! privileges) and deterministically: the same profile, lock, key, init binary and
@@ -30,6 +31,7 @@ pub mod release;
 pub mod repo;
 pub mod report;
 pub mod rootfs;
+pub mod sbom;
 pub mod secureboot;
 pub mod service;
 pub mod sign;

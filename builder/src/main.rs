@@ -41,6 +41,14 @@ enum Command {
         /// Also make this output format (raw, raw.zst, qcow2, vmdk, vhd, gce); repeatable.
         #[arg(long = "format", value_delimiter = ',')]
         formats: Vec<OutputFormat>,
+        /// The Cargo.toml of the workspace the init was built from: the SBOM then lists the
+        /// crates compiled into it (package crust-init, target --init-target). Without it
+        /// the SBOM lists the init alone and says so.
+        #[arg(long, value_name = "CARGO_TOML")]
+        init_cargo: Option<PathBuf>,
+        /// The target the init was built for.
+        #[arg(long, default_value = "x86_64-unknown-linux-musl")]
+        init_target: String,
     },
     /// Re-resolves a profile's packages against the archive and rewrites its lock file.
     Lock {
@@ -80,7 +88,17 @@ fn run(cli: Cli) -> Result<()> {
             locked,
             cache,
             formats,
+            init_cargo,
+            init_target,
         } => {
+            let init_crates = match &init_cargo {
+                Some(manifest) => Some(crust_builder::sbom::cargo::init_crates(
+                    manifest,
+                    "crust-init",
+                    &init_target,
+                )?),
+                None => None,
+            };
             let outcome = build_with(
                 &BuildRequest {
                     profile,
@@ -90,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
                     cache: Cache::new(cache.unwrap_or_else(Cache::default_root)),
                     locked,
                     source_date_epoch: source_date_epoch()?,
+                    init_crates,
                 },
                 &formats,
             )?;

@@ -35,6 +35,10 @@ pub struct ImageConfig {
     pub workdir: Option<String>,
     /// `User`, when numeric.
     pub user: Option<(u32, u32)>,
+    /// The digest of the image manifest it was read from (`sha256:…`), for the SBOM.
+    pub digest: Option<String>,
+    /// The `org.opencontainers.image.vendor` label, for the SBOM's supplier.
+    pub vendor: Option<String>,
 }
 
 /// A registry image reference: `host[:port]/path[:tag][@sha256:…]`.
@@ -180,8 +184,8 @@ fn read_blob(layout: &Path, digest: &str) -> Result<Vec<u8>> {
 
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
-/// The manifest of the image `tag` (or the only image) in the layout.
-fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<ImageManifest> {
+/// The manifest of the image `tag` (or the only image) in the layout, and its digest.
+fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<(String, ImageManifest)> {
     let index_path = layout.join("index.json");
     let index = ImageIndex::from_file(&index_path)
         .with_context(|| format!("{} is not an OCI image index", index_path.display()))?;
@@ -226,8 +230,9 @@ fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<ImageManifest> {
             digest = entry.digest().to_string();
             continue;
         }
-        return serde_json::from_slice(&blob)
-            .with_context(|| format!("{}: bad image manifest {digest}", layout.display()));
+        let manifest = serde_json::from_slice(&blob)
+            .with_context(|| format!("{}: bad image manifest {digest}", layout.display()))?;
+        return Ok((digest, manifest));
     }
     bail!("{}: image indexes nest too deeply", layout.display())
 }
@@ -235,7 +240,7 @@ fn find_manifest(layout: &Path, tag: Option<&str>) -> Result<ImageManifest> {
 /// Reads the image `tag` (or the only one) of an OCI image layout: its file system and
 /// configuration.
 pub fn read_layout(layout: &Path, tag: Option<&str>) -> Result<(Tree, ImageConfig)> {
-    let manifest = find_manifest(layout, tag)?;
+    let (digest, manifest) = find_manifest(layout, tag)?;
     let config_blob = read_blob(layout, manifest.config().digest().as_ref())?;
     let config: ImageConfiguration = serde_json::from_slice(&config_blob)
         .with_context(|| format!("{}: bad image configuration", layout.display()))?;
@@ -252,6 +257,12 @@ pub fn read_layout(layout: &Path, tag: Option<&str>) -> Result<(Tree, ImageConfi
         env: c.env().clone().unwrap_or_default(),
         workdir: c.working_dir().clone().filter(|w| !w.is_empty()),
         user: c.user().as_deref().and_then(numeric_user),
+        digest: Some(digest),
+        vendor: c
+            .labels()
+            .as_ref()
+            .and_then(|l| l.get("org.opencontainers.image.vendor"))
+            .cloned(),
     };
     Ok((tree, image))
 }

@@ -348,6 +348,8 @@ fn remove(path: &Path) -> anyhow::Result<()> {
 pub fn clear(dir: &Path) -> anyhow::Result<()> {
     remove(&dir.join(SUMS_SIG))?;
     remove(&dir.join(SUMS))?;
+    remove(&dir.join(outputs::SBOM_SPDX))?;
+    remove(&dir.join(outputs::SBOM_CYCLONEDX))?;
     for format in OutputFormat::ALL {
         if format != OutputFormat::Raw {
             remove(&dir.join(format.file_name()))?;
@@ -367,7 +369,13 @@ pub fn publish(
     stamp: &Stamp,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let image = out_dir.join(outputs::IMAGE);
-    let mut names: Vec<&str> = vec![outputs::IMAGE, outputs::MANIFEST, outputs::SIGNATURE];
+    let mut names: Vec<&str> = vec![
+        outputs::IMAGE,
+        outputs::MANIFEST,
+        outputs::SIGNATURE,
+        outputs::SBOM_SPDX,
+        outputs::SBOM_CYCLONEDX,
+    ];
     names.extend(wanted.iter().map(|f| f.file_name()));
     let old = signed_sums(out_dir, &key.public_key()).unwrap_or_default();
     // Formats made earlier for this same image stay in the release.

@@ -163,6 +163,7 @@ mod tests {
                 root: &[0u8; 4096],
                 verity: &[0u8; 4096],
                 uki: version.as_bytes(),
+                sbom: b"{}",
             },
             key,
         )

@@ -1,5 +1,5 @@
 //! Update bundles: one file carrying everything a new version needs (root image, verity
-//! tree, UKI), signed.
+//! tree, UKI) and its software bill of materials, signed.
 //!
 //! ```text
 //! "CRUSTUP1"                  8 bytes
@@ -9,20 +9,24 @@
 //! parts                       the parts' zstd-compressed bytes, back to back, in header order
 //! ```
 //!
-//! The header is `key=value` lines: `format=1`, `layout`, `name`, `version`, `root-hash`,
-//! then one `part=<kind> <size> <sha256> <raw-size> <raw-sha256>` line per part (kinds
-//! `root`, `verity`, `uki`, in that order): the compressed size and digest as stored, and the
-//! size and digest of the decompressed content written to the slot. A reader checks the
+//! The header is `key=value` lines: `format`, `layout`, `name`, `version`, `root-hash`,
+//! then one `part=<kind> <size> <sha256> <raw-size> <raw-sha256>` line per part: the
+//! compressed size and digest as stored, and the size and digest of the decompressed
+//! content. Format 2 (written since the SBOM) has the kinds `root`, `verity`, `uki`, `sbom`
+//! in that order; format 1 (read for older bundles) the first three. A reader checks the
 //! signature with the running image's key before believing a byte of it, and every digest
-//! before a part counts as written.
+//! before a part counts as written. `sbom` (the release's SPDX document) is for people and
+//! tools reading the bundle: a host checks its digest with the rest and never writes it.
 
 use crate::Digest;
 use crate::version::{check_name, check_version};
 
 /// The file's first eight bytes.
 pub const MAGIC: &[u8; 8] = b"CRUSTUP1";
-/// The bundle format this crate reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The bundle format this crate writes (it also reads [`FORMAT_WITHOUT_SBOM`]).
+pub const FORMAT_VERSION: u32 = 2;
+/// The first bundle format: root, verity and UKI, no SBOM part.
+pub const FORMAT_WITHOUT_SBOM: u32 = 1;
 /// Largest header accepted (it is a few hundred bytes).
 pub const MAX_HEADER: u32 = 16 << 10;
 
@@ -35,11 +39,28 @@ pub enum PartKind {
     Verity,
     /// The unified kernel image (written to the ESP).
     Uki,
+    /// The release's SPDX SBOM (`sbom.spdx.json`): checked, never written to the host.
+    Sbom,
 }
 
 impl PartKind {
-    /// Every kind, in bundle order.
-    pub const ALL: [PartKind; 3] = [PartKind::Root, PartKind::Verity, PartKind::Uki];
+    /// Every kind, in bundle order (format 2).
+    pub const ALL: [PartKind; 4] = [
+        PartKind::Root,
+        PartKind::Verity,
+        PartKind::Uki,
+        PartKind::Sbom,
+    ];
+
+    /// The kinds a bundle of `format` holds, in order (`None` for a format this crate does
+    /// not read).
+    pub fn of_format(format: u32) -> Option<&'static [PartKind]> {
+        match format {
+            FORMAT_WITHOUT_SBOM => Some(&Self::ALL[..3]),
+            FORMAT_VERSION => Some(&Self::ALL),
+            _ => None,
+        }
+    }
 
     /// The name in the header.
     pub fn as_str(self) -> &'static str {
@@ -47,6 +68,7 @@ impl PartKind {
             PartKind::Root => "root",
             PartKind::Verity => "verity",
             PartKind::Uki => "uki",
+            PartKind::Sbom => "sbom",
         }
     }
 }
@@ -77,7 +99,7 @@ pub struct Header {
     pub version: String,
     /// The new version's root hash (the slot's partition UUIDs derive from it).
     pub root_hash: Digest,
-    /// The parts, in [`PartKind::ALL`] order.
+    /// The parts, in [`PartKind::ALL`] order: all four, or (format 1) the first three.
     pub parts: Vec<Part>,
 }
 
@@ -87,11 +109,24 @@ pub struct Header {
 pub struct HeaderError(pub String);
 
 impl Header {
+    /// The bundle format of this header: 2 with an SBOM part, 1 without.
+    pub fn format(&self) -> u32 {
+        if self.part(PartKind::Sbom).is_some() {
+            FORMAT_VERSION
+        } else {
+            FORMAT_WITHOUT_SBOM
+        }
+    }
+
     /// The header text (the signed bytes).
     pub fn to_text(&self) -> String {
         let mut s = format!(
-            "format={FORMAT_VERSION}\nlayout={}\nname={}\nversion={}\nroot-hash={}\n",
-            self.layout, self.name, self.version, self.root_hash
+            "format={}\nlayout={}\nname={}\nversion={}\nroot-hash={}\n",
+            self.format(),
+            self.layout,
+            self.name,
+            self.version,
+            self.root_hash
         );
         for p in &self.parts {
             s.push_str(&format!(
@@ -141,9 +176,16 @@ impl Header {
             }
         }
         let mut take = |k: &str| fields.remove(k).ok_or_else(|| bad(format!("no {k}")));
-        if take("format")? != FORMAT_VERSION.to_string() {
-            return Err(bad("unsupported format".into()));
-        }
+        let format = take("format")?;
+        let kinds = format
+            .parse()
+            .ok()
+            .and_then(PartKind::of_format)
+            .ok_or_else(|| {
+                bad(format!(
+                    "format {format} is not supported (only {FORMAT_WITHOUT_SBOM} and {FORMAT_VERSION})"
+                ))
+            })?;
         let layout = take("layout")?
             .parse()
             .map_err(|_| bad("layout is not a number".into()))?;
@@ -157,11 +199,11 @@ impl Header {
         if let Some(extra) = fields.keys().next() {
             return Err(bad(format!("unknown key {extra:?}")));
         }
-        if parts.len() != PartKind::ALL.len() {
+        if parts.len() != kinds.len() {
             return Err(bad(format!(
-                "{} parts, expected {}",
+                "{} parts, expected {} in format {format}",
                 parts.len(),
-                PartKind::ALL.len()
+                kinds.len()
             )));
         }
         Ok(Header {
@@ -240,15 +282,36 @@ mod tests {
         let n = text.len() as u64;
         assert_eq!(h.part_offset(n, PartKind::Root), 12 + n + 64);
         assert_eq!(h.part_offset(n, PartKind::Uki), 12 + n + 64 + 100 + 101);
-        assert_eq!(h.file_size(n), 12 + n + 64 + 303);
+        assert_eq!(
+            h.part_offset(n, PartKind::Sbom),
+            12 + n + 64 + 100 + 101 + 102
+        );
+        assert_eq!(h.file_size(n), 12 + n + 64 + 406);
+    }
+
+    #[test]
+    fn format_1_bundles_without_sbom_still_read() {
+        let mut h = sample();
+        h.parts.pop();
+        let text = h.to_text();
+        assert!(text.starts_with("format=1\n"), "{text}");
+        assert_eq!(Header::parse(&text), Ok(h.clone()));
+        assert!(sample().to_text().starts_with("format=2\n"));
+        // The part count must match the format.
+        let short = text.replace("format=1", "format=2");
+        assert!(Header::parse(&short).unwrap_err().0.contains("3 parts"));
+        let mut long = sample().to_text();
+        long = long.replace("format=2", "format=1");
+        assert!(Header::parse(&long).is_err());
     }
 
     #[test]
     fn bad_headers_are_refused() {
         let text = sample().to_text();
         assert!(Header::parse(&text.replace("part=root", "part=uki")).is_err());
+        assert!(Header::parse(&text.replace("part=sbom", "part=uki")).is_err());
         assert!(Header::parse(&format!("{text}colour=red\n")).is_err());
-        assert!(Header::parse(&text.replace("format=1", "format=2")).is_err());
+        assert!(Header::parse(&text.replace("format=2", "format=3")).is_err());
         let mut prefix = [0u8; 12];
         prefix[..8].copy_from_slice(MAGIC);
         prefix[8..].copy_from_slice(&200u32.to_le_bytes());

@@ -53,6 +53,35 @@ pub fn init_binary() -> PathBuf {
     env_path("CRUST_TEST_INIT")
 }
 
+/// The target the test init was built for: the folder above its profile folder
+/// (`target/<triple>/init/init`), as `cargo xtask` builds it.
+pub fn init_target() -> String {
+    let init = init_binary();
+    init.parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .map(|t| t.to_string_lossy().into_owned())
+        .filter(|t| t.contains("-linux-"))
+        .unwrap_or_else(|| "x86_64-unknown-linux-musl".into())
+}
+
+/// The crates compiled into the test init, as `cargo xtask build` gives them to the
+/// builder for the SBOM (computed once per test binary).
+pub fn init_crates() -> Vec<crust_builder::sbom::Crate> {
+    static CRATES: std::sync::OnceLock<Vec<crust_builder::sbom::Crate>> =
+        std::sync::OnceLock::new();
+    CRATES
+        .get_or_init(|| {
+            crust_builder::sbom::cargo::init_crates(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"),
+                "crust-init",
+                &init_target(),
+            )
+            .unwrap_or_else(|e| panic!("the init's crates: {e:#}"))
+        })
+        .clone()
+}
+
 /// Runs a command, panicking with its output if it fails.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| {
@@ -462,6 +491,7 @@ pub fn build_profile(dir: &Path, name: &str, locked: bool) -> crust_builder::bui
         cache: crust_builder::fetch::Cache::new(crust_builder::fetch::Cache::default_root()),
         locked,
         source_date_epoch: None,
+        init_crates: Some(init_crates()),
     })
     .unwrap_or_else(|e| panic!("{name} does not build: {e:#}"))
 }

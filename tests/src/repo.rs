@@ -53,6 +53,7 @@ pub fn variant(
         cache: Cache::new(Cache::default_root()),
         locked: false,
         source_date_epoch: None,
+        init_crates: Some(crate::init_crates()),
     })
     .unwrap_or_else(|e| panic!("building {version}: {e:#}"));
     out

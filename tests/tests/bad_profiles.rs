@@ -28,6 +28,7 @@ fn try_build(profile: &Path, out: &Path) -> String {
         cache: Cache::new(Cache::default_root()),
         locked: false,
         source_date_epoch: None,
+        init_crates: None,
     })
     .expect_err("the build must fail");
     format!("{err:#}")
@@ -113,6 +114,7 @@ fn a_failed_build_keeps_the_previous_image() {
         cache: Cache::new(Cache::default_root()),
         locked: false,
         source_date_epoch: None,
+        init_crates: None,
     };
     let first = build(&request).expect("the variant builds");
     let before = std::fs::read(&first.image).unwrap();

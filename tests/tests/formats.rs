@@ -57,7 +57,12 @@ fn the_release_is_signed_and_lists_every_format() {
             "{checked}"
         );
     }
-    for name in ["manifest: OK", "manifest.sig: OK"] {
+    for name in [
+        "manifest: OK",
+        "manifest.sig: OK",
+        "sbom.spdx.json: OK",
+        "sbom.cdx.json: OK",
+    ] {
         assert!(checked.contains(name), "{checked}");
     }
     run_ok(
@@ -71,7 +76,8 @@ fn the_release_is_signed_and_lists_every_format() {
     );
     let key = release::read_public_key(&public_key_file(&img)).expect("key");
     let sums = release::verify(&img.dir, &key).expect("the release verifies");
-    assert_eq!(sums.len(), OutputFormat::ALL.len() + 2);
+    // The formats, the manifest and its signature, and the two SBOMs.
+    assert_eq!(sums.len(), OutputFormat::ALL.len() + 4);
 }
 
 #[test]

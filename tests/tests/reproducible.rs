@@ -18,6 +18,7 @@ fn build_into(out: &Path, keys: &Path, epoch: Option<u64>) -> crust_format::Dige
         cache: Cache::new(Cache::default_root()),
         locked: true,
         source_date_epoch: epoch,
+        init_crates: Some(crust_tests::init_crates()),
     })
     .expect("build");
     assert!(!outcome.fresh, "{} was not a clean folder", out.display());
@@ -32,8 +33,14 @@ fn two_clean_builds_are_bit_identical() {
     let a = build_into(&dir.path().join("a"), &keys, None);
     let b = build_into(&dir.path().join("b"), &keys, None);
     assert_eq!(a, b, "two builds of the same inputs differ");
-    // The signed release too: the same list, and Ed25519 signatures are deterministic.
-    for name in ["SHA256SUMS", "SHA256SUMS.sig"] {
+    // The signed release too: the same list, and Ed25519 signatures are deterministic; the
+    // SBOMs it lists the same bytes.
+    for name in [
+        "SHA256SUMS",
+        "SHA256SUMS.sig",
+        "sbom.spdx.json",
+        "sbom.cdx.json",
+    ] {
         let read = |out: &str| std::fs::read(dir.path().join(out).join(name)).expect("release");
         assert_eq!(read("a"), read("b"), "{name} differs between two builds");
     }

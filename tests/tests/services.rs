@@ -148,6 +148,7 @@ fn a_failing_service_is_restarted_with_growing_delays() {
         cache: Cache::new(Cache::default_root()),
         locked: false,
         source_date_epoch: None,
+        init_crates: Some(crust_tests::init_crates()),
     })
     .expect("the variant builds");
 

@@ -66,6 +66,7 @@ fn oversized_bundle(work: &Path, key: &SigningKey, version: &str) -> PathBuf {
             root: &root,
             verity: &[0u8; 4096],
             uki: b"not a UKI: the bundle is refused before anyone reads it",
+            sbom: b"{}",
         },
         key,
     )

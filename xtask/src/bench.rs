@@ -98,6 +98,10 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
             iterations: opts.iterations,
             cold: opts.cold,
             command: opts.init.is_none(),
+            init_crates: match &opts.init {
+                Some(_) => None,
+                None => Some(image::init_crates()?),
+            },
         },
         &profile,
     )?;

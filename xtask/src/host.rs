@@ -220,8 +220,14 @@ impl InitTarget {
     }
 }
 
-/// The musl target if it is installed or rustup can add it; glibc static otherwise.
+/// The musl target if it is installed or rustup can add it; glibc static otherwise (asked
+/// once per run).
 pub fn init_target() -> InitTarget {
+    static TARGET: std::sync::OnceLock<InitTarget> = std::sync::OnceLock::new();
+    *TARGET.get_or_init(find_init_target)
+}
+
+fn find_init_target() -> InitTarget {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()

@@ -94,6 +94,49 @@ pub fn build_init() -> Result<PathBuf> {
     Ok(target_dir.join(target.triple()).join("init").join("init"))
 }
 
+/// The crates compiled into the init [`build_init`] builds, as cargo resolves them for its
+/// target (the SBOM lists them). Asking cargo takes a quarter of a second, so the answer is
+/// kept in `target/crust/init-crates/`, by the digest of what decides it: the target,
+/// `Cargo.lock` and every `Cargo.toml` of the workspace.
+pub fn init_crates() -> Result<Vec<crust_builder::sbom::Crate>> {
+    let target = host::init_target().triple();
+    let ws = workspace();
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
+    let mut parts = vec![
+        target.as_bytes().to_vec(),
+        read(&ws.join("Cargo.lock"))?,
+        read(&ws.join("Cargo.toml"))?,
+    ];
+    let mut members: Vec<PathBuf> = std::fs::read_dir(&ws)
+        .with_context(|| format!("cannot list {}", ws.display()))?
+        .flatten()
+        .map(|e| e.path().join("Cargo.toml"))
+        .filter(|p| p.is_file())
+        .collect();
+    members.sort();
+    for m in &members {
+        parts.push(m.to_string_lossy().into_owned().into_bytes());
+        parts.push(read(m)?);
+    }
+    let key = crust_format::Digest::of_parts(parts.iter().map(Vec::as_slice));
+    let kept = crust_target()
+        .join("init-crates")
+        .join(format!("{}.json", key.short(16)));
+    if let Some(crates) = std::fs::read(&kept)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
+        return Ok(crates);
+    }
+    let crates =
+        crust_builder::sbom::cargo::init_crates(&ws.join("Cargo.toml"), "crust-init", target)?;
+    if let Some(dir) = kept.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    crust_builder::output::write_atomic(&kept, &serde_json::to_vec(&crates)?)?;
+    Ok(crates)
+}
+
 fn source_date_epoch() -> Result<Option<u64>> {
     match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(v) => Ok(Some(v.trim().parse().with_context(|| {
@@ -131,12 +174,48 @@ pub fn build_with(
             cache: Cache::new(Cache::default_root()),
             locked,
             source_date_epoch: source_date_epoch()?,
+            init_crates: Some(init_crates()?),
         },
         formats,
     )?;
     summarize(&outcome, started);
     summarize_release(&outcome);
+    summarize_sbom(&outcome);
     Ok(outcome)
+}
+
+/// One line on what the SBOM lists: Debian packages by place, crates, OCI images.
+fn summarize_sbom(outcome: &BuildOutcome) {
+    let Some(dir) = outcome.image.parent() else {
+        return;
+    };
+    let doc = match crust_builder::sbom::read::load(dir) {
+        Ok(doc) => doc,
+        Err(e) => {
+            report::warn(format!("cannot read the SBOM back: {e:#}"));
+            return;
+        }
+    };
+    let mut debs = std::collections::BTreeMap::<&str, usize>::new();
+    let (mut crates, mut images) = (0, 0);
+    for e in &doc.entries {
+        match e.kind.as_str() {
+            "deb" => *debs.entry(&e.place).or_default() += 1,
+            "cargo" if e.place == "init" => crates += 1,
+            "oci" => images += 1,
+            _ => {}
+        }
+    }
+    let places: Vec<String> = debs.iter().map(|(p, n)| format!("{p} {n}")).collect();
+    report::status(
+        "SBOM",
+        format!(
+            "{}: {} Debian packages ({}), the init and its {crates} crates, {images} OCI images",
+            crust_builder::build::outputs::SBOM_SPDX,
+            debs.values().sum::<usize>(),
+            places.join(", "),
+        ),
+    );
 }
 
 fn summarize_release(outcome: &BuildOutcome) {

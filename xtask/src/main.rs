@@ -14,6 +14,7 @@ mod host;
 mod image;
 mod keys;
 mod qemu;
+mod sbom;
 mod test;
 mod user_data;
 
@@ -75,6 +76,11 @@ enum Cmd {
         /// vhd, gce (repeatable, or comma-separated).
         #[arg(long = "format", value_delimiter = ',')]
         formats: Vec<crust_builder::profile::OutputFormat>,
+    },
+    /// Read releases' software bills of materials (sbom.spdx.json; docs/FORMAT.md §13).
+    Sbom {
+        #[command(subcommand)]
+        command: SbomCmd,
     },
     /// Check a release folder: the signature over SHA256SUMS, then every file's digest.
     Verify {
@@ -244,6 +250,27 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum SbomCmd {
+    /// Packages added, removed and changed between two releases (release folders such as
+    /// target/crust/qemu, update bundles, or .spdx.json files). Signatures are not checked
+    /// here: `cargo xtask verify` checks a release.
+    Diff {
+        /// The older release.
+        old: std::path::PathBuf,
+        /// The newer release.
+        new: std::path::PathBuf,
+    },
+    /// Whether a release holds a package, and at what version and where (exit status 1
+    /// if it does not). A Debian source package's name finds the packages built from it.
+    Query {
+        /// The release folder, update bundle or .spdx.json file.
+        dir: std::path::PathBuf,
+        /// The package name.
+        package: String,
+    },
+}
+
 fn parse_forward(s: &str) -> Result<(u16, u16), String> {
     let (h, g) = s
         .split_once(':')
@@ -292,6 +319,12 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             image::build_with(&profile, out.as_deref(), locked, &formats)?;
         }
+        Cmd::Sbom {
+            command: SbomCmd::Diff { old, new },
+        } => sbom::diff(&old, &new)?,
+        Cmd::Sbom {
+            command: SbomCmd::Query { dir, package },
+        } => sbom::query(&dir, &package)?,
         Cmd::Verify { dir, key } => keys::verify(&dir, key.as_deref())?,
         Cmd::Flash {
             image,

@@ -7,7 +7,9 @@
 //! share it. The AMI test also needs the AMI publisher (its own workspace, `ami/`: the AWS
 //! SDK, about 4 minutes to build here) and moto, the AWS API emulator, from PyPI in a
 //! virtual environment; `--no-ami` leaves all three out and says so. The Secure Boot tests
-//! need the UEFI variable store tools (`virt-fw-vars`, `uefivars`), also from PyPI. Last,
+//! need the UEFI variable store tools (`virt-fw-vars`, `uefivars`), also from PyPI, and the
+//! SBOM tests the SPDX and CycloneDX validators (`spdx-tools`, `ntia-conformance-checker`,
+//! `cyclonedx-python-lib`), pinned in a virtual environment of their own. Last,
 //! the benchmark runs once with `--quick` into `target/crust/test-bench`, a check that it
 //! works (`docs/BENCHMARKS.md`).
 
@@ -88,6 +90,7 @@ pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
     let outcome = image::build_with("qemu", None, true, &OutputFormat::ALL)?;
     let init = image::build_init()?;
     let uefi = host::uefi_tools()?;
+    let sbom_python = sbom_tools()?;
     let out_dir = outcome
         .image
         .parent()
@@ -105,7 +108,8 @@ pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
     .env(IMAGE_DIR_VAR, &out_dir)
     .env(INIT_VAR, &init)
     .env(VIRT_FW_VARS_VAR, &uefi.virt_fw_vars)
-    .env(UEFIVARS_VAR, &uefi.uefivars);
+    .env(UEFIVARS_VAR, &uefi.uefivars)
+    .env(SBOM_PYTHON_VAR, &sbom_python);
     match &ami_env {
         Some((publisher, moto)) => {
             test.env(AMI_VAR, publisher).env(MOTO_VAR, moto);
@@ -143,20 +147,54 @@ pub const MOTO_VAR: &str = "CRUST_TEST_MOTO_PYTHON";
 const AMI_TEST: &str = "ami_publish_against_moto";
 /// The moto release the AMI test runs against (PyPI).
 const MOTO: &str = "moto[server]==5.2.5";
+/// Environment variable naming the Python whose environment has the SBOM validators
+/// (`pyspdxtools`, `ntia-checker` and `cyclonedx-python-lib` beside it).
+pub const SBOM_PYTHON_VAR: &str = "CRUST_TEST_SBOM_PYTHON";
+/// The SBOM validators (PyPI), pinned: SPDX 2.3 (`pyspdxtools -i`), the NTIA minimum
+/// elements (`ntia-checker`) and CycloneDX 1.5 (`cyclonedx-python-lib`'s JSON validator).
+const SBOM_TOOLS: &[&str] = &[
+    "spdx-tools==0.8.5",
+    "ntia-conformance-checker==6.0.0",
+    "cyclonedx-python-lib[json-validation]==11.12.0",
+];
 
 /// A Python with moto, in a virtual environment under `target/ami/moto` (made once).
 fn moto() -> Result<PathBuf> {
-    let venv = ami::target_dir().join("moto");
+    venv(
+        &ami::target_dir().join("moto"),
+        "crust-moto-requirement",
+        &[MOTO],
+    )
+}
+
+/// A Python with the SBOM validators, in a virtual environment under
+/// `target/crust/sbom-tools` (made once).
+pub fn sbom_tools() -> Result<PathBuf> {
+    venv(
+        &image::crust_target().join("sbom-tools"),
+        "crust-requirements",
+        SBOM_TOOLS,
+    )
+}
+
+/// A virtual environment in `venv` with the pinned `requirements` from PyPI; its Python.
+/// The stamp file `stamp` records what was installed, so a changed pin installs again.
+fn venv(venv: &std::path::Path, stamp: &str, requirements: &[&str]) -> Result<PathBuf> {
     let python = venv.join("bin").join("python3");
-    let stamp = venv.join("crust-moto-requirement");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == MOTO) {
+    let stamp = venv.join(stamp);
+    let wanted = requirements.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
         return Ok(python);
     }
-    eprintln!("crust: installing {MOTO} from PyPI into {}", venv.display());
+    eprintln!(
+        "crust: installing {} from PyPI into {}",
+        requirements.join(", "),
+        venv.display()
+    );
     let made = |python: &str| {
         Command::new(python)
             .args(["-m", "venv", "--clear"])
-            .arg(&venv)
+            .arg(venv)
             .status()
             .is_ok_and(|s| s.success())
     };
@@ -171,9 +209,11 @@ fn moto() -> Result<PathBuf> {
         }
     }
     run(
-        "pip install moto",
-        Command::new(venv.join("bin").join("pip")).args(["install", "--quiet", MOTO]),
+        &format!("pip install {}", requirements.join(" ")),
+        Command::new(venv.join("bin").join("pip"))
+            .args(["install", "--quiet"])
+            .args(requirements),
     )?;
-    std::fs::write(&stamp, MOTO).with_context(|| format!("cannot write {}", stamp.display()))?;
+    std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(python)
 }

@@ -17,6 +17,11 @@
 //! Step 1 takes away the fallback, so everything that could refuse the bundle is known
 //! before it: [`fits`] measures every part against its partition and the ESP's room, and
 //! the check runs it before [`install`].
+//!
+//! Only the `root`, `verity` and `uki` parts are written. A format 2 bundle's `sbom` part
+//! (the release's SBOM) has its digest checked with every other part before anything is
+//! written (`check` checks each part the signed header lists) and is then left in the
+//! download: the new root carries the same content at `/usr/share/crust/sbom.spdx.json`.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom};

@@ -48,6 +48,8 @@ pub struct Plan {
     /// Whether `cargo xtask build` builds the same init (not so with `--init`), so that
     /// timing it as a whole measures an unchanged build.
     pub command: bool,
+    /// The init's crates for the SBOM (`None` for an init from elsewhere).
+    pub init_crates: Option<Vec<crust_builder::sbom::Crate>>,
 }
 
 /// The build times and the last warm build (whose image the rest of the benchmark uses).
@@ -78,6 +80,7 @@ fn request(plan: &Plan, out_dir: &Path, cache: Cache) -> Result<BuildRequest> {
         cache,
         locked: true,
         source_date_epoch,
+        init_crates: plan.init_crates.clone(),
     })
 }
 

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use crust_format::repo::{self, Index, Release};
+use crust_format::repo::{self, Index, Release, ReleaseState, Rollout};
 use crust_format::version::compare_versions;
 
 use crate::output::write_atomic;
@@ -30,6 +30,9 @@ pub struct Publish<'a> {
     pub valid_for: u64,
     /// Let hosts move to a lower version.
     pub allow_downgrade: bool,
+    /// Seconds the release's rollout takes to reach every host (0: all at once); it starts
+    /// when the index is issued.
+    pub rollout: u64,
     /// The current time (Unix seconds).
     pub now: u64,
     /// The key the bundle was built with, when it is not the publishing key (key rotation:
@@ -72,33 +75,14 @@ pub fn publish(p: &Publish<'_>, key: &SigningKey) -> Result<Published> {
         None => std::fs::metadata(p.bundle)?.len(),
     };
 
-    let index_path = p.repo.join(repo::index_path(p.channel));
-    let previous = match std::fs::read(&index_path) {
-        Ok(text) => {
-            let sig =
-                std::fs::read(p.repo.join(repo::signature_path(p.channel))).unwrap_or_default();
-            public.verify(&text, &sig).map_err(|e| {
-                anyhow::anyhow!(
-                    "{} is not signed by {} ({e}); it belongs to another key: publish to a new channel or repository",
-                    index_path.display(),
-                    key.path.display()
-                )
-            })?;
-            Some(
-                Index::parse(std::str::from_utf8(&text)?)
-                    .with_context(|| format!("{} cannot be extended", index_path.display()))?,
-            )
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", index_path.display())),
-    };
-    // Hosts refuse an index older than the newest they accepted: each publication of a
-    // channel is issued after the last, even within one second.
-    let issued = previous
-        .as_ref()
-        .map_or(p.now, |old| p.now.max(old.issued + 1));
+    let previous = read_index(p.repo, p.channel, key)?;
+    let issued = next_issue(previous.as_ref(), p.now);
     let mut releases = previous.map(|i| i.releases).unwrap_or_default();
-    if let Some(existing) = releases.iter().find(|r| r.version == header.version)
+    let existing = releases
+        .iter()
+        .find(|r| r.version == header.version)
+        .cloned();
+    if let Some(existing) = &existing
         && existing.sha256 != sha256
     {
         bail!(
@@ -108,11 +92,17 @@ pub fn publish(p: &Publish<'_>, key: &SigningKey) -> Result<Published> {
             header.version
         );
     }
-    let release = Release {
+    // Publishing a release again renews the index; its rollout and state stay as they were.
+    let release = existing.unwrap_or(Release {
         version: header.version.clone(),
         sha256,
         size,
-    };
+        rollout: Rollout {
+            start: issued,
+            duration: p.rollout,
+        },
+        state: ReleaseState::Active,
+    });
     releases.retain(|r| r.version != release.version);
     releases.push(release.clone());
     releases.sort_by(|a, b| compare_versions(&b.version, &a.version));
@@ -132,17 +122,98 @@ pub fn publish(p: &Publish<'_>, key: &SigningKey) -> Result<Published> {
         allow_downgrade: p.allow_downgrade,
         releases,
     };
-    let text = index.to_text();
-    write_atomic(&index_path, text.as_bytes())?;
-    write_atomic(
-        &p.repo.join(repo::signature_path(p.channel)),
-        &key.sign(text.as_bytes()),
-    )?;
+    write_index(p.repo, &index, key)?;
     Ok(Published {
         release,
         bundle: dest,
         index,
     })
+}
+
+/// A change of a published release's state (`cargo xtask publish --pause/--resume/--pull`).
+#[derive(Debug, Clone)]
+pub struct StateChange<'a> {
+    /// The repository folder.
+    pub repo: &'a Path,
+    /// The channel.
+    pub channel: &'a str,
+    /// The release.
+    pub version: &'a str,
+    /// Its new state.
+    pub state: ReleaseState,
+    /// Seconds from now until the re-signed index expires.
+    pub valid_for: u64,
+    /// The current time (Unix seconds).
+    pub now: u64,
+}
+
+/// Changes a release's state and re-signs the channel's index (issued anew, so hosts take
+/// it over the one they have).
+pub fn change_state(c: &StateChange<'_>, key: &SigningKey) -> Result<Index> {
+    let Some(mut index) = read_index(c.repo, c.channel, key)? else {
+        bail!(
+            "{} has no {} channel to change (publish a release to it first)",
+            c.repo.display(),
+            c.channel
+        );
+    };
+    let offered: Vec<String> = index.releases.iter().map(|r| r.version.clone()).collect();
+    let Some(release) = index.release_mut(c.version) else {
+        bail!(
+            "the {} channel does not offer {} (it offers {})",
+            c.channel,
+            c.version,
+            offered.join(", ")
+        );
+    };
+    release.state = c.state;
+    index.issued = next_issue(Some(&index), c.now);
+    index.expires = index.issued + c.valid_for.max(1);
+    write_index(c.repo, &index, key)?;
+    Ok(index)
+}
+
+/// The channel's index in `repo`, if there is one, checked against `key` (a repository is
+/// only ever extended by the key that signed it).
+fn read_index(repo: &Path, channel: &str, key: &SigningKey) -> Result<Option<Index>> {
+    repo::check_channel(channel).map_err(anyhow::Error::msg)?;
+    let index_path = repo.join(repo::index_path(channel));
+    let text = match std::fs::read(&index_path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", index_path.display())),
+    };
+    let sig = std::fs::read(repo.join(repo::signature_path(channel))).unwrap_or_default();
+    key.public_key().verify(&text, &sig).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not signed by {} ({e}); it belongs to another key: publish to a new channel or repository",
+            index_path.display(),
+            key.path.display()
+        )
+    })?;
+    Index::parse(std::str::from_utf8(&text)?)
+        .with_context(|| format!("{} cannot be extended", index_path.display()))
+        .map(Some)
+}
+
+/// The issue time of the next index: now, and after the last one (hosts refuse an index
+/// older than the newest they accepted, so even two publications in one second differ).
+fn next_issue(previous: Option<&Index>, now: u64) -> u64 {
+    previous.map_or(now, |old| now.max(old.issued + 1))
+}
+
+/// Writes the index and its signature (each atomically; the signature last, so a host that
+/// reads both in between sees a mismatch and tries again, never a wrongly trusted index).
+fn write_index(repo: &Path, index: &Index, key: &SigningKey) -> Result<()> {
+    let text = index.to_text();
+    write_atomic(
+        &repo.join(repo::index_path(&index.channel)),
+        text.as_bytes(),
+    )?;
+    write_atomic(
+        &repo.join(repo::signature_path(&index.channel)),
+        &key.sign(text.as_bytes()),
+    )
 }
 
 #[cfg(test)]
@@ -185,6 +256,7 @@ mod tests {
                     channel: "stable",
                     valid_for: 3600,
                     allow_downgrade: false,
+                    rollout: 0,
                     now: 1000,
                     built_with: None,
                 },
@@ -218,6 +290,7 @@ mod tests {
                 channel: "stable",
                 valid_for: 3600,
                 allow_downgrade: false,
+                rollout: 0,
                 now: 1000,
                 built_with: None,
             },

@@ -6,8 +6,9 @@
 //! method, path and a few headers, a bounded wait and a bounded body (or a streamed one). The general clients (ureq, reqwest, hyper) bring TLS stacks,
 //! connection pools or async runtimes that would make the static PID 1 several times larger
 //! for none of that. Each request uses its own connection (`Connection: close`); responses
-//! are read to the end, framed by `Content-Length` when the server sends it. Chunked
-//! transfer encoding is refused (IMDS does not use it).
+//! are read to the end, framed by `Content-Length` when the server sends it, or chunked
+//! (etcd's JSON gateway chunks large answers); a streamed download takes `Content-Length`
+//! framing only (static file servers send it).
 //!
 //! Every exchange is bounded twice ([`Bounds`]): each network step (connect, each read and
 //! write) waits at most a step timeout, and the whole exchange ends at a deadline, so a
@@ -255,7 +256,7 @@ pub fn download(
 ) -> Result<u64, HttpError> {
     let mut stream = Bounded::connect(endpoint, bounds)?;
     stream
-        .write_all(request_bytes(&endpoint.host, "GET", path, &[]).as_bytes())
+        .write_all(request_bytes(&endpoint.host, "GET", path, &[], 0).as_bytes())
         .map_err(HttpError::Io)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 << 10];
@@ -333,10 +334,23 @@ pub fn request(
     headers: &[(&str, &str)],
     bounds: Bounds,
 ) -> Result<Response, HttpError> {
+    request_with_body(endpoint, method, path, headers, &[], bounds)
+}
+
+/// [`request`] with a body (sent with its `Content-Length`; a `Content-Type` goes in
+/// `headers`).
+pub fn request_with_body(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    bounds: Bounds,
+) -> Result<Response, HttpError> {
     let mut stream = Bounded::connect(endpoint, bounds)?;
-    stream
-        .write_all(request_bytes(&endpoint.host, method, path, headers).as_bytes())
-        .map_err(HttpError::Io)?;
+    let mut bytes = request_bytes(&endpoint.host, method, path, headers, body.len()).into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).map_err(HttpError::Io)?;
     let mut raw = Vec::new();
     stream
         .take(MAX_RESPONSE as u64 + 1)
@@ -351,14 +365,20 @@ pub fn request(
 }
 
 /// The request's bytes.
-fn request_bytes(host: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+fn request_bytes(
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: usize,
+) -> String {
     let mut text = format!(
         "{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: crust-init/{}\r\nAccept: */*\r\n\
          Connection: close\r\n",
         crate::VERSION
     );
     if method != "GET" {
-        text.push_str("Content-Length: 0\r\n");
+        text.push_str(&format!("Content-Length: {body_len}\r\n"));
     }
     for (name, value) in headers {
         text.push_str(&format!("{name}: {value}\r\n"));
@@ -406,11 +426,14 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
         headers,
         body: Vec::new(),
     };
-    if response
-        .header("transfer-encoding")
-        .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
-    {
-        return Err(bad("chunked transfer encoding is not supported"));
+    match response.header("transfer-encoding") {
+        None => {}
+        Some(te) if te.eq_ignore_ascii_case("identity") => {}
+        Some(te) if te.eq_ignore_ascii_case("chunked") => {
+            let body = dechunk(&raw[end + 4..])?;
+            return Ok(Response { body, ..response });
+        }
+        Some(te) => return Err(bad(&format!("transfer encoding {te:?} is not supported"))),
     }
     let mut body = raw[end + 4..].to_vec();
     if let Some(length) = response.header("content-length") {
@@ -425,6 +448,53 @@ pub fn parse_response(raw: &[u8]) -> Result<Response, HttpError> {
     Ok(Response { body, ..response })
 }
 
+/// The body of a chunked response (RFC 9112 §7.1): hex sizes (extensions ignored), each
+/// chunk followed by CRLF, a zero-size chunk, then trailer lines until an empty line.
+/// Never reads past `raw`, never allocates more than `raw` holds.
+fn dechunk(raw: &[u8]) -> Result<Vec<u8>, HttpError> {
+    let bad = |why: &str| HttpError::Malformed(format!("chunked body: {why}"));
+    let line_end = |from: usize| -> Result<usize, HttpError> {
+        raw.get(from..)
+            .and_then(|rest| rest.windows(2).position(|w| w == b"\r\n"))
+            .map(|at| from + at)
+            .ok_or_else(|| bad("a line does not end"))
+    };
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let end = line_end(at)?;
+        let line = std::str::from_utf8(&raw[at..end]).map_err(|_| bad("size is not text"))?;
+        let digits = line.split(';').next().unwrap_or("").trim();
+        if digits.is_empty() || digits.len() > 15 {
+            return Err(bad("no chunk size"));
+        }
+        let size = usize::from_str_radix(digits, 16).map_err(|_| bad("size is not hex"))?;
+        at = end + 2;
+        if size == 0 {
+            // Trailers, up to the empty line (a server that closes right away is forgiven).
+            while at < raw.len() {
+                let end = line_end(at)?;
+                let empty = end == at;
+                at = end + 2;
+                if empty {
+                    break;
+                }
+            }
+            return Ok(body);
+        }
+        let data = raw
+            .get(at..at.saturating_add(size))
+            .filter(|d| d.len() == size)
+            .ok_or_else(|| bad("a chunk is cut short"))?;
+        body.extend_from_slice(data);
+        at += size;
+        if raw.get(at..at + 2) != Some(b"\r\n") {
+            return Err(bad("a chunk does not end with CRLF"));
+        }
+        at += 2;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -433,12 +503,12 @@ mod tests {
     fn requests_close_and_carry_headers() {
         let addr: SocketAddr = "169.254.169.254:80".parse().unwrap();
         let host = Endpoint::address(addr).host;
-        let text = request_bytes(&host, "PUT", "/latest/api/token", &[("X-A", "1")]);
+        let text = request_bytes(&host, "PUT", "/latest/api/token", &[("X-A", "1")], 0);
         assert!(text.starts_with("PUT /latest/api/token HTTP/1.1\r\nHost: 169.254.169.254\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.contains("Content-Length: 0\r\n"));
         assert!(text.ends_with("X-A: 1\r\n\r\n"));
-        let get = request_bytes(&host, "GET", "/", &[]);
+        let get = request_bytes(&host, "GET", "/", &[], 0);
         assert!(!get.contains("Content-Length"));
     }
 
@@ -501,13 +571,38 @@ mod tests {
     }
 
     #[test]
+    fn chunked_bodies_are_joined() {
+        let r = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n\
+              a;ext=1\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(r.body, b"abc0123456789");
+        let r = parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+            .unwrap();
+        assert!(r.body.is_empty());
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nabc\r\n0\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
+        ] {
+            assert!(
+                parse_response(raw).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
     fn malformed_responses_are_refused() {
         for raw in [
             &b"HTTP/1.1 200 OK\r\n"[..],
             b"SSH-2.0-OpenSSH\r\n\r\n",
             b"HTTP/1.1 abc OK\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort",
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nno colon\r\n\r\n",
         ] {
             assert!(

@@ -27,6 +27,7 @@ mod dm;
 mod efivar;
 mod error;
 mod event;
+mod fleet;
 mod grow;
 mod http;
 mod manifest;

@@ -67,8 +67,8 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// Publishes `bundle` to `channel` of `repo`, valid for `valid_for` seconds from `at`;
-/// returns the index's issue time.
+/// Publishes `bundle` to `channel` of `repo`, valid for `valid_for` seconds from `at`, to
+/// every host at once; returns the index's issue time.
 pub fn release_to(
     repo: &Path,
     channel: &str,
@@ -77,6 +77,19 @@ pub fn release_to(
     valid_for: u64,
     at: u64,
 ) -> u64 {
+    release_rolling(repo, channel, bundle, key, valid_for, at, 0)
+}
+
+/// [`release_to`], rolling out over `rollout` seconds.
+pub fn release_rolling(
+    repo: &Path,
+    channel: &str,
+    bundle: &Path,
+    key: &SigningKey,
+    valid_for: u64,
+    at: u64,
+    rollout: u64,
+) -> u64 {
     publish(
         &Publish {
             repo,
@@ -84,6 +97,7 @@ pub fn release_to(
             channel,
             valid_for,
             allow_downgrade: false,
+            rollout,
             now: at,
             built_with: None,
         },

@@ -241,6 +241,9 @@ fn debian_packages_are_what_the_root_and_service_images_hold() {
                 "usr/lib/os-release",
                 "etc/os-release",
                 "usr/share/crust/sbom.spdx.json",
+                // What the init needs from the build: its clock floor, the user-data policy.
+                "usr/lib/clock-epoch",
+                "usr/lib/crust/config-policy",
                 // The merged-/usr links.
                 "bin",
                 "sbin",

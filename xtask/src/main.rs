@@ -13,6 +13,7 @@ mod flash;
 mod host;
 mod image;
 mod keys;
+mod publish;
 mod qemu;
 mod sbom;
 mod test;
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use crust_builder::report;
+use crust_format::repo::ReleaseState;
 
 /// Build, boot and test Crust images.
 #[derive(Parser)]
@@ -159,7 +161,8 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
-    /// Add the profile's update bundle to an update repository (static files for any HTTP server).
+    /// Add the profile's update bundle to an update repository (static files for any HTTP
+    /// server), or pause, resume or pull a release already published.
     Publish {
         /// Profile name or path (its last build's update.bundle is published).
         #[arg(long, default_value = "qemu")]
@@ -176,6 +179,19 @@ enum Cmd {
         /// Let hosts move to a lower version than they run.
         #[arg(long)]
         allow_downgrade: bool,
+        /// How long the release takes to reach every host (0, 90s, 10m, 24h, 7d): each host
+        /// starts at its own stable place in that time.
+        #[arg(long, default_value = "0", value_parser = publish::parse_duration)]
+        rollout: u64,
+        /// Stop the release: no further host starts it (hosts on it stay).
+        #[arg(long, value_name = "VERSION", group = "change")]
+        pause: Option<String>,
+        /// Let a paused release go on.
+        #[arg(long, value_name = "VERSION", group = "change")]
+        resume: Option<String>,
+        /// Withdraw the release: hosts that do not run it never install it.
+        #[arg(long, value_name = "VERSION", group = "change")]
+        pull: Option<String>,
         /// Sign with this key instead of the profile's (key rotation: publish an image that
         /// carries a new key with the key the hosts still trust).
         #[arg(long, value_name = "KEY")]
@@ -414,49 +430,26 @@ fn run(cli: Cli) -> Result<()> {
             channel,
             valid_days,
             allow_downgrade,
-            key: publishing_key,
+            rollout,
+            pause,
+            resume,
+            pull,
+            key,
         } => {
-            let path = image::profile_path(&profile);
-            let profile = crust_builder::profile::Profile::load(&path)?;
-            let build_key =
-                crust_builder::build::signing_key(&profile, &image::crust_target().join("keys"))?;
-            let built_with = build_key.public_key();
-            let key = match &publishing_key {
-                Some(k) => crust_builder::sign::SigningKey::load(k)?,
-                None => build_key,
-            };
-            let bundle = image::out_dir(&path).join(crust_builder::build::outputs::BUNDLE);
-            if !bundle.is_file() {
-                anyhow::bail!(
-                    "{} does not exist; build it with `cargo xtask build --profile {}`",
-                    bundle.display(),
-                    profile.name
-                );
-            }
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
-            let published = crust_builder::repo::publish(
-                &crust_builder::repo::Publish {
-                    repo: &repo,
-                    bundle: &bundle,
-                    channel: &channel,
-                    valid_for: valid_days * 86_400,
-                    allow_downgrade,
-                    now,
-                    built_with: publishing_key.is_some().then_some(&built_with),
-                },
-                &key,
-            )?;
-            report::status(
-                "Published",
-                format!(
-                    "{} on channel {channel} of {} ({} releases, index expires in {valid_days} days)",
-                    published.release.version,
-                    repo.display(),
-                    published.index.releases.len()
-                ),
-            );
+            let change = pause
+                .map(|v| (v, ReleaseState::Paused))
+                .or(resume.map(|v| (v, ReleaseState::Active)))
+                .or(pull.map(|v| (v, ReleaseState::Pulled)));
+            publish::run(&publish::Options {
+                profile,
+                repo,
+                channel,
+                valid_days,
+                allow_downgrade,
+                rollout,
+                change,
+                key,
+            })?;
         }
         Cmd::Keygen {
             dir,

@@ -151,6 +151,30 @@ pub fn update(settings: Option<&Update>) -> Result<(), String> {
     }
 }
 
+/// Writes the fleet settings for the update agent (removes them when there are none).
+pub fn fleet(fleet: Option<&super::schema::Fleet>, update: Option<&Update>) -> Result<(), String> {
+    let path = crate::fleet::RUN_FLEET;
+    match (fleet, update) {
+        (Some(f), Some(u)) => {
+            let settings = crate::fleet::Settings {
+                endpoints: f.etcd.clone(),
+                group: f.group.clone(),
+                max_rebooting: f.max_rebooting,
+                lease: f.lease,
+                // Three missed checks and a host's status is gone.
+                status_ttl: u.interval.saturating_mul(3).clamp(60, 86_400),
+            };
+            fs::write(path, settings.to_text()).map_err(|e| format!("cannot write {path}: {e}"))
+        }
+        _ => match fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("cannot remove {path}: {e}"))
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
 /// Records the configuration in effect under `/run/crust`.
 pub fn record(text: &str, origin: &str) -> Result<(), String> {
     fs::write(RUN_CONFIG, text).map_err(|e| format!("cannot write {RUN_CONFIG}: {e}"))?;
@@ -184,6 +208,14 @@ pub fn summary(c: &HostConfig, sysctls: &[(String, String)]) -> String {
     }
     if let Some(u) = &c.update {
         parts.push(format!("updates {} from {}", u.channel, u.repository));
+    }
+    if let Some(f) = &c.fleet {
+        parts.push(format!(
+            "fleet group {} (max-rebooting {}) on {}",
+            f.group,
+            f.max_rebooting,
+            f.etcd.join(" ")
+        ));
     }
     parts.join(", ")
 }

@@ -267,6 +267,7 @@ fn apply_all(loaded: &Loaded) -> String {
         });
     for result in [
         apply::update(c.update.as_ref()),
+        apply::fleet(c.fleet.as_ref(), c.update.as_ref()),
         apply::record(&loaded.text, loaded.origin.name()),
     ] {
         if let Err(e) = result {

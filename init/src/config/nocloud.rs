@@ -130,7 +130,7 @@ pub fn find(boot_disk: &str) -> Option<Seed> {
         }
         if on_boot_disk {
             crate::console::warning(&format!(
-                "config: ignoring the {LABEL} file system on {} (the boot disk is never a \
+                "config: ignoring the CIDATA file system on {} (the boot disk is never a \
                  source of user-data)",
                 device.display()
             ));

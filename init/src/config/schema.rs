@@ -41,6 +41,9 @@ pub struct HostConfig {
     /// Where the update agent looks for new versions.
     #[serde(default)]
     pub update: Option<Update>,
+    /// Reboots coordinated with the rest of a fleet through etcd.
+    #[serde(default)]
+    pub fleet: Option<Fleet>,
     /// Services added, changed or turned off ([`super::services`]).
     #[serde(default)]
     pub service: Vec<super::services::Service>,
@@ -56,6 +59,7 @@ impl Default for HostConfig {
             sysctl: BTreeMap::new(),
             kernel: Kernel::default(),
             update: None,
+            fleet: None,
             service: Vec::new(),
         }
     }
@@ -242,6 +246,41 @@ pub struct Update {
     #[serde(default = "default_health_timeout")]
     pub health_timeout: u64,
 }
+
+/// `[fleet]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Fleet {
+    /// etcd members, `http://host:port` (tried in turn).
+    pub etcd: Vec<String>,
+    /// The group whose hosts share reboot slots (the channel names' rule).
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// How many hosts of the group may be rebooting into an update or on trial at once.
+    #[serde(default = "one")]
+    pub max_rebooting: u32,
+    /// Seconds a held slot survives without renewal (a host that dies loses it after
+    /// this), in [`FLEET_LEASE`].
+    #[serde(default = "default_lease")]
+    pub lease: u64,
+}
+
+fn default_group() -> String {
+    "default".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn default_lease() -> u64 {
+    900
+}
+
+/// Bounds of `fleet.lease`, in seconds.
+pub const FLEET_LEASE: std::ops::RangeInclusive<u64> = 60..=86_400;
+/// Bounds of `fleet.max-rebooting`.
+pub const MAX_REBOOTING: std::ops::RangeInclusive<u32> = 1..=10_000;
 
 /// Bounds of `update.interval`, in seconds: ten seconds to thirty days.
 pub const UPDATE_INTERVAL: std::ops::RangeInclusive<u64> = 10..=2_592_000;
@@ -542,7 +581,54 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
         crust_format::repo::check_channel(&update.channel)
             .map_err(|m| SchemaError::new("update.channel", m))?;
     }
+    if let Some(fleet) = &c.fleet {
+        validate_fleet(fleet, c.update.is_some())?;
+    }
     super::services::validate(&c.service)?;
+    Ok(())
+}
+
+fn validate_fleet(fleet: &Fleet, updates: bool) -> Result<(), SchemaError> {
+    if !updates {
+        return Err(SchemaError::new(
+            "fleet",
+            "a fleet coordinates update reboots: it needs [update] too",
+        ));
+    }
+    if fleet.etcd.is_empty() || fleet.etcd.len() > 16 {
+        return Err(SchemaError::new(
+            "fleet.etcd",
+            "name 1 to 16 etcd members, such as [\"http://10.0.0.5:2379\"]",
+        ));
+    }
+    for (i, url) in fleet.etcd.iter().enumerate() {
+        crate::http::Url::parse(url)
+            .map_err(|m| SchemaError::new(format!("fleet.etcd[{i}]"), m))?;
+    }
+    crust_format::repo::check_channel(&fleet.group)
+        .map_err(|m| SchemaError::new("fleet.group", m.replace("channel name", "group name")))?;
+    if !MAX_REBOOTING.contains(&fleet.max_rebooting) {
+        return Err(SchemaError::new(
+            "fleet.max-rebooting",
+            format!(
+                "{} is outside {}..={}",
+                fleet.max_rebooting,
+                MAX_REBOOTING.start(),
+                MAX_REBOOTING.end()
+            ),
+        ));
+    }
+    if !FLEET_LEASE.contains(&fleet.lease) {
+        return Err(SchemaError::new(
+            "fleet.lease",
+            format!(
+                "{} s is outside {}..={} s",
+                fleet.lease,
+                FLEET_LEASE.start(),
+                FLEET_LEASE.end()
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -866,6 +952,30 @@ channel = "beta"
             (
                 "version = 1\n[update]\nrepository = \"http://x\"\nhealth-timeout = 86401\n",
                 "update.health-timeout",
+            ),
+            (
+                "version = 1\n[fleet]\netcd = [\"http://e:2379\"]\n",
+                "fleet",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\n[fleet]\netcd = []\n",
+                "fleet.etcd",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\n[fleet]\netcd = [\"ftp://e\"]\n",
+                "fleet.etcd[0]",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\n[fleet]\netcd = [\"http://e:2379\"]\nmax-rebooting = 0\n",
+                "fleet.max-rebooting",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\n[fleet]\netcd = [\"http://e:2379\"]\nlease = 10\n",
+                "fleet.lease",
+            ),
+            (
+                "version = 1\n[update]\nrepository = \"http://x\"\n[fleet]\netcd = [\"http://e:2379\"]\ngroup = \"Web\"\n",
+                "fleet.group",
             ),
             (
                 "version = 1\n[sysctl]\n\"kernel.core_pattern\" = \"|/var/x\"\n",

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crust_format::Digest;
 use crust_format::boot_entry::BootEntryName;
-use crust_format::repo::{self, Index};
+use crust_format::repo::{self, Choice, Index, ReleaseState};
 use crust_format::signature::PublicKey;
 
 use super::record::{self, Pending, Records};
@@ -85,6 +85,8 @@ pub enum Checked {
     Refused(String),
     /// The index checked out (a trial boot's proof that it can update).
     IndexVerified(String),
+    /// A release is rolling out and reaches this host at the Unix second.
+    Waiting(String, u64),
 }
 
 /// Everything one check needs, owned, so that it can run on its own thread.
@@ -171,8 +173,25 @@ impl Checker {
         let index = self.index(&endpoint)?;
         let running = &self.booted.manifest.version;
         let skipped = self.records.skipped();
-        let Some(release) = index.target(running, &skipped).cloned() else {
-            return Ok(Checked::Nothing(nothing_to_do(&index, running, &skipped)));
+        let machine = machine_id();
+        let release = match index.choose(running, &skipped, machine.as_bytes(), unix_now()) {
+            Choice::Install(release) => release.clone(),
+            Choice::Wait(release, at) => {
+                return Ok(Checked::Waiting(
+                    format!(
+                        "{} is rolling out on channel {}: this host's turn comes at {} (in \
+                         {} s); running {running}",
+                        release.version,
+                        s.channel,
+                        crate::clock::format_utc(i64::try_from(at).unwrap_or(i64::MAX)),
+                        at.saturating_sub(unix_now())
+                    ),
+                    at,
+                ));
+            }
+            Choice::Nothing => {
+                return Ok(Checked::Nothing(nothing_to_do(&index, running, &skipped)));
+            }
         };
         say(&format!(
             "found {} on channel {} ({} bytes); running {running}",
@@ -338,12 +357,36 @@ impl Checker {
     }
 }
 
+/// This host's machine id (`/etc/machine-id`, made on the first boot and kept in `/var`):
+/// its place in every rollout derives from it.
+fn machine_id() -> String {
+    std::fs::read_to_string("/etc/machine-id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Why there is nothing to install, for the log.
 fn nothing_to_do(index: &Index, running: &str, skipped: &[String]) -> String {
     let newest = index
         .releases
         .first()
         .map_or("nothing".to_owned(), |r| r.version.clone());
+    let state = index.releases.first().map(|r| r.state);
+    if crust_format::version::compare_versions(&newest, running) == std::cmp::Ordering::Greater {
+        match state {
+            Some(ReleaseState::Paused) => {
+                return format!(
+                    "{newest} is paused on this channel: not starting it (running {running})"
+                );
+            }
+            Some(ReleaseState::Pulled) => {
+                return format!(
+                    "{newest} was pulled from this channel: not installing it (running {running})"
+                );
+            }
+            _ => {}
+        }
+    }
     let newer =
         crust_format::version::compare_versions(&newest, running) == std::cmp::Ordering::Greater;
     if newer && skipped.contains(&newest) {

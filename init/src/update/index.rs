@@ -99,6 +99,8 @@ mod tests {
                 version: "0.2.0".into(),
                 sha256: Digest::of(b"bundle"),
                 size: 10,
+                rollout: Default::default(),
+                state: Default::default(),
             }],
         };
         let text = index.to_text().into_bytes();

@@ -426,6 +426,15 @@ impl Updater {
                     next: now + interval + jitter(interval),
                 };
             }
+            Ok(Checked::Waiting(why, at)) => {
+                self.report(why);
+                self.retry = RETRY;
+                // Checked again at its turn (the index may change before: at the interval).
+                let turn = Duration::from_secs(at.saturating_sub(unix_now()).saturating_add(1));
+                self.stage = Stage::Idle {
+                    next: now + turn.min(interval),
+                };
+            }
             Err(e) => {
                 let wait = self.retry.min(interval);
                 // The error names its check ("update"), which the line's prefix says already.

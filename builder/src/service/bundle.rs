@@ -10,13 +10,15 @@ use std::path::PathBuf;
 
 use crust_format::service::{self, CGROUP_PARENT, Health, Kind, ServiceSpec};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespace, LinuxNamespaceType, LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder,
-    RootBuilder, SpecBuilder, UserBuilder,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespace, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, SpecBuilder,
+    UserBuilder,
 };
 
 use super::decl::{DEFAULT_CAPABILITIES, Network, ServiceDecl, ServiceKind, parse_capability};
 use super::invalid;
+use super::seccomp::{self, Seccomp};
 use crate::oci::ImageConfig;
 use crate::profile::ProfileError;
 use crate::tree::{Entry, Node, Tree};
@@ -46,7 +48,13 @@ pub enum Contents {
     },
     /// `process.json`: the OCI process of a host program, or the environment (and
     /// arguments) of a pulled image.
-    Process(String),
+    Process {
+        /// `process.json`.
+        process: String,
+        /// `seccomp.json`, a pulled image's seccomp profile (none for a host program, or for
+        /// a pull whose declaration says `seccomp = "unconfined"`).
+        seccomp: Option<String>,
+    },
 }
 
 /// Facts every container is told about the host image.
@@ -193,6 +201,9 @@ pub fn bundle(
         namespaces.push(LinuxNamespaceType::Network);
         namespaces.push(LinuxNamespaceType::Uts);
     }
+    if decl.user_namespace.is_some() {
+        namespaces.push(LinuxNamespaceType::User);
+    }
     let namespaces: Vec<LinuxNamespace> = namespaces
         .into_iter()
         .map(|typ| {
@@ -203,6 +214,14 @@ pub fn bundle(
         .collect::<Result<_, _>>()
         .map_err(build_err)?;
     let mut resources = LinuxResourcesBuilder::default();
+    if let Some(limit) = decl.pids_max {
+        resources = resources.pids(
+            LinuxPidsBuilder::default()
+                .limit(limit as i64)
+                .build()
+                .map_err(build_err)?,
+        );
+    }
     if let Some(limit) = decl.memory {
         resources = resources.memory(
             LinuxMemoryBuilder::default()
@@ -221,7 +240,23 @@ pub fn bundle(
                 .map_err(build_err)?,
         );
     }
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Seccomp::Default { allow } = &decl.seccomp {
+        linux = linux.seccomp(seccomp::profile(&caps, allow));
+    }
+    if let Some(range) = decl.user_namespace {
+        // The image's files belong to host root: in the container they show as the
+        // overflow id (nobody) and stay readable and runnable through their "other" bits;
+        // the root file system is read-only anyway.
+        let map = LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(range.host)
+            .size(range.size)
+            .build()
+            .map_err(build_err)?;
+        linux = linux.uid_mappings(vec![map]).gid_mappings(vec![map]);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .resources(resources.build().map_err(build_err)?)
         .cgroups_path(PathBuf::from(format!("/{CGROUP_PARENT}/{}", decl.name)))
@@ -295,6 +330,11 @@ fn spec_of(decl: &ServiceDecl) -> ServiceSpec {
         health: decl.health.as_ref().map(|(h, _)| h.clone()),
         health_interval: decl.health_interval,
         stop_timeout: decl.stop_timeout,
+        // A bundle's limit is in its config.json; the init sets a pull's on its cgroup.
+        pids_max: match decl.kind {
+            ServiceKind::Pull(_) => decl.pids_max,
+            ServiceKind::Bundle(_) | ServiceKind::Host(_) => None,
+        },
     }
 }
 
@@ -381,12 +421,28 @@ pub fn process_service(
         }
         _ => None,
     };
+    let seccomp = match (&decl.kind, &decl.seccomp) {
+        (ServiceKind::Pull(_), Seccomp::Default { allow }) => {
+            Some(canonical_json(&pull_seccomp(allow)).map_err(|e| bad("seccomp", e.to_string()))?)
+        }
+        _ => None,
+    };
     Ok(Bundle {
         name: decl.name.clone(),
-        contents: Contents::Process(json),
+        contents: Contents::Process {
+            process: json,
+            seccomp,
+        },
         spec: spec_of(decl),
         health_process,
     })
+}
+
+/// The seccomp profile of an image containerd pulls and runs with its default capabilities,
+/// plus `allow`.
+fn pull_seccomp(allow: &[String]) -> oci_spec::runtime::LinuxSeccomp {
+    let caps: HashSet<Capability> = seccomp::CONTAINERD_CAPABILITIES.iter().copied().collect();
+    seccomp::profile(&caps, allow)
 }
 
 /// JSON with a stable byte form: object keys sorted (serde_json's map is ordered) and the
@@ -469,12 +525,18 @@ pub fn install(root: &mut Tree, bundles: &[Bundle]) -> anyhow::Result<()> {
                     Entry::file(config.clone().into_bytes(), 0o644),
                 )?;
             }
-            Contents::Process(process) => {
+            Contents::Process { process, seccomp } => {
                 root.insert(&base, Entry::dir(0o755))?;
                 root.insert(
                     &format!("{base}/{}", service::PROCESS_FILE),
                     Entry::file(process.clone().into_bytes(), 0o644),
                 )?;
+                if let Some(profile) = seccomp {
+                    root.insert(
+                        &format!("{base}/{}", service::SECCOMP_FILE),
+                        Entry::file(profile.clone().into_bytes(), 0o644),
+                    )?;
+                }
             }
         }
         root.insert(
@@ -494,6 +556,16 @@ pub fn install(root: &mut Tree, bundles: &[Bundle]) -> anyhow::Result<()> {
         &format!("{dir}/{}", service::ORDER_FILE),
         Entry::file(order.into_bytes(), 0o644),
     )?;
+    // With containerd, user-data may add pulls of its own: they get the default profile.
+    let containerd = bundles
+        .iter()
+        .any(|b| b.name == service::CONTAINERD_SERVICE && b.spec.kind == Kind::Host);
+    if containerd {
+        root.insert(
+            service::PULL_SECCOMP,
+            Entry::file(canonical_json(&pull_seccomp(&[]))?.into_bytes(), 0o644),
+        )?;
+    }
     Ok(())
 }
 
@@ -505,7 +577,8 @@ mod tests {
     use super::*;
     use crate::profile::Located;
     use crate::service::decl::ALL_CAPABILITIES;
-    use crate::service::{ADMIN, ServiceToml, resolve};
+    use crate::service::{ADMIN, IdRange, ServiceToml, resolve};
+    use std::collections::BTreeSet;
 
     #[test]
     fn host_and_pull_services_check_their_fields() {
@@ -532,7 +605,7 @@ mod tests {
             .unwrap();
         let c = process_service(&decls[0], &root, &host()).unwrap();
         assert_eq!(c.spec.kind, Kind::Host);
-        let Contents::Process(json) = &c.contents else {
+        let Contents::Process { process: json, .. } = &c.contents else {
             panic!("a host service has a process");
         };
         let v: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -597,6 +670,9 @@ mod tests {
         let caps = v["process"]["capabilities"]["bounding"].as_array().unwrap();
         assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{caps:?}");
         assert_eq!(caps.len(), ALL_CAPABILITIES.len());
+        // Unconfined by design: no filter, no pids limit.
+        assert!(v["linux"].get("seccomp").is_none(), "{}", v["linux"]);
+        assert!(v["linux"]["resources"].get("pids").is_none());
         assert!(
             v["process"]["args"][3]
                 .as_str()
@@ -713,5 +789,167 @@ mod tests {
         assert!(ns.contains(&"pid"), "a PID namespace of its own: {ns:?}");
         assert_eq!(b.spec.health, Some(Health::Exec));
         assert!(b.health_process.unwrap().contains("\"true\""));
+        // Confined by default: Crust's profile for these capabilities, a pids limit, the
+        // host's user namespace.
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 1024);
+        assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(v["linux"]["seccomp"]["defaultErrnoRet"], 1);
+        let allowed = &v["linux"]["seccomp"]["syscalls"][0];
+        assert_eq!(allowed["action"], "SCMP_ACT_ALLOW");
+        let names = allowed["names"].as_array().unwrap();
+        assert!(names.iter().any(|n| n == "chroot"), "CAP_SYS_CHROOT's call");
+        assert!(!names.iter().any(|n| n == "keyctl" || n == "ptrace"));
+        assert!(!ns.contains(&"user") && v["linux"].get("uidMappings").is_none());
+    }
+
+    /// The confinement keys: relaxing the filter, the pids limit, a user namespace.
+    #[test]
+    fn confinement_follows_the_declaration() {
+        let config = |extra: &str| -> serde_json::Value {
+            let d = &decl(&format!(
+                "{WEB}command = [\"/bin/busybox\", \"true\"]\n{extra}"
+            ))
+            .unwrap()[0];
+            let b = bundle(d, busybox_tree(), &ImageConfig::default(), &host()).unwrap();
+            serde_json::from_str(oci(&b).1).unwrap()
+        };
+        let v = config("seccomp-allow = [\"keyctl\", \"add_key\", \"keyctl\"]\npids-max = 64\n");
+        let names = v["linux"]["seccomp"]["syscalls"][0]["names"]
+            .as_array()
+            .unwrap();
+        assert!(names.iter().any(|n| n == "keyctl") && names.iter().any(|n| n == "add_key"));
+        assert!(!names.iter().any(|n| n == "request_key"));
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 64);
+
+        let v = config("seccomp = \"unconfined\"\n");
+        assert!(v["linux"].get("seccomp").is_none());
+
+        let v = config(
+            "user-namespace = true\nmounts = [{ source = \"/var/lib/u\", target = \"/data\" }]\n",
+        );
+        let range = IdRange::of_service("web");
+        assert!(
+            range.host >= 2 << 16 && range.host.is_multiple_of(1 << 16),
+            "{range:?}"
+        );
+        assert!(u64::from(range.host) + u64::from(range.size) <= 1 << 31);
+        let map = serde_json::json!([{"containerID": 0, "hostID": range.host, "size": 65536}]);
+        assert_eq!(v["linux"]["uidMappings"], map);
+        assert_eq!(v["linux"]["gidMappings"], map);
+        assert!(
+            v["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n["type"] == "user")
+        );
+        assert_eq!(v["process"]["user"]["uid"], 0, "root in its namespace");
+        assert_eq!(range, IdRange::of_service("web"), "a name keeps its range");
+        assert_ne!(range, IdRange::of_service("db"));
+    }
+
+    /// Pulled images: their own profile (containerd's default capabilities, plus what the
+    /// declaration allows) next to process.json, a pids limit in the service file; images
+    /// with containerd carry the profile of user-data's pulls.
+    #[test]
+    fn pulled_images_get_a_profile_and_a_pids_limit() {
+        let text = format!(
+            "[[service]]\nname = \"demo\"\nimage.pull = \"r.example/demo:1\"\nseccomp-allow = [\"keyctl\"]\npids-max = 100\n{CONTAINERD}"
+        );
+        let decls = decl(&text).unwrap();
+        let mut root = Tree::new();
+        for p in ["usr/bin/containerd", "usr/bin/ctr"] {
+            root.insert(p, Entry::file(&b"\x7fELF"[..], 0o755)).unwrap();
+        }
+        let bundles: Vec<Bundle> = decls
+            .iter()
+            .map(|d| process_service(d, &root, &host()).unwrap())
+            .collect();
+        let demo = &bundles[1];
+        assert_eq!(demo.spec.pids_max, Some(100));
+        assert!(demo.spec.to_text().contains("pids-max=100\n"));
+        let Contents::Process {
+            seccomp: Some(profile),
+            ..
+        } = &demo.contents
+        else {
+            panic!("a pull has a seccomp profile");
+        };
+        let v: serde_json::Value = serde_json::from_str(profile).unwrap();
+        let names = v["syscalls"][0]["names"].as_array().unwrap();
+        assert!(names.iter().any(|n| n == "keyctl") && names.iter().any(|n| n == "chroot"));
+        assert!(!names.iter().any(|n| n == "mount"));
+        assert!(matches!(
+            bundles[0].contents,
+            Contents::Process { seccomp: None, .. }
+        ));
+        assert_eq!(
+            bundles[0].spec.pids_max, None,
+            "containerd is part of the host"
+        );
+
+        let mut image = Tree::new();
+        install(&mut image, &bundles).unwrap();
+        for p in [
+            "usr/lib/crust/services/demo/seccomp.json".to_string(),
+            service::PULL_SECCOMP.to_string(),
+        ] {
+            assert!(image.get(&p).is_some(), "{p}");
+        }
+        let mut image = Tree::new();
+        install(&mut image, &bundles[1..]).unwrap();
+        assert!(
+            image.get(service::PULL_SECCOMP).is_none(),
+            "no containerd, no pulls from user-data"
+        );
+    }
+
+    /// Every system call name a generated config.json names is one Debian 12's libseccomp
+    /// resolves on x86_64 (crun would skip an unknown one with a warning), asked of
+    /// `scmp_sys_resolver` itself, for a container with every capability and every
+    /// argument rule.
+    #[test]
+    fn libseccomp_resolves_every_name_of_a_generated_config() {
+        let caps: Vec<String> = ALL_CAPABILITIES
+            .iter()
+            .map(|c| format!("\"CAP_{c}\""))
+            .collect();
+        let mut names = BTreeSet::new();
+        for extra in [
+            format!("capabilities = [{}]\n", caps.join(", ")),
+            String::new(),
+        ] {
+            let d = &decl(&format!(
+                "{WEB}command = [\"/bin/busybox\", \"true\"]\n{extra}"
+            ))
+            .unwrap()[0];
+            let b = bundle(d, busybox_tree(), &ImageConfig::default(), &host()).unwrap();
+            let v: serde_json::Value = serde_json::from_str(oci(&b).1).unwrap();
+            for rule in v["linux"]["seccomp"]["syscalls"].as_array().unwrap() {
+                for n in rule["names"].as_array().unwrap() {
+                    names.insert(n.as_str().unwrap().to_owned());
+                }
+            }
+        }
+        assert!(names.len() > 350, "{}", names.len());
+        let unresolved: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                let out = std::process::Command::new("scmp_sys_resolver")
+                    .args(["-a", "x86_64", n.as_str()])
+                    .output()
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "cannot run scmp_sys_resolver ({e}): install Debian's seccomp package"
+                        )
+                    });
+                // Names of other x86 ABIs resolve to negative pseudo numbers; unknown: -1.
+                String::from_utf8_lossy(&out.stdout).trim() == "-1"
+            })
+            .collect();
+        assert!(
+            unresolved.is_empty(),
+            "unknown to libseccomp: {unresolved:?}"
+        );
     }
 }

@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crust_format::service::{self, Health, Restart};
+use crust_format::service::{self, DEFAULT_PIDS_MAX, Health, Restart};
 use oci_spec::runtime::Capability;
 use serde::Deserialize;
 
 use super::invalid;
+use super::seccomp::Seccomp;
+use super::syscalls;
 use crate::profile::{FileSpec, Located, Origin, ProfileError};
 
 /// A `[[service]]` table as written.
@@ -34,6 +36,10 @@ pub struct ServiceToml {
     capabilities: Option<Vec<String>>,
     memory: Option<String>,
     cpus: Option<f64>,
+    pids_max: Option<u64>,
+    seccomp: Option<String>,
+    seccomp_allow: Option<Vec<String>>,
+    user_namespace: Option<bool>,
     restart: Option<String>,
     #[serde(default)]
     after: Vec<String>,
@@ -138,6 +144,35 @@ pub struct VarMount {
     pub read_only: bool,
 }
 
+/// A range of host user and group ids that a user namespace maps a container's ids onto:
+/// container id `n` is host id `host + n`, for `n` below `size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdRange {
+    /// The host id of the container's root.
+    pub host: u32,
+    /// How many ids are mapped.
+    pub size: u32,
+}
+
+impl IdRange {
+    /// The ids every container maps: 0 to 65535.
+    pub const SIZE: u32 = 65536;
+
+    /// The range of the service `name`: 65536 ids starting at a multiple of 65536 chosen by
+    /// the name (SHA-256, first four bytes, modulo 32766, plus 2), so from 131072 up to below
+    /// 2^31. The same name keeps its range from one image version to the next, so the files
+    /// it wrote under `/var` stay its own.
+    pub fn of_service(name: &str) -> Self {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(name.as_bytes());
+        let n = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        IdRange {
+            host: (2 + n % 32766) * Self::SIZE,
+            size: Self::SIZE,
+        }
+    }
+}
+
 /// A checked service declaration.
 #[derive(Debug, Clone)]
 pub struct ServiceDecl {
@@ -169,6 +204,13 @@ pub struct ServiceDecl {
     pub memory: Option<u64>,
     /// CPU limit in CPUs.
     pub cpus: Option<f64>,
+    /// Limit of processes and threads (cgroup v2 `pids.max`); `None`: no limit.
+    pub pids_max: Option<u64>,
+    /// System call filter.
+    pub seccomp: Seccomp,
+    /// The host ids the container's user namespace maps its ids 0 to 65535 onto, if it has
+    /// one of its own (`user-namespace = true`).
+    pub user_namespace: Option<IdRange>,
     /// Restart policy.
     pub restart: Restart,
     /// Services started first.
@@ -303,6 +345,9 @@ pub fn admin(at: &Origin) -> ServiceDecl {
         ),
         memory: None,
         cpus: None,
+        pids_max: None,
+        seccomp: Seccomp::Unconfined,
+        user_namespace: None,
         restart: Restart::Always,
         after: Vec::new(),
         health: None,
@@ -345,6 +390,28 @@ pub fn resolve(
             ));
         }
         decls.push(admin(at));
+    }
+    // Two containers in one id range could reach each other's files and processes.
+    for (i, d) in decls.iter().enumerate() {
+        let Some(range) = d.user_namespace else {
+            continue;
+        };
+        if let Some(other) = decls[..i]
+            .iter()
+            .find(|o| o.user_namespace.is_some_and(|r| r.host == range.host))
+        {
+            return Err(invalid(
+                &d.at,
+                &d.name,
+                "user-namespace",
+                format!(
+                    "maps to the same host ids as service {} ({} to {}); rename one",
+                    other.name,
+                    range.host,
+                    range.host + (range.size - 1)
+                ),
+            ));
+        }
     }
     order(decls)
 }
@@ -442,6 +509,10 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
             ("capabilities", s.capabilities.is_some()),
             ("memory", s.memory.is_some()),
             ("cpus", s.cpus.is_some()),
+            ("user-namespace", s.user_namespace.is_some()),
+            ("pids-max", host && s.pids_max.is_some()),
+            ("seccomp", host && s.seccomp.is_some()),
+            ("seccomp-allow", host && s.seccomp_allow.is_some()),
             ("files", !s.files.is_empty()),
             (
                 "health.command",
@@ -556,6 +627,39 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
     {
         return Err(bad("cpus", format!("{c} is not between 0 and 1024")));
     }
+    let pids_max = match s.pids_max {
+        None => DEFAULT_PIDS_MAX,
+        Some(n) if (MIN_PIDS_MAX..=MAX_PIDS_MAX).contains(&n) => n,
+        Some(n) => {
+            return Err(bad(
+                "pids-max",
+                format!(
+                    "{n} is not between {MIN_PIDS_MAX} (a process and its health check) and \
+                     {MAX_PIDS_MAX} (the kernel's most)"
+                ),
+            ));
+        }
+    };
+    let seccomp =
+        check_seccomp(s.seccomp.as_deref(), s.seccomp_allow).map_err(|(f, m)| bad(f, m))?;
+    let user_namespace = match s.user_namespace {
+        Some(true) => {
+            let range = IdRange::of_service(&name);
+            if let Some((uid, gid)) = user
+                && (uid >= range.size || gid >= range.size)
+            {
+                return Err(bad(
+                    "user",
+                    format!(
+                        "{uid}:{gid} is outside the ids 0 to {} that user-namespace = true maps",
+                        range.size - 1
+                    ),
+                ));
+            }
+            Some(range)
+        }
+        None | Some(false) => None,
+    };
     let restart = match s.restart.as_deref() {
         None => Restart::Always,
         Some(r) => Restart::parse(r).ok_or_else(|| {
@@ -650,6 +754,9 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
         capabilities,
         memory,
         cpus: s.cpus,
+        pids_max: Some(pids_max),
+        seccomp,
+        user_namespace,
         restart,
         after,
         health,
@@ -664,6 +771,55 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
 /// `CAP_NET_BIND_SERVICE` or `NET_BIND_SERVICE` (oci-spec parses the name without prefix).
 pub(super) fn parse_capability(name: &str) -> Option<Capability> {
     name.strip_prefix("CAP_").unwrap_or(name).parse().ok()
+}
+
+/// The smallest `pids-max`: a service's process and a health check run beside it.
+const MIN_PIDS_MAX: u64 = 8;
+/// The largest `pids-max`: the kernel's `PID_MAX_LIMIT` on 64-bit machines.
+const MAX_PIDS_MAX: u64 = 4_194_304;
+
+/// `seccomp` and `seccomp-allow` as written: the filter, or the field and what is wrong.
+fn check_seccomp(
+    mode: Option<&str>,
+    allow: Option<Vec<String>>,
+) -> Result<Seccomp, (&'static str, String)> {
+    match mode {
+        None | Some("default") => {}
+        Some("unconfined") => {
+            return match allow {
+                Some(_) => Err((
+                    "seccomp-allow",
+                    "adds nothing to seccomp = \"unconfined\", which filters no call".into(),
+                )),
+                None => Ok(Seccomp::Unconfined),
+            };
+        }
+        Some(other) => {
+            return Err((
+                "seccomp",
+                format!("{other:?} is not \"default\" or \"unconfined\""),
+            ));
+        }
+    }
+    let mut names = allow.unwrap_or_default();
+    for name in &names {
+        if !syscalls::is_known(name) {
+            let hint = match syscalls::closest(name) {
+                Some(close) => format!("; did you mean {close:?}?"),
+                None => String::new(),
+            };
+            return Err((
+                "seccomp-allow",
+                format!(
+                    "{name:?} is not a system call of x86_64, x86 or x32 that libseccomp (Debian 12) \
+                     knows{hint}"
+                ),
+            ));
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok(Seccomp::Default { allow: names })
 }
 
 fn parse_user(u: &str) -> Option<(u32, u32)> {
@@ -743,6 +899,7 @@ fn order(decls: Vec<ServiceDecl>) -> Result<Vec<ServiceDecl>, ProfileError> {
 #[cfg(test)]
 mod tests {
     use super::super::testing::{WEB, decl};
+    use super::IdRange;
 
     #[test]
     fn services_are_ordered_by_their_dependencies() {
@@ -813,6 +970,46 @@ mod tests {
                 "name",
                 "not a service name",
             ),
+            (
+                format!("{WEB}seccomp-allow = [\"keyctrl\"]\n"),
+                "service web: seccomp-allow",
+                "\"keyctrl\" is not a system call of x86_64, x86 or x32 that libseccomp (Debian 12) knows; did you mean \"keyctl\"?",
+            ),
+            (
+                format!("{WEB}seccomp = \"unconfined\"\nseccomp-allow = [\"keyctl\"]\n"),
+                "service web: seccomp-allow",
+                "adds nothing",
+            ),
+            (
+                format!("{WEB}seccomp = \"off\"\n"),
+                "service web: seccomp",
+                "\"off\" is not \"default\" or \"unconfined\"",
+            ),
+            (
+                format!("{WEB}pids-max = 2\n"),
+                "service web: pids-max",
+                "2 is not between 8",
+            ),
+            (
+                format!("{WEB}user-namespace = true\nuser = \"70000\"\n"),
+                "service web: user",
+                "outside the ids 0 to 65535",
+            ),
+            (
+                "[[service]]\nname = \"c\"\nhost = [\"/usr/bin/containerd\"]\npids-max = 100\n".to_string(),
+                "service c: pids-max",
+                "not for a host service",
+            ),
+            (
+                "[[service]]\nname = \"c\"\nhost = [\"/usr/bin/containerd\"]\nseccomp-allow = [\"keyctl\"]\n".to_string(),
+                "service c: seccomp-allow",
+                "not for a host service",
+            ),
+            (
+                "[[service]]\nname = \"p\"\nimage.pull = \"r.example/p:1\"\nuser-namespace = true\n".to_string(),
+                "service p: user-namespace",
+                "not for an image.pull service",
+            ),
         ];
         for (text, field, message) in cases {
             let err = decl(&text).unwrap_err().to_string();
@@ -822,5 +1019,31 @@ mod tests {
                 "{text}\n=> {err}"
             );
         }
+    }
+
+    #[test]
+    fn two_user_namespaces_never_share_host_ids() {
+        // Two names whose ranges collide, found the way the builder would meet them.
+        let mut seen = std::collections::HashMap::new();
+        let (a, b) = (0..)
+            .map(|i| format!("s{i}"))
+            .find_map(|n| {
+                let host = IdRange::of_service(&n).host;
+                seen.insert(host, n.clone()).map(|first| (first, n))
+            })
+            .unwrap();
+        let service = |n: &str| {
+            format!("[[service]]\nname = \"{n}\"\nimage.debian = [\"x\"]\nuser-namespace = true\n")
+        };
+        let err = decl(&format!("{}{}", service(&a), service(&b)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "service {b}: user-namespace: maps to the same host ids as service {a}"
+            )),
+            "{err}"
+        );
+        assert!(decl(&format!("{}{}", service(&a), service("other"))).is_ok());
     }
 }

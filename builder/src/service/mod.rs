@@ -13,15 +13,23 @@
 //! - `bundle`: a declaration plus its image turned into an OCI runtime bundle (root file
 //!   system and `config.json`), or a `process.json` for host programs and pulls, with the
 //!   init's [`ServiceSpec`](crust_format::service::ServiceSpec); [`install`] puts them in
-//!   the root.
+//!   the root;
+//! - `seccomp`: Crust's seccomp profile (an allow list compared call by call with Docker's
+//!   default), decided at build time from the container's capabilities and what its
+//!   declaration adds; `syscalls`: the system call names libseccomp knows, which
+//!   `seccomp-allow` is checked against.
 
 mod bundle;
 mod decl;
+mod seccomp;
+mod syscalls;
 
 pub use bundle::{Bundle, Contents, HostFacts, bundle, install, process_service};
 pub use decl::{
-    ADMIN, ImageSource, Network, ServiceDecl, ServiceKind, ServiceToml, VarMount, admin, resolve,
+    ADMIN, IdRange, ImageSource, Network, ServiceDecl, ServiceKind, ServiceToml, VarMount, admin,
+    resolve,
 };
+pub use seccomp::Seccomp;
 
 use crate::profile::{Origin, ProfileError};
 
@@ -81,7 +89,7 @@ mod testing {
     pub fn oci(b: &Bundle) -> (&Tree, &str) {
         match &b.contents {
             Contents::Oci { rootfs, config } => (rootfs, config),
-            Contents::Process(_) => panic!("{} is not a bundle", b.name),
+            Contents::Process { .. } => panic!("{} is not a bundle", b.name),
         }
     }
 

@@ -86,6 +86,14 @@ pub fn bundle(
             "neither the declaration nor the image says what to run".into(),
         ));
     };
+    // The declaration's files first: the command may be one of them.
+    for f in &decl.files {
+        let data = std::fs::read(&f.source)
+            .map_err(|e| bad("files.source", format!("{}: {e}", f.source.display())))?;
+        rootfs
+            .insert(&f.path, Entry::file(data, f.mode))
+            .map_err(|e| bad("files.path", e.to_string()))?;
+    }
     if program.starts_with('/') && !runnable(&rootfs, program) {
         return Err(bad(
             "command",
@@ -113,13 +121,6 @@ pub fn bundle(
                 .insert(&m.target, Entry::dir(0o755))
                 .map_err(|e| bad("mounts.target", e.to_string()))?;
         }
-    }
-    for f in &decl.files {
-        let data = std::fs::read(&f.source)
-            .map_err(|e| bad("files.source", format!("{}: {e}", f.source.display())))?;
-        rootfs
-            .insert(&f.path, Entry::file(data, f.mode))
-            .map_err(|e| bad("files.path", e.to_string()))?;
     }
 
     let env = environment(&image.env, host, &decl.env);
@@ -713,6 +714,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a file in the image"), "{err}");
+        // A program the declaration adds with `files` is one.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tool"), b"\x7fELF").unwrap();
+        let d = &decl(&format!(
+            "{WEB}command = [\"/usr/local/bin/tool\"]\nfiles = [{{ source = \"{}\", path = \"/usr/local/bin/tool\", mode = \"0755\" }}]\n",
+            dir.path().join("tool").display()
+        ))
+        .unwrap()[0];
+        bundle(d, busybox_tree(), &ImageConfig::default(), &host()).unwrap();
     }
 
     #[test]

@@ -9,7 +9,10 @@
 //! - `host`: `process.json`, an OCI process object (arguments, environment, working
 //!   directory) run as a program of the root in the host's namespaces (containerd);
 //! - `pull`: `process.json` with the environment (and the arguments, if the profile replaces
-//!   the image's) of an image that containerd pulls by reference at boot and runs.
+//!   the image's) of an image that containerd pulls by reference at boot and runs, and
+//!   `seccomp.json`, the seccomp profile `ctr run` gives it (images user-data pulls get
+//!   [`PULL_SECCOMP`]); the service file's `pids-max` is the limit the init sets on its
+//!   cgroup.
 //!
 //! `services/order` lists the names in start order (dependencies first), computed by the
 //! builder. A service with an `exec` health check also carries `health.json`, the OCI
@@ -34,6 +37,15 @@ pub const CONTAINERD_NAMESPACE: &str = "crust";
 pub const CONTAINERD_SOCKET: &str = "/run/containerd/containerd.sock";
 /// The name of the host service that `pull` services need.
 pub const CONTAINERD_SERVICE: &str = "containerd";
+/// A `pull` service's seccomp profile inside its folder (the OCI `linux.seccomp` object,
+/// which `ctr run --seccomp-profile` reads).
+pub const SECCOMP_FILE: &str = "seccomp.json";
+/// The seccomp profile of images user-data pulls (no trailing folder of their own), in
+/// images that have containerd.
+pub const PULL_SECCOMP: &str = "usr/lib/crust/seccomp/pull.json";
+/// The pids limit (cgroup v2 `pids.max`) of a container whose declaration names none:
+/// processes and threads together.
+pub const DEFAULT_PIDS_MAX: u64 = 1024;
 
 /// How a service runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +164,9 @@ pub struct ServiceSpec {
     pub health_interval: u32,
     /// Seconds between SIGTERM and SIGKILL at stop.
     pub stop_timeout: u32,
+    /// The pids limit the init sets on the cgroup of a `pull` service (a crun bundle's is
+    /// in its `config.json`); `None` for [`DEFAULT_PIDS_MAX`].
+    pub pids_max: Option<u64>,
 }
 
 /// A service file that does not parse.
@@ -206,6 +221,9 @@ impl ServiceSpec {
             "health-interval={}\nstop-timeout={}\n",
             self.health_interval, self.stop_timeout
         ));
+        if let Some(max) = self.pids_max {
+            s.push_str(&format!("pids-max={max}\n"));
+        }
         s
     }
 
@@ -220,6 +238,7 @@ impl ServiceSpec {
             health: None,
             health_interval: 10,
             stop_timeout: 10,
+            pids_max: None,
         };
         let mut kind = None;
         let mut image = None;
@@ -276,6 +295,15 @@ impl ServiceSpec {
                 }
                 "health-interval" => spec.health_interval = number(value)?.max(1),
                 "stop-timeout" => spec.stop_timeout = number(value)?,
+                "pids-max" => {
+                    spec.pids_max = Some(
+                        value
+                            .parse::<u64>()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| err(format!("pids-max: {value:?} is not a limit")))?,
+                    );
+                }
                 other => return Err(err(format!("unknown key {other:?}"))),
             }
         }
@@ -336,13 +364,14 @@ mod tests {
                 health,
                 health_interval: 3,
                 stop_timeout: 7,
+                pids_max: None,
             };
             assert_eq!(ServiceSpec::parse(&spec.to_text()), Ok(spec));
         }
-        for (kind, console) in [
-            (Kind::Host, false),
-            (Kind::Pull("10.0.2.2:5000/demo:1".into()), false),
-            (Kind::Crun, true),
+        for (kind, console, pids_max) in [
+            (Kind::Host, false, None),
+            (Kind::Pull("10.0.2.2:5000/demo:1".into()), false, Some(64)),
+            (Kind::Crun, true, None),
         ] {
             let spec = ServiceSpec {
                 name: "svc".into(),
@@ -353,6 +382,7 @@ mod tests {
                 health: None,
                 health_interval: 10,
                 stop_timeout: 10,
+                pids_max,
             };
             assert_eq!(ServiceSpec::parse(&spec.to_text()), Ok(spec));
         }
@@ -372,6 +402,7 @@ mod tests {
         assert!(ServiceSpec::parse("name=web\nkind=pull\n").is_err());
         assert!(ServiceSpec::parse("name=web\nkind=crun\nimage=x/y\n").is_err());
         assert!(ServiceSpec::parse("name=web\nkind=vm\n").is_err());
+        assert!(ServiceSpec::parse("name=web\npids-max=0\n").is_err());
         assert!(check_name("Web").is_err());
         assert!(check_name("1web").is_err());
         assert!(check_name("web-1").is_ok());

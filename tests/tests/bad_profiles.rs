@@ -151,6 +151,20 @@ fn bad_service_declarations_are_refused_with_the_service_and_field() {
     );
     assert_nothing_written(&out);
 
+    // A misspelt system call to allow, with its line and the name meant.
+    let (dir, profile) = profile_dir(&format!(
+        "{QEMU_LIKE}[[service]]\nname = \"keys\"\nimage.debian = [\"busybox-static\"]\nseccomp-allow = [\"keyctrl\"]\n"
+    ));
+    let out = dir.path().join("out");
+    let err = try_build(&profile, &out);
+    let line = QEMU_LIKE.lines().count() + 1;
+    assert!(err.contains(&format!("variant.toml:{line}: ")), "{err}");
+    assert!(
+        err.contains("service keys: seccomp-allow") && err.contains("did you mean \"keyctl\"?"),
+        "{err}"
+    );
+    assert_nothing_written(&out);
+
     // Refused once the image is unpacked: busybox-static says nothing about what to run.
     let (dir, profile) = profile_dir(&format!(
         "{QEMU_LIKE}[[service]]\nname = \"idle\"\nimage.debian = [\"busybox-static\"]\nmemory = \"64MiB\"\n"

@@ -3,7 +3,9 @@
 //! in a real registry on the host (Debian's `docker-registry`, the image made by umoci and
 //! pushed by skopeo), which the guest pulls at boot through QEMU's user network
 //! (10.0.2.2) and runs with `ctr run`. Its output reaches the console, and at the power-off
-//! its SIGTERM handler runs before containerd stops.
+//! its SIGTERM handler runs before containerd stops. A second service from the same image
+//! shows how pulled containers are confined: the kernel reports a seccomp filter, its cgroup
+//! has the default pids limit, and `unshare -U` is refused.
 //!
 //! Nothing the host runs comes from `/var`: before the boot, a program named
 //! `containerd-shim-runc-v2` that would announce itself on the console is written into
@@ -21,6 +23,17 @@ use crust_tests::{
     BootOptions, Disk, boot_timeout, build_profile, built_image, extract, partition, profiles_copy,
     run_ok,
 };
+
+/// What the second pulled container runs: it reports its seccomp mode, whether it may make
+/// a user namespace, and how many processes it could start before fork failed (it sees no
+/// cgroup file system, so it counts: a subshell starts `sleep`s until the pids limit stops
+/// it, then everything but the shell is killed).
+const CONFINED: &str = "B=/bin/busybox; \
+    mode=$($B grep '^Seccomp:' /proc/self/status | $B cut -f2); \
+    if $B unshare -U $B true 2>/dev/null; then u=allowed; else u=refused; fi; \
+    ( i=0; while :; do $B sleep 600 & i=$((i+1)); echo $i > /forks; done ) 2>/dev/null; \
+    kill -9 -1; wait; \
+    echo \"seccomp $mode, unshare -U $u, $($B cat /forks) sleeps before fork failed\"";
 
 /// What the planted shim prints if it ever runs.
 const MARKER: &str = "SHIM-FROM-VAR-RAN";
@@ -109,7 +122,9 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
     // User-data pins the image by the digest the registry serves (as it must).
     let reference = format!("http://10.0.2.2:{}/demo:1@{digest}", registry.port);
     let user_data = format!(
-        "version = 1\n\n[[service]]\nname = \"demo\"\nimage.pull = \"{reference}\"\nenv = {{ SOURCE = \"containerd\" }}\n"
+        "version = 1\n\n[[service]]\nname = \"demo\"\nimage.pull = \"{reference}\"\nenv = {{ SOURCE = \"containerd\" }}\n\n\
+         [[service]]\nname = \"confined\"\nimage.pull = \"{reference}\"\nrestart = \"never\"\n\
+         command = [\"/bin/busybox\", \"sh\", \"-c\", {CONFINED:?}]\n"
     );
     let work = tempfile::tempdir().unwrap();
     let raw = crust_tests::copy_image(
@@ -132,7 +147,9 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
     assert!(
         started
             .detail
-            .starts_with("started containerd, demo (1 with health checks); user-data added demo"),
+            .starts_with(
+                "started containerd, demo, confined (1 with health checks); user-data added demo, confined"
+            ),
         "{}",
         started.detail
     );
@@ -143,12 +160,23 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
         "crust: healthy: 1 health check(s) pass: containerd exec",
         &format!("demo: pulling {reference}: done"),
         "demo: hello from containerd",
+        "confined: seccomp 2, unshare -U refused, ",
     ] {
         if !t.vm.console().history().iter().any(|l| l.contains(text)) {
             t.vm.wait_for_text(text, long)
                 .unwrap_or_else(|e| panic!("{e}"));
         }
     }
+
+    // The pids limit (1024) less the container's shell and the subshell.
+    let history = t.vm.console().history();
+    let counted = history
+        .iter()
+        .find_map(|l| l.split("unshare -U refused, ").nth(1))
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse::<u32>().ok())
+        .expect("the confined container's count");
+    assert!((1000..=1022).contains(&counted), "{counted} sleeps");
 
     t.vm.qmp()
         .expect("QMP")

@@ -79,6 +79,8 @@ pub const TEST: &[Need] = &[
     // NoCloud seeds as cloud-localds makes them (ISO 9660, label cidata).
     need("genisoimage", "genisoimage"),
     need("sha256sum", "coreutils"),
+    // The seccomp profiles' system call names, checked against libseccomp itself.
+    need("scmp_sys_resolver", "seccomp"),
     // Secure Boot signatures checked by another implementation than the signer's.
     need("sbverify", "sbsigntool"),
     // Container images for the service tests: a registry, OCI layouts made by umoci,

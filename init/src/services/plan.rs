@@ -20,7 +20,7 @@ use crust_format::service::{
 use serde_json::Value;
 
 use super::process::Process;
-use super::runner::Launch;
+use super::runner::{Launch, PullConfinement};
 use crate::config::schema::SchemaError;
 use crate::config::services::{self as user, field};
 use crust_format::user_data::{Permission, Policy};
@@ -108,6 +108,7 @@ fn load_one(dir: &Path) -> Result<Definition, String> {
         Kind::Pull(reference) => Launch::Pull {
             reference: reference.clone(),
             process: process()?,
+            confinement: PullConfinement::of_folder(dir, spec.pids_max),
         },
     };
     Ok(Definition {
@@ -317,6 +318,7 @@ fn from_root_image(
             health: None,
             health_interval: 10,
             stop_timeout: source.spec.stop_timeout,
+            pids_max: None,
         },
         dir: None,
         launch: Launch::Crun {
@@ -357,11 +359,13 @@ fn pulled(defs: &[Definition], reference: &str, t: &user::Service) -> Result<Def
             health: None::<Health>,
             health_interval: 10,
             stop_timeout: 10,
+            pids_max: None,
         },
         dir: None,
         launch: Launch::Pull {
             reference: reference.to_owned(),
             process,
+            confinement: PullConfinement::default_for_user_data(),
         },
         config: None,
     })
@@ -735,8 +739,13 @@ enabled = false
         let demo = &defs[4];
         assert_eq!(demo.spec.after, ["containerd"]);
         match &demo.launch {
-            Launch::Pull { reference, process } => {
+            Launch::Pull {
+                reference,
+                process,
+                confinement,
+            } => {
                 assert!(reference.starts_with("http://10.0.2.2:5000/demo:1@sha256:"));
+                assert_eq!(confinement, &PullConfinement::default_for_user_data());
                 assert_eq!(process.env, ["SOURCE=containerd"]);
                 assert!(process.args.is_empty(), "the image's own command");
             }

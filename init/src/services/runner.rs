@@ -2,6 +2,9 @@
 //! it, signal it and clean up after it. The supervisor in [`super`] is the same for all.
 //!
 //! - **crun**: `crun run` of an OCI bundle in the foreground; signals go through `crun kill`.
+//!   The bundle's `config.json` holds its confinement (seccomp profile, pids and other
+//!   limits, user namespace); before each start the init makes the bind-mount sources under
+//!   `/var` that do not exist yet, owned by the container's user as the host sees it.
 //! - **host**: a program of the verified root, started directly and moved into the cgroup
 //!   `/crust/<name>` (containerd runs so). SIGTERM goes to the program; SIGKILL to the whole
 //!   cgroup (`cgroup.kill`), so nothing it started survives it.
@@ -9,7 +12,9 @@
 //!   what is there), then `ctr run --rm` runs it in the foreground in cgroup `/crust/<name>`
 //!   with the host's network. `ctr run` passes the signals it gets to the container;
 //!   SIGKILL goes to the container's cgroup. A reference written `http://host/…` is pulled
-//!   over plain HTTP.
+//!   over plain HTTP. The container runs under the service's seccomp profile
+//!   (`--seccomp-profile`) and the init sets its cgroup's `pids.max` (ctr has no flag for
+//!   it; runc leaves a limit the spec does not set alone).
 //!
 //! Steps that come before the service's own process (removing a container left over from
 //! an earlier run, the pull) are [`Step`]s the supervisor runs one after another without
@@ -19,7 +24,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crust_format::service::{CGROUP_PARENT, CONTAINERD_NAMESPACE, CONTAINERD_SOCKET};
+use crust_format::service::{
+    CGROUP_PARENT, CONTAINERD_NAMESPACE, CONTAINERD_SOCKET, DEFAULT_PIDS_MAX, PULL_SECCOMP,
+    SECCOMP_FILE,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -53,7 +61,39 @@ pub enum Launch {
         reference: String,
         /// Arguments (empty: the image's) and environment (added to the image's).
         process: Process,
+        /// Its confinement.
+        confinement: PullConfinement,
     },
+}
+
+/// How a pulled image's container is confined beyond containerd's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullConfinement {
+    /// The seccomp profile `ctr run` loads (`None`: the declaration says `unconfined`).
+    pub seccomp: Option<PathBuf>,
+    /// The limit of processes and threads in its cgroup.
+    pub pids_max: u64,
+}
+
+impl PullConfinement {
+    /// What a pull the image declares gets: the profile in its folder (absent when the
+    /// declaration turned the filter off) and the limit of its service file.
+    pub fn of_folder(dir: &Path, pids_max: Option<u64>) -> Self {
+        let profile = dir.join(SECCOMP_FILE);
+        PullConfinement {
+            seccomp: profile.is_file().then_some(profile),
+            pids_max: pids_max.unwrap_or(DEFAULT_PIDS_MAX),
+        }
+    }
+
+    /// What a pull user-data adds gets: the image's default profile and limit. User-data
+    /// cannot relax a container's confinement.
+    pub fn default_for_user_data() -> Self {
+        PullConfinement {
+            seccomp: Some(Path::new("/").join(PULL_SECCOMP)),
+            pids_max: DEFAULT_PIDS_MAX,
+        }
+    }
 }
 
 /// A command run before the service's own process.
@@ -111,8 +151,13 @@ fn quietly(mut cmd: Command) -> bool {
 
 impl Launch {
     /// What runs before the process: `pulled` tells whether this boot already pulled the
-    /// image.
+    /// image. Called once per start, right before the steps run, so it also readies what
+    /// the host gives a crun bundle: the bind-mount sources under `/var` (a source that
+    /// cannot be made is left to crun, whose error names it).
     pub fn steps(&self, name: &str, pulled: bool) -> Vec<Step> {
+        if let Launch::Crun { bundle } = self {
+            mounts::prepare(bundle);
+        }
         let step = |command, what: &str, must_succeed, show_errors| Step {
             command,
             what: what.to_owned(),
@@ -180,9 +225,16 @@ impl Launch {
                     .current_dir(&process.cwd);
                 cmd
             }
-            Launch::Pull { reference, process } => {
+            Launch::Pull {
+                reference,
+                process,
+                confinement,
+            } => {
                 let cgroup = format!("/{CGROUP_PARENT}/{name}");
                 let mut cmd = ctr(&["run", "--rm", "--net-host", "--cgroup", &cgroup]);
+                if let Some(profile) = &confinement.seccomp {
+                    cmd.args(["--seccomp", "--seccomp-profile"]).arg(profile);
+                }
                 for kv in &process.env {
                     cmd.arg("--env").arg(kv);
                 }
@@ -194,14 +246,24 @@ impl Launch {
         }
     }
 
-    /// The process started: a host program joins its cgroup. (It may have started children
-    /// before this; a program the init supervises does its work after start-up.)
+    /// The process started: a host program joins its cgroup (it may have started children
+    /// before this; a program the init supervises does its work after start-up); a pulled
+    /// image's cgroup gets its pids limit. `ctr run` has only just started, long before
+    /// runc makes the container; and were runc first, the limit would hold from the write
+    /// on, since runc leaves `pids.max` alone when the spec sets none.
     pub fn started(&self, name: &str, pid: Pid) -> Result<(), String> {
-        if let Launch::Host { .. } = self {
-            let dir = cgroup(name);
-            fs::create_dir_all(&dir)
-                .and_then(|()| fs::write(dir.join("cgroup.procs"), pid.to_string()))
-                .map_err(|e| format!("cannot move it into {}: {e}", dir.display()))?;
+        match self {
+            Launch::Host { .. } => {
+                let dir = cgroup(name);
+                fs::create_dir_all(&dir)
+                    .and_then(|()| fs::write(dir.join("cgroup.procs"), pid.to_string()))
+                    .map_err(|e| format!("cannot move it into {}: {e}", dir.display()))?;
+            }
+            Launch::Pull { confinement, .. } => {
+                limit_pids(&cgroup(name), confinement.pids_max)
+                    .map_err(|e| format!("cannot set its pids limit: {e}"))?;
+            }
+            Launch::Crun { .. } => {}
         }
         Ok(())
     }
@@ -248,8 +310,11 @@ impl Launch {
             Launch::Host { .. } => {
                 let _ = fs::remove_dir(cgroup(name));
             }
-            // `ctr run --rm` removes its container; a next start clears leftovers.
-            Launch::Pull { .. } => {}
+            // `ctr run --rm` removes its container (and runc its cgroup); a next start clears
+            // leftovers. The cgroup goes too if the limit was set after runc removed it.
+            Launch::Pull { .. } => {
+                let _ = fs::remove_dir(cgroup(name));
+            }
         }
     }
 
@@ -279,6 +344,122 @@ impl Launch {
     }
 }
 
+/// Makes `dir` (a cgroup below [`CGROUP_PARENT`]) with `pids.max` = `max`: the pids
+/// controller is turned on for the parent's children first (the parent holds no process,
+/// so it may hand controllers down).
+fn limit_pids(dir: &Path, max: u64) -> std::io::Result<()> {
+    let parent = dir.parent().unwrap_or(dir);
+    fs::create_dir_all(parent)?;
+    fs::write(parent.join("cgroup.subtree_control"), "+pids")?;
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    fs::write(dir.join("pids.max"), max.to_string())
+}
+
+/// Bind-mount sources of crun bundles.
+mod mounts {
+    use std::fs;
+    use std::os::unix::fs::{DirBuilderExt, lchown};
+    use std::path::{Component, Path};
+
+    use serde_json::Value;
+
+    /// Where bind-mount sources may be (the builder and the user-data checks refuse others).
+    const VAR: &str = "/var";
+
+    /// Makes each bind-mount source under `/var` that `bundle`'s `config.json` names and
+    /// that does not exist: parents as root's (0755), the source itself owned by the
+    /// container's user as the host sees it (through the user namespace's mapping, if the
+    /// container has one), so the service can write there. Existing directories are left
+    /// as they are; a symbolic link on the way stops it (the init never follows a link a
+    /// container may have planted).
+    pub fn prepare(bundle: &Path) {
+        let Ok(text) = fs::read(bundle.join("config.json")) else {
+            return;
+        };
+        let Ok(config) = serde_json::from_slice::<Value>(&text) else {
+            return;
+        };
+        let owner = host_owner(&config);
+        for source in bind_sources(&config) {
+            let _ = make(Path::new("/"), Path::new(&source), owner);
+        }
+    }
+
+    /// The sources of the config's bind mounts that lie under `/var`.
+    pub(super) fn bind_sources(config: &Value) -> Vec<String> {
+        let Some(mounts) = config.get("mounts").and_then(Value::as_array) else {
+            return Vec::new();
+        };
+        mounts
+            .iter()
+            .filter(|m| m.get("type").and_then(Value::as_str) == Some("bind"))
+            .filter_map(|m| m.get("source").and_then(Value::as_str))
+            .filter(|s| {
+                let p = Path::new(s);
+                p.starts_with(VAR)
+                    && p != Path::new(VAR)
+                    && p.components().all(|c| !matches!(c, Component::ParentDir))
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The host uid and gid of the container's process user.
+    pub(super) fn host_owner(config: &Value) -> (u32, u32) {
+        let id = |key: &str| {
+            config
+                .pointer(&format!("/process/user/{key}"))
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        let map = |inside: u32, key: &str| -> u32 {
+            let Some(maps) = config
+                .pointer(&format!("/linux/{key}"))
+                .and_then(Value::as_array)
+            else {
+                return inside;
+            };
+            for m in maps {
+                let field = |f: &str| m.get(f).and_then(Value::as_u64).unwrap_or(0);
+                let (container, host, size) =
+                    (field("containerID"), field("hostID"), field("size"));
+                let inside = u64::from(inside);
+                if inside >= container && inside < container + size {
+                    return u32::try_from(host + (inside - container)).unwrap_or(u32::MAX);
+                }
+            }
+            // Unmapped ids are the overflow id in the container: nobody can own it there.
+            65534
+        };
+        (map(id("uid"), "uidMappings"), map(id("gid"), "gidMappings"))
+    }
+
+    /// Makes `source` (absolute) below `root` as [`prepare`] says.
+    pub(super) fn make(root: &Path, source: &Path, (uid, gid): (u32, u32)) -> std::io::Result<()> {
+        let mut path = root.to_path_buf();
+        let parts: Vec<Component> = source.components().skip(1).collect();
+        for (i, part) in parts.iter().enumerate() {
+            path.push(part);
+            match fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => continue,
+                Ok(_) => return Err(std::io::Error::other("not a directory")),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            fs::DirBuilder::new().mode(0o755).create(&path)?;
+            if i == parts.len() - 1 && (uid, gid) != (0, 0) {
+                lchown(&path, Some(uid), Some(gid))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +480,7 @@ mod tests {
                 env: vec!["SOURCE=containerd".into()],
                 cwd: "/".into(),
             },
+            confinement: PullConfinement::default_for_user_data(),
         };
         let steps = launch.steps("demo", false);
         let pull = steps.last().unwrap();
@@ -335,6 +517,9 @@ mod tests {
                 "--net-host",
                 "--cgroup",
                 "/crust/demo",
+                "--seccomp",
+                "--seccomp-profile",
+                "/usr/lib/crust/seccomp/pull.json",
                 "--env",
                 "SOURCE=containerd",
                 "10.0.2.2:5000/demo:1",
@@ -360,5 +545,81 @@ mod tests {
             Path::new("/sys/fs/cgroup/crust/containerd")
         );
         assert_eq!(split_reference("r.example/x:1"), (false, "r.example/x:1"));
+    }
+
+    #[test]
+    fn pulls_declared_unconfined_run_without_a_profile() {
+        let dir = tempfile::tempdir().unwrap();
+        let unconfined = PullConfinement::of_folder(dir.path(), Some(64));
+        assert_eq!(
+            unconfined,
+            PullConfinement {
+                seccomp: None,
+                pids_max: 64
+            }
+        );
+        fs::write(dir.path().join(SECCOMP_FILE), "{}").unwrap();
+        let confined = PullConfinement::of_folder(dir.path(), None);
+        assert_eq!(confined.seccomp, Some(dir.path().join(SECCOMP_FILE)));
+        assert_eq!(confined.pids_max, 1024);
+        let launch = Launch::Pull {
+            reference: "r.example/x:1".into(),
+            process: Process::default(),
+            confinement: unconfined,
+        };
+        assert!(!args(&launch.command("x")).contains(&"--seccomp".to_string()));
+    }
+
+    #[test]
+    fn pids_limits_are_written_into_the_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("crust/demo");
+        limit_pids(&dir, 1024).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "1024");
+        assert_eq!(
+            fs::read_to_string(root.path().join("crust/cgroup.subtree_control")).unwrap(),
+            "+pids"
+        );
+        // Again, over the cgroup runc may have made meanwhile.
+        limit_pids(&dir, 64).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("pids.max")).unwrap(), "64");
+    }
+
+    #[test]
+    fn bind_sources_belong_to_the_containers_user_as_the_host_sees_it() {
+        let config: serde_json::Value = serde_json::from_str(
+            r#"{"process":{"user":{"uid":0,"gid":0}},
+                "mounts":[{"type":"bind","source":"/var/lib/u","destination":"/data"},
+                          {"type":"bind","source":"/etc/hosts","destination":"/etc/hosts"},
+                          {"type":"bind","source":"/var/lib/../../etc","destination":"/x"},
+                          {"type":"tmpfs","source":"tmpfs","destination":"/tmp"}],
+                "linux":{"uidMappings":[{"containerID":0,"hostID":131072,"size":65536}],
+                         "gidMappings":[{"containerID":0,"hostID":196608,"size":65536}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(mounts::bind_sources(&config), ["/var/lib/u"]);
+        assert_eq!(mounts::host_owner(&config), (131072, 196608));
+        let mut plain = config.clone();
+        plain["linux"] = serde_json::json!({});
+        plain["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 100});
+        assert_eq!(mounts::host_owner(&plain), (1000, 100));
+        plain["linux"] = config["linux"].clone();
+        plain["process"]["user"]["uid"] = serde_json::json!(70000);
+        assert_eq!(mounts::host_owner(&plain).0, 65534, "unmapped");
+
+        // Made with their owner; what exists stays as it is; no link is followed.
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let me = (
+            fs::metadata(r).unwrap().uid(),
+            fs::metadata(r).unwrap().gid(),
+        );
+        mounts::make(r, Path::new("/var/lib/u"), me).unwrap();
+        assert!(r.join("var/lib/u").is_dir());
+        mounts::make(r, Path::new("/var/lib/u"), me).unwrap();
+        std::os::unix::fs::symlink("/etc", r.join("var/lib/link")).unwrap();
+        assert!(mounts::make(r, Path::new("/var/lib/link/x"), me).is_err());
+        assert!(!Path::new("/etc/x").exists());
     }
 }

@@ -16,6 +16,7 @@ use crust_builder::build::outputs;
 use crust_format::Manifest;
 use crust_vm::{Accel, Config, Vm, firmware::Firmware};
 
+pub mod etcd;
 pub mod registry;
 pub mod repo;
 
@@ -242,6 +243,25 @@ impl Disk {
     /// rules, SMBIOS fields).
     pub fn boot_with(&mut self, opts: BootOptions, adjust: impl FnOnce(&mut Config)) -> TestVm {
         let serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+        self.start(opts, adjust, Some(serial))
+    }
+
+    /// [`Disk::boot_with`] without waiting for other machines of this test binary: for a
+    /// test that runs several machines at once (a fleet), alone in its binary.
+    pub fn boot_alongside(
+        &mut self,
+        opts: BootOptions,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestVm {
+        self.start(opts, adjust, None)
+    }
+
+    fn start(
+        &mut self,
+        opts: BootOptions,
+        adjust: impl FnOnce(&mut Config),
+        serial: Option<MutexGuard<'static, ()>>,
+    ) -> TestVm {
         self.boots += 1;
         let dir = self.scratch.path();
         let accel = crust_vm::accel::detect(&self.image_dir.join(outputs::KERNEL), &self.image_dir)
@@ -273,7 +293,7 @@ pub struct TestVm {
     pub vm: Vm,
     /// The accelerator used.
     pub accel: Accel,
-    _serial: MutexGuard<'static, ()>,
+    _serial: Option<MutexGuard<'static, ()>>,
 }
 
 impl TestVm {
@@ -365,6 +385,63 @@ pub fn file_data_offset(root_image: &Path, path: &str) -> u64 {
         InnerNode::File(SquashfsFileReader::Extended(f)) => f.blocks_start,
         _ => panic!("{path} is not a file"),
     }
+}
+
+/// Writes `content` as the file `path` (mode `mode`; parent folders made) into the state
+/// partition (`/var` on a running host) of the disk image `raw`, with e2fsprogs' debugfs, as
+/// the first boot's set-up or an attacker with the disk would; checks it is there after.
+pub fn write_state_file(raw: &Path, path: &str, content: &[u8], mode: u32) {
+    let work = tempfile::tempdir().expect("work dir");
+    let state = partition(raw, "state");
+    let fs = work.path().join("state.img");
+    extract(raw, &state, &fs, None);
+    let source = work.path().join("content");
+    std::fs::write(&source, content).expect("write content");
+    let mut script = String::new();
+    let mut parent = String::new();
+    let components: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    for dir in &components[..components.len() - 1] {
+        parent.push('/');
+        parent.push_str(dir);
+        // An existing folder makes debugfs complain and go on.
+        script.push_str(&format!(
+            "mkdir {parent}
+"
+        ));
+    }
+    script.push_str(&format!(
+        "rm {path}
+write {} {path}
+sif {path} mode 0{:o}
+",
+        source.display(),
+        0o100_000 | mode
+    ));
+    let commands = work.path().join("debugfs.cmd");
+    std::fs::write(&commands, script).expect("write commands");
+    run_ok(
+        Command::new("debugfs")
+            .arg("-w")
+            .arg("-f")
+            .arg(&commands)
+            .arg(&fs),
+    );
+    let read_back = run_ok(
+        Command::new("debugfs")
+            .args(["-R", &format!("cat {path}")])
+            .arg(&fs),
+    );
+    assert_eq!(
+        read_back.stdout, content,
+        "{path} was not written to the state partition"
+    );
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", fs.display()))
+            .arg(format!("of={}", raw.display()))
+            .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
+            .arg(format!("seek={}", state.offset >> 20)),
+    );
 }
 
 /// The boot package of the test image's lock, from the package cache (no network).

@@ -20,8 +20,8 @@ use std::time::Duration;
 use crust_format::phase::Phase;
 use crust_tests::registry::{Registry, busybox_layout};
 use crust_tests::{
-    BootOptions, Disk, boot_timeout, build_profile, built_image, extract, partition, profiles_copy,
-    run_ok,
+    BootOptions, Disk, boot_timeout, build_profile, built_image, profiles_copy, run_ok,
+    write_state_file,
 };
 
 /// What the second pulled container runs: it reports its seccomp mode, whether it may make
@@ -62,48 +62,6 @@ fn planted_shim(dir: &Path) -> std::path::PathBuf {
     binary
 }
 
-/// Writes `program` as `/lib/containerd/opt/bin/containerd-shim-runc-v2` (mode 0755) into
-/// the state partition of `raw`, with e2fsprogs' debugfs, as an attacker with the disk
-/// would.
-fn plant_in_state(raw: &Path, program: &Path, work: &Path) {
-    let state = partition(raw, "state");
-    let fs = work.join("state.img");
-    extract(raw, &state, &fs, None);
-    let script = "mkdir /lib\nmkdir /lib/containerd\nmkdir /lib/containerd/opt\n\
-                  mkdir /lib/containerd/opt/bin\n"
-        .to_owned()
-        + &format!(
-            "write {} /lib/containerd/opt/bin/containerd-shim-runc-v2\n\
-             sif /lib/containerd/opt/bin/containerd-shim-runc-v2 mode 0100755\n",
-            program.display()
-        );
-    let commands = work.join("debugfs.cmd");
-    std::fs::write(&commands, script).unwrap();
-    run_ok(
-        Command::new("debugfs")
-            .arg("-w")
-            .arg("-f")
-            .arg(&commands)
-            .arg(&fs),
-    );
-    let listed = run_ok(
-        Command::new("debugfs")
-            .args(["-R", "ls -l /lib/containerd/opt/bin"])
-            .arg(&fs),
-    );
-    assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("containerd-shim-runc-v2"),
-        "the shim was not planted"
-    );
-    run_ok(
-        Command::new("dd")
-            .arg(format!("if={}", fs.display()))
-            .arg(format!("of={}", raw.display()))
-            .args(["bs=1M", "conv=notrunc,sparse", "status=none"])
-            .arg(format!("seek={}", state.offset >> 20)),
-    );
-}
-
 #[test]
 #[ignore = "builds the containerd profile, runs a registry and boots; run through `cargo xtask test`"]
 fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
@@ -135,7 +93,13 @@ fn containerd_pulls_an_image_from_a_registry_at_boot_and_runs_it() {
         },
         work.path(),
     );
-    plant_in_state(&raw, &planted_shim(work.path()), work.path());
+    // Written offline into the state partition, as an attacker with the disk would.
+    write_state_file(
+        &raw,
+        "/lib/containerd/opt/bin/containerd-shim-runc-v2",
+        &std::fs::read(planted_shim(work.path())).unwrap(),
+        0o755,
+    );
     let mut disk = Disk::over(&raw, &img.dir);
     let seed = disk.scratch.path().join("seed.img");
     crust_vm::seed::write(user_data.as_bytes(), &seed).unwrap();

@@ -70,6 +70,9 @@ pub const TEST: &[Need] = &[
     need("losetup", "mount"),
     need("mkfs.ext4", "e2fsprogs"),
     need("debugfs", "e2fsprogs"),
+    // The fleet tests' coordinator.
+    need("etcd", "etcd-server"),
+    need("etcdctl", "etcd-client"),
     // Offline attacks on a test machine's disk: a block of its qcow2 overlay overwritten,
     // a static program planted on its state partition.
     need("qemu-io", "qemu-utils"),

@@ -10,6 +10,7 @@
 mod ami;
 mod bench;
 mod flash;
+mod fleet;
 mod host;
 mod image;
 mod keys;
@@ -59,6 +60,22 @@ struct BootArgs {
     /// what its db key signed runs (the profile needs [secure-boot]; docs/SECURE-BOOT.md).
     #[arg(long)]
     secure_boot: bool,
+}
+
+#[derive(Subcommand)]
+enum FleetCmd {
+    /// The hosts: how many run each version, which are mid-update, which rolled back.
+    Status {
+        /// An etcd member, http://host:2379.
+        #[arg(long)]
+        etcd: String,
+        /// Only this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Print the hosts' status documents as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +213,11 @@ enum Cmd {
         /// carries a new key with the key the hosts still trust).
         #[arg(long, value_name = "KEY")]
         key: Option<std::path::PathBuf>,
+    },
+    /// What the fleet's hosts report in etcd (user-data `[fleet]`).
+    Fleet {
+        #[command(subcommand)]
+        command: FleetCmd,
     },
     /// Sign user-data for images whose profile has `[config] signed = true`: writes
     /// FILE.sig (a NoCloud seed's `user-data.sig`), or with --inline OUT the user-data
@@ -490,6 +512,9 @@ fn run(cli: Cli) -> Result<()> {
                 private.display()
             );
         }
+        Cmd::Fleet {
+            command: FleetCmd::Status { etcd, group, json },
+        } => fleet::status(&etcd, group.as_deref(), json)?,
         Cmd::SignUserData { key, file, inline } => {
             user_data::sign(&key, &file, inline.as_deref())?;
         }

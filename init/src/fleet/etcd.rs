@@ -171,6 +171,7 @@ impl Client {
     }
 
     /// The keys under `prefix`, in key order (at most `limit`).
+    #[cfg(test)]
     pub fn range_prefix(&self, prefix: &str, limit: u64) -> Result<Vec<KeyValue>, EtcdError> {
         let answer = self.call(
             "/v3/kv/range",
@@ -211,6 +212,7 @@ fn key_value(kv: &Value) -> Option<KeyValue> {
 
 /// The end of the range holding every key that starts with `prefix` (etcd's convention:
 /// the prefix with its last byte incremented).
+#[cfg(test)]
 pub fn prefix_end(prefix: &str) -> String {
     let mut bytes = prefix.as_bytes().to_vec();
     while let Some(last) = bytes.pop() {

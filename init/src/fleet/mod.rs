@@ -130,6 +130,8 @@ pub struct Fleet {
     boot_time: u64,
     record: PathBuf,
     status_lease: Arc<Mutex<Option<i64>>>,
+    /// Whether the last status report failed (the console hears of changes only).
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fleet {
@@ -152,6 +154,7 @@ impl Fleet {
             boot_time: u64::try_from(boot_time).unwrap_or(0),
             record: record_dir.join("fleet-slot"),
             status_lease: Arc::new(Mutex::new(None)),
+            failing: Arc::default(),
         })
     }
 
@@ -251,6 +254,13 @@ impl Fleet {
         Ok(Some(held))
     }
 
+    /// Whether reporting went from working to failing or back (the first report counts as
+    /// working before it).
+    pub fn report_changed(&self, failed: bool) -> bool {
+        use std::sync::atomic::Ordering;
+        self.failing.swap(failed, Ordering::Relaxed) != failed
+    }
+
     /// Puts this host's status, attached to its status lease (renewed, or granted anew).
     pub fn report(&self, status: &Status) -> Result<(), EtcdError> {
         let mut lease_slot = self.status_lease.lock().unwrap_or_else(|e| e.into_inner());
@@ -289,65 +299,7 @@ impl Fleet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::{Child, Command, Stdio};
-    use std::time::Duration;
-
-    /// Debian's etcd on loopback, in a folder of its own, stopped on drop.
-    struct Etcd(Child, String, #[allow(dead_code)] tempfile::TempDir);
-
-    impl Etcd {
-        fn start() -> Etcd {
-            let dir = tempfile::tempdir().unwrap();
-            let port = |_: ()| {
-                std::net::TcpListener::bind("127.0.0.1:0")
-                    .unwrap()
-                    .local_addr()
-                    .unwrap()
-                    .port()
-            };
-            let (client, peer) = (port(()), port(()));
-            let url = format!("http://127.0.0.1:{client}");
-            let child = Command::new("etcd")
-                .arg("--data-dir")
-                .arg(dir.path())
-                .args([
-                    "--listen-client-urls",
-                    &url,
-                    "--advertise-client-urls",
-                    &url,
-                ])
-                .args([
-                    "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                    "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
-                    "--initial-cluster",
-                    &format!("default=http://127.0.0.1:{peer}"),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("etcd (Debian's etcd-server; cargo xtask test installs it)");
-            let etcd = Etcd(child, url, dir);
-            for _ in 0..100 {
-                if Client::new(std::slice::from_ref(&etcd.1))
-                    .and_then(|c| c.range_prefix("/", 1).map_err(|e| e.to_string()))
-                    .is_ok()
-                {
-                    return etcd;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            panic!("etcd did not start");
-        }
-    }
-
-    impl Drop for Etcd {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    use crust_tests::etcd::Etcd;
 
     fn fleet(url: &str, id: &str, records: &Path) -> Fleet {
         let settings = Settings {
@@ -367,8 +319,8 @@ mod tests {
         let etcd = Etcd::start();
         let (ra, rb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         // The first endpoint is dead: every call fails over to the second.
-        let a = fleet(&etcd.1, "aaaa", ra.path());
-        let b = fleet(&etcd.1, "bbbb", rb.path());
+        let a = fleet(&etcd.url(), "aaaa", ra.path());
+        let b = fleet(&etcd.url(), "bbbb", rb.path());
         let Acquired::Taken(held) = a.acquire().unwrap() else {
             panic!("the free slot was not taken")
         };

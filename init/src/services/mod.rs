@@ -13,7 +13,6 @@
 //! timeout, then SIGKILL. The admin shell's service has the console itself as its input and
 //! output instead of a pipe.
 
-mod binds;
 mod health;
 pub mod output;
 mod plan;
@@ -343,11 +342,6 @@ impl Service {
                 Err(_) => self.next(now),
             }
             return;
-        }
-        if let Launch::Crun { bundle } = &self.launch
-            && let Err(e) = binds::prepare(bundle)
-        {
-            self.say(&e);
         }
         let spawned = if self.spec.console {
             // The console itself: an interactive shell writes prompts without newlines and

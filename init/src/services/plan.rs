@@ -573,8 +573,10 @@ fn kind_of(p: Permission) -> &'static str {
 }
 
 /// Whether an OCI config gives its container the host's powers: `CAP_SYS_ADMIN` in its
-/// bounding set, or no PID or mount namespace of its own.
+/// bounding set, no PID or mount namespace of its own, or no seccomp filter (every
+/// container Crust confines has one; a service the profile left `unconfined` has none).
 pub fn privileged(config: &Value) -> bool {
+    let unfiltered = config.pointer("/linux/seccomp").is_none();
     let has_cap = config
         .pointer("/process/capabilities/bounding")
         .and_then(Value::as_array)
@@ -589,7 +591,7 @@ pub fn privileged(config: &Value) -> bool {
                 })
             })
     };
-    has_cap || !own_namespace("pid") || !own_namespace("mount")
+    unfiltered || has_cap || !own_namespace("pid") || !own_namespace("mount")
 }
 
 #[cfg(test)]
@@ -602,7 +604,7 @@ mod tests {
     fn root() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let services = dir.path().join(service::SERVICES_DIR);
-        let confined = r#""namespaces":[{"type":"pid"},{"type":"mount"},{"type":"network"}]"#;
+        let confined = r#""seccomp":{"defaultAction":"SCMP_ACT_ERRNO"},"namespaces":[{"type":"pid"},{"type":"mount"},{"type":"network"}]"#;
         let host_pid = r#""namespaces":[{"type":"mount"}]"#;
         for (name, text, config) in [
             (
@@ -907,7 +909,7 @@ enabled = false
     fn privileged_containers_are_known_by_their_powers() {
         let config = |caps: &str, ns: &str| -> Value {
             serde_json::from_str(&format!(
-                r#"{{"process":{{"capabilities":{{"bounding":[{caps}]}}}},"linux":{{"namespaces":[{ns}]}}}}"#
+                r#"{{"process":{{"capabilities":{{"bounding":[{caps}]}}}},"linux":{{"seccomp":{{}},"namespaces":[{ns}]}}}}"#
             ))
             .unwrap()
         };
@@ -919,5 +921,12 @@ enabled = false
             "",
             r#"{"type":"pid","path":"/proc/1/ns/pid"},{"type":"mount"}"#
         )));
+        let unconfined: Value =
+            serde_json::from_str(r#"{"linux":{"namespaces":[{"type":"pid"},{"type":"mount"}]}}"#)
+                .unwrap();
+        assert!(
+            privileged(&unconfined),
+            "no seccomp filter is the host's power"
+        );
     }
 }

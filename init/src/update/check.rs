@@ -31,6 +31,7 @@ use crust_format::signature::PublicKey;
 use super::record::{self, Pending, Records};
 use super::{Booted, Settings, bundle, index, install, say, unix_now};
 use crate::error::{Context, Error, Result};
+use crate::fleet::{self, Fleet};
 use crate::http::{self, Bounds, Endpoint};
 
 /// What a cancelled check fails with.
@@ -102,9 +103,91 @@ pub struct Checker {
     pub records: Records,
     /// Set at shutdown.
     pub cancel: Cancel,
+    /// The fleet this host coordinates its reboots with, if any.
+    pub fleet: Option<Fleet>,
+    /// What happened since the last check, for the fleet status (`blessed`, `rolled-back`).
+    pub event: Option<(String, String)>,
 }
 
+/// How often a host waiting for a reboot slot asks again.
+pub const SLOT_RETRY: Duration = Duration::from_secs(10);
+
 impl Checker {
+    /// Puts this host's status in the fleet (best effort: a status is refreshed at every
+    /// check, so a failure costs nothing but a log line).
+    fn report(&self, state: &str, detail: &str) {
+        let Some(fleet) = &self.fleet else { return };
+        let status = fleet::Status {
+            version: self.booted.manifest.version.clone(),
+            slot: self.booted.slot.as_str().into(),
+            state: state.into(),
+            detail: detail.into(),
+            last_check: unix_now(),
+        };
+        match fleet.report(&status) {
+            Err(e) if fleet.report_changed(true) => {
+                say(&format!("cannot report to the fleet: {e}"));
+            }
+            Ok(()) if fleet.report_changed(false) => say("reporting to the fleet again"),
+            _ => {}
+        }
+    }
+
+    /// Gives back a reboot slot still held from an update that has settled (blessed, or
+    /// rolled back).
+    fn settle_slot(&self) {
+        let Some(fleet) = &self.fleet else { return };
+        match fleet.release() {
+            Ok(Some(held)) => say(&format!(
+                "gave back reboot slot {} of fleet group {}",
+                held.slot,
+                fleet.settings().group
+            )),
+            Ok(None) => {}
+            Err(e) => say(&format!(
+                "cannot give back the reboot slot ({e}); it expires with its lease"
+            )),
+        }
+    }
+
+    /// Before an update reboot: takes one of the group's reboot slots. `Ok(None)` without a
+    /// fleet; `Ok(Some(Busy))` when every slot is held (the caller asks again).
+    pub fn acquire_slot(&self) -> Result<Option<fleet::Acquired>> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(None);
+        };
+        let group = &fleet.settings().group;
+        let acquired = fleet.acquire().map_err(|e| {
+            Error::new(
+                "update",
+                format!(
+                    "{e}: not rebooting for the update until the fleet (group {group}) gives a \
+                     reboot slot"
+                ),
+            )
+        })?;
+        match &acquired {
+            fleet::Acquired::Taken(held) => {
+                let line = format!(
+                    "took reboot slot {} of {} in fleet group {group}",
+                    held.slot,
+                    fleet.settings().max_rebooting
+                );
+                say(&line);
+                self.report("rebooting", &line);
+            }
+            fleet::Acquired::Busy(holders) => {
+                let line = format!(
+                    "waiting for a reboot slot in fleet group {group} (max-rebooting {}): held \
+                     by {}",
+                    fleet.settings().max_rebooting,
+                    holders.join(", ")
+                );
+                self.report("waiting", &line);
+            }
+        }
+        Ok(Some(acquired))
+    }
     /// The repository's address.
     fn endpoint(&self) -> Result<Endpoint> {
         let url = &self.settings.repository;
@@ -142,6 +225,18 @@ impl Checker {
     /// Fetches and judges the index only: the proof a trial boot gives before it is
     /// blessed that it can still reach its repository and trust what it serves.
     pub fn probe(&self) -> Result<Checked> {
+        if let Some(fleet) = &self.fleet
+            && fleet.held().is_some()
+        {
+            match fleet.renew() {
+                Ok(true) => {}
+                Ok(false) => say(
+                    "the reboot slot's lease had expired: another host of the fleet may be \
+                     rebooting too",
+                ),
+                Err(e) => say(&format!("cannot renew the reboot slot's lease: {e}")),
+            }
+        }
         let index = self.index(&self.endpoint()?)?;
         let n = index.releases.len();
         Ok(Checked::IndexVerified(format!(
@@ -162,8 +257,26 @@ impl Checker {
                 record::RESERVE >> 20
             ));
         }
+        // A check runs only once the running version is settled: any slot still held is
+        // from an update that was blessed or rolled back.
+        self.settle_slot();
         let outcome = self.check_channel();
         self.records.keep_reserve();
+        let (state, detail) = match &outcome {
+            Ok(Checked::Installed) => (
+                "installed".to_owned(),
+                "an update waits for its reboot".to_owned(),
+            ),
+            Ok(Checked::Nothing(why)) => match &self.event {
+                Some((state, detail)) => (state.clone(), format!("{detail}; {why}")),
+                None => ("idle".to_owned(), why.clone()),
+            },
+            Ok(Checked::Waiting(why, _)) => ("eligible".to_owned(), why.clone()),
+            Ok(Checked::Refused(why)) => ("refused".to_owned(), why.clone()),
+            Ok(Checked::IndexVerified(why)) => ("idle".to_owned(), why.clone()),
+            Err(e) => ("error".to_owned(), e.message.clone()),
+        };
+        self.report(&state, &detail);
         outcome
     }
 
@@ -193,10 +306,12 @@ impl Checker {
                 return Ok(Checked::Nothing(nothing_to_do(&index, running, &skipped)));
             }
         };
-        say(&format!(
+        let found = format!(
             "found {} on channel {} ({} bytes); running {running}",
             release.version, s.channel, release.size
-        ));
+        );
+        say(&found);
+        self.report("downloading", &found);
         let started = Instant::now();
         let path = self.download(&endpoint, &release)?;
         say(&format!(

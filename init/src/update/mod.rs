@@ -43,6 +43,7 @@ use crate::config::schema::{HEALTH_TIMEOUT, UPDATE_INTERVAL};
 use crate::console;
 use crate::error::{Error, Result};
 use crate::event::{Control, Task, Worker};
+use crate::fleet::{self, Fleet};
 use crate::http::Url;
 use crate::shutdown::Action;
 use check::{Cancel, Checked, Checker};
@@ -170,6 +171,8 @@ enum Stage {
     Checking,
     /// An update is installed; rebooting in the window.
     RebootPending { next: Instant },
+    /// Asking the fleet for a reboot slot (on a thread).
+    Coordinating,
     /// Nothing more to do this boot.
     Done,
 }
@@ -188,7 +191,13 @@ pub struct Updater {
     last_report: String,
     /// The check running now, if one is.
     job: Option<Worker<Result<Checked>>>,
+    /// Asking the fleet for a reboot slot, if that runs now.
+    coordination: Option<Worker<Result<Option<fleet::Acquired>>>>,
     cancel: Cancel,
+    /// The fleet this host coordinates its update reboots with.
+    fleet: Option<Fleet>,
+    /// What the next check reports to the fleet (a blessing, a rollback).
+    event: Option<(String, String)>,
 }
 
 fn say(line: &str) {
@@ -227,19 +236,28 @@ impl Updater {
             ));
         }
         let running = booted.manifest.version.clone();
+        let mut event = None;
         if let Some(p) = records.pending()
             && p.version != running
         {
-            say(&format!(
+            let line = format!(
                 "{} in slot {} rolled back: its boots failed, running {running} in slot {} again; {} will not be tried again",
                 p.version,
                 p.slot,
                 booted.slot.as_str(),
                 p.version
-            ));
+            );
+            say(&line);
+            event = Some(("rolled-back".to_owned(), line));
             let _ = records.add_failed(&p.version);
             records.clear_pending();
         }
+        let fleet = settings.as_ref().and_then(|_| {
+            let s = fleet::Settings::read()?;
+            Fleet::new(s, Path::new(record::DIR))
+                .map_err(|e| say(&format!("ignoring the fleet settings: {e}")))
+                .ok()
+        });
         // systemd-boot names the entry it started without its counter, so the ESP itself
         // says whether the running version is on trial: its UKI still carries a counter.
         let (entry, note) = running_entry(&booted);
@@ -282,6 +300,9 @@ impl Updater {
             last_report: String::new(),
             job: None,
             cancel: Cancel::default(),
+            coordination: None,
+            fleet,
+            event,
         }
     }
 
@@ -300,12 +321,14 @@ impl Updater {
                     .pending()
                     .map(|p| p.from)
                     .unwrap_or_else(|| "the previous version".into());
-                say(&format!(
+                let line = format!(
                     "{} in slot {} is healthy: blessed {} ({from} stays as the fallback)",
                     self.booted.manifest.version,
                     self.booted.slot.as_str(),
                     blessed.file_name()
-                ));
+                );
+                say(&line);
+                self.event = Some(("blessed".to_owned(), line));
                 self.records.clear_pending();
             }
             Err(e) => say(&format!("cannot bless {}: {e}", entry.file_name())),
@@ -327,6 +350,8 @@ impl Updater {
             booted: self.booted.clone(),
             records: self.records.clone(),
             cancel: self.cancel.clone(),
+            fleet: self.fleet.clone(),
+            event: self.event.clone(),
         })
     }
 
@@ -408,8 +433,33 @@ impl Updater {
         }
     }
 
+    /// Acts on the fleet's answer to a reboot slot request: reboot with the slot, or wait
+    /// and ask again (never reboot without etcd's answer).
+    fn coordinated(&mut self, outcome: Result<Option<fleet::Acquired>>, now: Instant) -> Control {
+        let again = format!("asking again in {} s", check::SLOT_RETRY.as_secs());
+        match outcome {
+            Ok(None | Some(fleet::Acquired::Taken(_))) => {
+                say("rebooting into the new version");
+                return Control::Shutdown(Action::Reboot, "update installed".into());
+            }
+            Ok(Some(fleet::Acquired::Busy(holders))) => self.report(format!(
+                "every reboot slot of the fleet group is held (by {}): waiting; {again}",
+                holders.join(", ")
+            )),
+            Err(e) => self.report(format!("{}; {again}", e.message)),
+        }
+        self.stage = Stage::RebootPending {
+            next: now + check::SLOT_RETRY,
+        };
+        Control::Continue
+    }
+
     /// Acts on a check's outcome.
     fn checked(&mut self, outcome: Result<Checked>, now: Instant) -> Control {
+        if outcome.is_ok() {
+            // Reported to the fleet by that check.
+            self.event = None;
+        }
         let interval = self
             .settings
             .as_ref()
@@ -471,7 +521,10 @@ fn running_entry(booted: &Booted) -> (Option<BootEntryName>, Option<corruption::
 
 impl Task for Updater {
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
-        self.job.iter().map(Worker::fd).collect()
+        match self.stage {
+            Stage::Coordinating => self.coordination.iter().map(Worker::fd).collect(),
+            _ => self.job.iter().map(Worker::fd).collect(),
+        }
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -484,7 +537,7 @@ impl Task for Updater {
                 (Some(d), Some(n)) => Some(d.min(n)),
                 (d, n) => d.or(n),
             },
-            Stage::Checking | Stage::Done => None,
+            Stage::Checking | Stage::Coordinating | Stage::Done => None,
         }
     }
 
@@ -547,6 +600,14 @@ impl Task for Updater {
                 }
             }
             Stage::Idle { next } if now >= next => return self.start_check(now),
+            Stage::Coordinating if ready.first().copied().unwrap_or(false) => {
+                if let Some(job) = self.coordination.take() {
+                    let outcome = job.finish().unwrap_or_else(|| {
+                        Err(Error::new("update", "the fleet request's thread failed"))
+                    });
+                    return self.coordinated(outcome, now);
+                }
+            }
             Stage::Checking if ready.first().copied().unwrap_or(false) => {
                 if let Some(job) = self.job.take() {
                     let outcome = job
@@ -561,6 +622,21 @@ impl Task for Updater {
                     .as_ref()
                     .map_or(RebootWindow::Now, |s| s.reboot);
                 if window.open(unix_now()) {
+                    if let Some(checker) = self.checker().filter(|c| c.fleet.is_some()) {
+                        match Worker::start("fleet", move || checker.acquire_slot()) {
+                            Ok(job) => {
+                                self.coordination = Some(job);
+                                self.stage = Stage::Coordinating;
+                            }
+                            Err(e) => {
+                                say(&format!("cannot ask the fleet for a reboot slot: {e}"));
+                                self.stage = Stage::RebootPending {
+                                    next: now + check::SLOT_RETRY,
+                                };
+                            }
+                        }
+                        return Control::Continue;
+                    }
                     say("rebooting into the new version");
                     return Control::Shutdown(Action::Reboot, "update installed".into());
                 }

@@ -73,6 +73,9 @@ pub const TEST: &[Need] = &[
     // The fleet tests' coordinator.
     need("etcd", "etcd-server"),
     need("etcdctl", "etcd-client"),
+    // Update repositories as they are hosted: a virtual host over HTTPS, behind a proxy.
+    need("nginx", "nginx"),
+    need("squid", "squid"),
     // Offline attacks on a test machine's disk: a block of its qcow2 overlay overwritten,
     // a static program planted on its state partition.
     need("qemu-io", "qemu-utils"),

@@ -163,6 +163,7 @@ pub fn fleet(fleet: Option<&super::schema::Fleet>, update: Option<&Update>) -> R
                 lease: f.lease,
                 // Three missed checks and a host's status is gone.
                 status_ttl: u.interval.saturating_mul(3).clamp(60, 86_400),
+                client_certificate: f.client_certificate.clone().zip(f.client_key.clone()),
             };
             fs::write(path, settings.to_text()).map_err(|e| format!("cannot write {path}: {e}"))
         }
@@ -173,6 +174,40 @@ pub fn fleet(fleet: Option<&super::schema::Fleet>, update: Option<&Update>) -> R
             _ => Ok(()),
         },
     }
+}
+
+/// Writes how servers are reached (proxies, extra authorities) for the update agent and the
+/// fleet client.
+pub fn http(network: &super::schema::Network) -> Result<(), String> {
+    let proxy = network.proxy.clone().unwrap_or_default();
+    let settings = crate::http::client::Settings {
+        http_proxy: proxy.http,
+        https_proxy: proxy.https,
+        no_proxy: proxy.no_proxy,
+        ca_certificates: network.ca_certificates.clone(),
+    };
+    let path = crate::http::client::RUN_HTTP;
+    let text = serde_json::to_vec(&settings).map_err(|e| format!("{path}: {e}"))?;
+    fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))
+}
+
+/// Adds the user-data's static names to `/etc/hosts` (on the `/etc` overlay), after the
+/// image's own lines.
+pub fn hosts(names: &std::collections::BTreeMap<String, std::net::IpAddr>) -> Result<(), String> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let path = "/etc/hosts";
+    let mut text = fs::read_to_string(path).unwrap_or_else(|_| {
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n".into()
+    });
+    if !text.ends_with('\n') && !text.is_empty() {
+        text.push('\n');
+    }
+    for (name, addr) in names {
+        text.push_str(&format!("{addr}\t{name}\n"));
+    }
+    fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))
 }
 
 /// Records the configuration in effect under `/run/crust`.

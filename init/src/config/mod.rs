@@ -268,6 +268,8 @@ fn apply_all(loaded: &Loaded) -> String {
     for result in [
         apply::update(c.update.as_ref()),
         apply::fleet(c.fleet.as_ref(), c.update.as_ref()),
+        apply::http(&c.network),
+        apply::hosts(&c.network.hosts),
         apply::record(&loaded.text, loaded.origin.name()),
     ] {
         if let Err(e) = result {

@@ -78,6 +78,31 @@ pub struct Network {
     /// Interfaces by kernel name (`eth0`, `ens5`).
     #[serde(default)]
     pub interfaces: BTreeMap<String, Interface>,
+    /// Static names (`/etc/hosts`): name → address.
+    #[serde(default)]
+    pub hosts: BTreeMap<String, IpAddr>,
+    /// The HTTP proxy for update repositories (and containerd's pulls).
+    #[serde(default)]
+    pub proxy: Option<Proxy>,
+    /// Certificate authorities (PEM) trusted besides the built-in roots, for `https://`
+    /// repositories and etcd members.
+    #[serde(default, rename = "ca-certificates")]
+    pub ca_certificates: Vec<String>,
+}
+
+/// `[network.proxy]`: `http_proxy`/`https_proxy`/`no_proxy` semantics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Proxy {
+    /// The proxy for `http://` URLs, `http://host:port`.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// The proxy for `https://` URLs (a tunnel through it), `http://host:port`.
+    #[serde(default)]
+    pub https: Option<String>,
+    /// Hosts reached directly: names, `.domain`s, addresses, or `*`.
+    #[serde(default)]
+    pub no_proxy: Vec<String>,
 }
 
 impl Default for Network {
@@ -86,6 +111,9 @@ impl Default for Network {
             dhcp: true,
             dhcp_timeout: default_dhcp_timeout(),
             interfaces: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            proxy: None,
+            ca_certificates: Vec::new(),
         }
     }
 }
@@ -263,6 +291,12 @@ pub struct Fleet {
     /// this), in [`FLEET_LEASE`].
     #[serde(default = "default_lease")]
     pub lease: u64,
+    /// A client certificate chain (PEM) for members that ask for one (mutual TLS).
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    /// Its private key (PEM).
+    #[serde(default)]
+    pub client_key: Option<String>,
 }
 
 fn default_group() -> String {
@@ -497,6 +531,48 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
             ));
         }
     }
+    for name in c.network.hosts.keys() {
+        check_hostname(name)
+            .map_err(|m| SchemaError::new(format!("network.hosts.\"{name}\""), m))?;
+    }
+    if let Some(proxy) = &c.network.proxy {
+        for (field, url) in [("http", &proxy.http), ("https", &proxy.https)] {
+            if let Some(url) = url {
+                let parsed = crate::http::Url::parse(url)
+                    .map_err(|m| SchemaError::new(format!("network.proxy.{field}"), m))?;
+                if parsed.scheme != crate::http::Scheme::Http {
+                    return Err(SchemaError::new(
+                        format!("network.proxy.{field}"),
+                        format!(
+                            "{url:?}: a proxy is reached over http:// (https goes through it in a tunnel)"
+                        ),
+                    ));
+                }
+            }
+        }
+        for (i, entry) in proxy.no_proxy.iter().enumerate() {
+            if entry.is_empty() || entry.contains(|ch: char| ch.is_whitespace() || ch == '/') {
+                return Err(SchemaError::new(
+                    format!("network.proxy.no-proxy[{i}]"),
+                    format!("{entry:?} is not a host, .domain, address or *"),
+                ));
+            }
+        }
+    }
+    if c.network.ca_certificates.len() > 64 {
+        return Err(SchemaError::new(
+            "network.ca-certificates",
+            "at most 64 certificate authorities",
+        ));
+    }
+    for (i, pem) in c.network.ca_certificates.iter().enumerate() {
+        check_pem(pem).map_err(|m| SchemaError::new(format!("network.ca-certificates[{i}]"), m))?;
+        crate::http::tls::config(&crate::http::tls::Trust {
+            ca_certificates: vec![pem.clone()],
+            client: None,
+        })
+        .map_err(|m| SchemaError::new(format!("network.ca-certificates[{i}]"), m))?;
+    }
     if !TIME_INTERVAL.contains(&c.time.interval) {
         return Err(SchemaError::new(
             "time.interval",
@@ -545,15 +621,8 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
     }
     if let Some(update) = &c.update {
         check_url(&update.repository).map_err(|m| SchemaError::new("update.repository", m))?;
-        if !update.repository.starts_with("http://") {
-            return Err(SchemaError::new(
-                "update.repository",
-                format!(
-                    "{:?}: only http:// repositories are supported (indexes and bundles are signed)",
-                    update.repository
-                ),
-            ));
-        }
+        crate::http::Url::parse(&update.repository)
+            .map_err(|m| SchemaError::new("update.repository", m))?;
         for (field, value, range) in [
             ("update.interval", update.interval, &UPDATE_INTERVAL),
             (
@@ -605,6 +674,20 @@ fn validate_fleet(fleet: &Fleet, updates: bool) -> Result<(), SchemaError> {
         crate::http::Url::parse(url)
             .map_err(|m| SchemaError::new(format!("fleet.etcd[{i}]"), m))?;
     }
+    if fleet.client_certificate.is_some() != fleet.client_key.is_some() {
+        return Err(SchemaError::new(
+            "fleet.client-key",
+            "a client certificate and its key come together",
+        ));
+    }
+    for (field, pem) in [
+        ("fleet.client-certificate", &fleet.client_certificate),
+        ("fleet.client-key", &fleet.client_key),
+    ] {
+        if let Some(pem) = pem {
+            check_pem(pem).map_err(|m| SchemaError::new(field, m))?;
+        }
+    }
     crust_format::repo::check_channel(&fleet.group)
         .map_err(|m| SchemaError::new("fleet.group", m.replace("channel name", "group name")))?;
     if !MAX_REBOOTING.contains(&fleet.max_rebooting) {
@@ -628,6 +711,14 @@ fn validate_fleet(fleet: &Fleet, updates: bool) -> Result<(), SchemaError> {
                 FLEET_LEASE.end()
             ),
         ));
+    }
+    Ok(())
+}
+
+/// PEM text: a `-----BEGIN` line, within 64 KiB.
+fn check_pem(pem: &str) -> Result<(), String> {
+    if pem.len() > 64 << 10 || !pem.trim_start().starts_with("-----BEGIN ") {
+        return Err("not PEM (it starts with -----BEGIN …; at most 64 KiB)".into());
     }
     Ok(())
 }

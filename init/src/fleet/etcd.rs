@@ -54,11 +54,13 @@ pub struct KeyValue {
 #[derive(Debug, Clone)]
 pub struct Client {
     endpoints: Vec<Url>,
+    http: http::client::Client,
 }
 
 impl Client {
-    /// A client of the members at `urls` (`http://host:port`).
-    pub fn new(urls: &[String]) -> Result<Self, String> {
+    /// A client of the members at `urls` (`http://` or `https://host:port`), reached as
+    /// `http` says (proxies do not apply: etcd is the fleet's own).
+    pub fn new(urls: &[String], http: http::client::Client) -> Result<Self, String> {
         let endpoints = urls
             .iter()
             .map(|u| Url::parse(u))
@@ -66,7 +68,7 @@ impl Client {
         if endpoints.is_empty() {
             return Err("no etcd endpoint".into());
         }
-        Ok(Self { endpoints })
+        Ok(Self { endpoints, http })
     }
 
     /// Posts `body` to `path` on the first member that answers.
@@ -74,17 +76,9 @@ impl Client {
         let bytes = body.to_string().into_bytes();
         let mut failures = Vec::new();
         for url in &self.endpoints {
-            let endpoint = match url.endpoint() {
-                Ok(e) => e,
-                Err(e) => {
-                    failures.push(format!("{}: {e}", url.host));
-                    continue;
-                }
-            };
-            let answer = http::request_with_body(
-                &endpoint,
+            let answer = self.http.send(
                 "POST",
-                &url.join(path),
+                &url.with_path(path),
                 &[("Content-Type", "application/json")],
                 &bytes,
                 Bounds::new(STEP, CALL),

@@ -44,6 +44,8 @@ pub struct Settings {
     pub lease: u64,
     /// Seconds a status's lease lives (it is renewed at every check).
     pub status_ttl: u64,
+    /// A client certificate and key (PEM) for members that ask for one (mutual TLS).
+    pub client_certificate: Option<(String, String)>,
 }
 
 impl Settings {
@@ -57,6 +59,14 @@ impl Settings {
             "group={}\nmax-rebooting={}\nlease={}\nstatus-ttl={}\n",
             self.group, self.max_rebooting, self.lease, self.status_ttl
         ));
+        if let Some((cert, key)) = &self.client_certificate {
+            // PEM on one line each: newlines as `\n`.
+            s.push_str(&format!(
+                "client-certificate={}\nclient-key={}\n",
+                cert.replace('\n', "\\n"),
+                key.replace('\n', "\\n")
+            ));
+        }
         s
     }
 
@@ -82,6 +92,9 @@ impl Settings {
             max_rebooting: get("max-rebooting")?.parse().ok()?,
             lease: get("lease")?.parse().ok()?,
             status_ttl: get("status-ttl")?.parse().ok()?,
+            client_certificate: get("client-certificate")
+                .zip(get("client-key"))
+                .map(|(c, k)| (c.replace("\\n", "\n"), k.replace("\\n", "\n"))),
         })
     }
 }
@@ -137,7 +150,16 @@ pub struct Fleet {
 impl Fleet {
     /// The client for `settings`, recording held slots in `record_dir`.
     pub fn new(settings: Settings, record_dir: &Path) -> Result<Self, String> {
-        let client = Client::new(&settings.endpoints)?;
+        // The proxies are for the outside world; the extra authorities apply.
+        let http = crate::http::client::Client::new(
+            crate::http::client::Settings {
+                http_proxy: None,
+                https_proxy: None,
+                ..crate::http::client::Settings::read()
+            },
+            settings.client_certificate.clone(),
+        );
+        let client = Client::new(&settings.endpoints, http)?;
         let machine_id = std::fs::read_to_string("/etc/machine-id")
             .map(|s| s.trim().to_owned())
             .unwrap_or_default();
@@ -308,6 +330,7 @@ mod tests {
             max_rebooting: 1,
             lease: 60,
             status_ttl: 60,
+            client_certificate: None,
         };
         let mut f = Fleet::new(settings, records).unwrap();
         f.machine_id = id.into();
@@ -362,6 +385,10 @@ mod tests {
             max_rebooting: 2,
             lease: 900,
             status_ttl: 120,
+            client_certificate: Some((
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n".into(),
+                "k\nk\n".into(),
+            )),
         };
         assert_eq!(Settings::parse(&s.to_text()), Some(s));
         assert_eq!(Settings::parse("group=x\n"), None);
@@ -369,7 +396,11 @@ mod tests {
 
     #[test]
     fn an_unreachable_cluster_is_an_error_naming_every_member() {
-        let c = Client::new(&["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()]).unwrap();
+        let c = Client::new(
+            &["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into()],
+            crate::http::client::Client::new(Default::default(), None),
+        )
+        .unwrap();
         let e = c.grant(10).unwrap_err().to_string();
         assert!(
             e.starts_with("etcd is unreachable") && e.contains(":1:") && e.contains(":2:"),

@@ -132,6 +132,19 @@ fn ctr(args: &[&str]) -> Command {
         CONTAINERD_NAMESPACE,
     ])
     .args(args);
+    // Pulls are made by ctr itself: the user-data's proxy applies (docs/CONFIGURATION.md).
+    let http = crate::http::client::Settings::read();
+    for (name, value) in [
+        ("HTTP_PROXY", &http.http_proxy),
+        ("HTTPS_PROXY", &http.https_proxy),
+    ] {
+        if let Some(value) = value {
+            cmd.env(name, value);
+        }
+    }
+    if !http.no_proxy.is_empty() {
+        cmd.env("NO_PROXY", http.no_proxy.join(","));
+    }
     cmd
 }
 

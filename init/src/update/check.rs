@@ -32,7 +32,8 @@ use super::record::{self, Pending, Records};
 use super::{Booted, Settings, bundle, index, install, say, unix_now};
 use crate::error::{Context, Error, Result};
 use crate::fleet::{self, Fleet};
-use crate::http::{self, Bounds, Endpoint};
+use crate::http::Bounds;
+use crate::http::client::Client;
 
 /// What a cancelled check fails with.
 pub(super) const STOPPED: &str =
@@ -107,6 +108,8 @@ pub struct Checker {
     pub fleet: Option<Fleet>,
     /// What happened since the last check, for the fleet status (`blessed`, `rolled-back`).
     pub event: Option<(String, String)>,
+    /// How the repository is reached (proxies, extra authorities).
+    pub client: Client,
 }
 
 /// How often a host waiting for a reboot slot asks again.
@@ -188,20 +191,15 @@ impl Checker {
         }
         Ok(Some(acquired))
     }
-    /// The repository's address.
-    fn endpoint(&self) -> Result<Endpoint> {
-        let url = &self.settings.repository;
-        url.endpoint()
-            .map_err(|e| Error::new("update", format!("{}: {e}", url.host)))
-    }
 
     /// Fetches the channel's index and judges it; records it as the newest accepted.
-    fn index(&self, endpoint: &Endpoint) -> Result<Index> {
+    fn index(&self) -> Result<Index> {
         let s = &self.settings;
         let fetch = |rel: &str, limit: u64| -> Result<Vec<u8>> {
             let mut body = Vec::new();
             let bounds = Bounds::new(STEP, INDEX_DEADLINE);
-            http::download(endpoint, &s.repository.join(rel), bounds, limit, &mut body)
+            self.client
+                .get(&s.repository.with_path(rel), bounds, limit, &mut body)
                 .map_err(|e| Error::new("update", format!("{rel}: {e}")))?;
             Ok(body)
         };
@@ -237,7 +235,7 @@ impl Checker {
                 Err(e) => say(&format!("cannot renew the reboot slot's lease: {e}")),
             }
         }
-        let index = self.index(&self.endpoint()?)?;
+        let index = self.index()?;
         let n = index.releases.len();
         Ok(Checked::IndexVerified(format!(
             "the {} index checks out (issued {}, {n} release{})",
@@ -282,8 +280,7 @@ impl Checker {
 
     fn check_channel(&self) -> Result<Checked> {
         let s = &self.settings;
-        let endpoint = self.endpoint()?;
-        let index = self.index(&endpoint)?;
+        let index = self.index()?;
         let running = &self.booted.manifest.version;
         let skipped = self.records.skipped();
         let machine = machine_id();
@@ -313,7 +310,7 @@ impl Checker {
         say(&found);
         self.report("downloading", &found);
         let started = Instant::now();
-        let path = self.download(&endpoint, &release)?;
+        let path = self.download(&release)?;
         say(&format!(
             "downloaded {} bytes in {:.1} s; checking every digest and the signature",
             release.size,
@@ -389,7 +386,7 @@ impl Checker {
     /// deadline that grows with its size); an already complete download is reused. Every
     /// other file in the download folder (a superseded or partial download) goes first, and
     /// the download needs room for itself and a spare.
-    fn download(&self, endpoint: &Endpoint, release: &repo::Release) -> Result<PathBuf> {
+    fn download(&self, release: &repo::Release) -> Result<PathBuf> {
         let dir = self.records.downloads();
         std::fs::create_dir_all(&dir)
             .context("update", || format!("cannot create {}", dir.display()))?;
@@ -432,12 +429,11 @@ impl Checker {
             .context("update", || format!("cannot create {}", partial.display()))?;
         let mut hashing = HashingWriter::new(&mut file, &self.cancel);
         let deadline = BUNDLE_BASE + Duration::from_secs(release.size / MIN_RATE);
-        let fetched = http::download(
-            endpoint,
+        let fetched = self.client.get(
             &self
                 .settings
                 .repository
-                .join(&repo::bundle_path(&release.sha256)),
+                .with_path(&repo::bundle_path(&release.sha256)),
             Bounds::new(STEP, deadline),
             release.size,
             &mut hashing,

@@ -45,6 +45,7 @@ use crate::error::{Error, Result};
 use crate::event::{Control, Task, Worker};
 use crate::fleet::{self, Fleet};
 use crate::http::Url;
+use crate::http::client::Client;
 use crate::shutdown::Action;
 use check::{Cancel, Checked, Checker};
 use record::Records;
@@ -198,6 +199,8 @@ pub struct Updater {
     fleet: Option<Fleet>,
     /// What the next check reports to the fleet (a blessing, a rollback).
     event: Option<(String, String)>,
+    /// How servers are reached (proxies, extra authorities), once per boot.
+    client: Client,
 }
 
 fn say(line: &str) {
@@ -303,6 +306,7 @@ impl Updater {
             coordination: None,
             fleet,
             event,
+            client: Client::from_run(),
         }
     }
 
@@ -352,6 +356,7 @@ impl Updater {
             cancel: self.cancel.clone(),
             fleet: self.fleet.clone(),
             event: self.event.clone(),
+            client: self.client.clone(),
         })
     }
 

@@ -14,6 +14,9 @@
 //! write) waits at most a step timeout, and the whole exchange ends at a deadline, so a
 //! peer that sends one byte at a time cannot hold a caller longer than the deadline.
 
+pub mod client;
+pub mod tls;
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -180,10 +183,21 @@ impl fmt::Display for HttpError {
 
 impl std::error::Error for HttpError {}
 
-/// An `http://host[:port]/path` URL (plain HTTP: what travels over it is signed).
+/// A URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP (what travels over it is signed, or it is on the host itself).
+    Http,
+    /// HTTP over TLS ([`tls`]).
+    Https,
+}
+
+/// An `http://` or `https://host[:port]/path` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Url {
-    /// Host name or address.
+    /// The scheme.
+    pub scheme: Scheme,
+    /// Host name or address (an IPv6 address without brackets).
     pub host: String,
     /// Port.
     pub port: u16,
@@ -192,31 +206,71 @@ pub struct Url {
 }
 
 impl Url {
-    /// Parses a URL; only `http://` is supported.
+    /// Parses an `http://` or `https://` URL.
     pub fn parse(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
-        let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let (host, port) = match hostport.rsplit_once(':') {
-            Some((h, p)) => (
-                h,
-                p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
-            ),
-            None => (hostport, 80),
+        let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
+            (Scheme::Http, rest)
+        } else if let Some(rest) = url.strip_prefix("https://") {
+            (Scheme::Https, rest)
+        } else {
+            return Err(format!("{url:?} is not an http:// or https:// URL"));
         };
-        if host.is_empty() {
+        let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let default_port = match scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url:?}: unclosed [ in the host"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+                None if after.is_empty() => default_port,
+                None => return Err(format!("{url:?}: bad host")),
+            };
+            (host, port)
+        } else {
+            match hostport.rsplit_once(':') {
+                Some((h, p)) => (
+                    h,
+                    p.parse().map_err(|_| format!("{url:?}: bad port {p:?}"))?,
+                ),
+                None => (hostport, default_port),
+            }
+        };
+        if host.is_empty() || host.contains(|c: char| c.is_whitespace() || c.is_control()) {
             return Err(format!("{url:?} has no host"));
         }
         Ok(Self {
+            scheme,
             host: host.to_owned(),
             port,
             path: path.trim_end_matches('/').to_owned(),
         })
     }
 
-    /// The first address the host resolves to (DNS through the C library's resolver), with
-    /// the URL's name for the `Host` header.
+    /// `host[:port]` as the `Host` header and proxies' `CONNECT` want it (the port only
+    /// when it is not the scheme's).
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default = match self.scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The first address the host resolves to (DNS through the C library's resolver, which
+    /// reads `/etc/hosts` first), with the URL's name for the `Host` header.
     pub fn endpoint(&self) -> Result<Endpoint, HttpError> {
         use std::net::ToSocketAddrs;
         let addr = (self.host.as_str(), self.port)
@@ -226,45 +280,74 @@ impl Url {
             .ok_or_else(|| {
                 HttpError::Connect(io::Error::other(format!("{} has no address", self.host)))
             })?;
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        let host = if self.port == 80 {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        };
-        Ok(Endpoint { addr, host })
+        Ok(Endpoint {
+            addr,
+            host: self.authority(),
+        })
     }
 
     /// The path of `rel` below this URL's path.
     pub fn join(&self, rel: &str) -> String {
         format!("{}/{}", self.path, rel.trim_start_matches('/'))
     }
+
+    /// The same server, another path (a path joined below this one).
+    pub fn with_path(&self, rel: &str) -> Url {
+        Url {
+            path: self.join(rel),
+            ..self.clone()
+        }
+    }
+
+    /// The URL as text.
+    #[cfg(test)]
+    pub fn to_text(&self) -> String {
+        let scheme = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        format!("{scheme}://{}{path}", self.authority())
+    }
 }
 
-/// `GET path`, the body streamed into `sink` (at most `limit` bytes, within `bounds`).
-/// Anything but `200 OK` is an error. Returns the body's length.
-pub fn download(
-    endpoint: &Endpoint,
-    path: &str,
-    bounds: Bounds,
-    limit: u64,
-    sink: &mut dyn Write,
-) -> Result<u64, HttpError> {
-    let mut stream = Bounded::connect(endpoint, bounds)?;
-    stream
-        .write_all(request_bytes(&endpoint.host, "GET", path, &[], 0).as_bytes())
-        .map_err(HttpError::Io)?;
+/// A response's status and header fields, and the body bytes read with them.
+#[derive(Debug)]
+pub struct Head {
+    /// The status code.
+    pub status: u16,
+    /// Header fields, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The first bytes of the body.
+    pub rest: Vec<u8>,
+}
+
+impl Head {
+    /// The first header field called `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Largest response head read.
+const MAX_HEAD: usize = 64 << 10;
+
+/// Reads a response's head from `stream` (at most [`MAX_HEAD`] bytes).
+pub fn read_head(stream: &mut dyn Read) -> Result<Head, HttpError> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 64 << 10];
+    let mut chunk = [0u8; 8 << 10];
     let end = loop {
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             break end;
         }
-        if buf.len() > 64 << 10 {
+        if buf.len() > MAX_HEAD {
             return Err(HttpError::Malformed("header too long".into()));
         }
         let n = stream.read(&mut chunk).map_err(HttpError::Io)?;
@@ -273,26 +356,34 @@ pub fn download(
         }
         buf.extend_from_slice(&chunk[..n]);
     };
-    let head = std::str::from_utf8(&buf[..end])
+    let text = std::str::from_utf8(&buf[..end])
         .map_err(|_| HttpError::Malformed("header is not text".into()))?;
-    let (status, headers) = parse_head(head)?;
-    if status != 200 {
-        return Err(HttpError::Malformed(format!(
-            "{path}: HTTP status {status}"
-        )));
-    }
-    let field = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    };
-    if field("transfer-encoding").is_some_and(|te| !te.eq_ignore_ascii_case("identity")) {
+    let (status, headers) = parse_head(text)?;
+    Ok(Head {
+        status,
+        headers,
+        rest: buf[end + 4..].to_vec(),
+    })
+}
+
+/// Streams a `200` response's body (framed by `Content-Length`, or by the end of the
+/// connection) into `sink`: at most `limit` bytes. Returns its length.
+pub fn stream_body(
+    stream: &mut dyn Read,
+    head: &Head,
+    what: &str,
+    limit: u64,
+    sink: &mut dyn Write,
+) -> Result<u64, HttpError> {
+    if head
+        .header("transfer-encoding")
+        .is_some_and(|te| !te.eq_ignore_ascii_case("identity"))
+    {
         return Err(HttpError::Malformed(
-            "chunked transfer encoding is not supported".into(),
+            "chunked transfer encoding is not supported for downloads".into(),
         ));
     }
-    let length: Option<u64> = match field("content-length") {
+    let length: Option<u64> = match head.header("content-length") {
         Some(l) => Some(
             l.parse()
                 .map_err(|_| HttpError::Malformed(format!("Content-Length {l:?}")))?,
@@ -300,26 +391,35 @@ pub fn download(
         None => None,
     };
     let mut written = 0u64;
-    let mut take = |bytes: &[u8]| -> Result<(), HttpError> {
-        written += bytes.len() as u64;
-        if written > limit || length.is_some_and(|l| written > l) {
+    let mut take = |written: &mut u64, bytes: &[u8]| -> Result<(), HttpError> {
+        *written += bytes.len() as u64;
+        if *written > limit || length.is_some_and(|l| *written > l) {
             return Err(HttpError::Malformed(format!(
-                "{path}: body larger than expected"
+                "{what}: body larger than expected"
             )));
         }
         sink.write_all(bytes).map_err(HttpError::Io)
     };
-    take(&buf[end + 4..])?;
+    take(&mut written, &head.rest)?;
+    let mut chunk = vec![0u8; 64 << 10];
     loop {
-        let n = stream.read(&mut chunk).map_err(HttpError::Io)?;
+        if length.is_some_and(|l| written == l) {
+            break;
+        }
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify after a complete body is fine.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof && length.is_none() => 0,
+            Err(e) => return Err(HttpError::Io(e)),
+        };
         if n == 0 {
             break;
         }
-        take(&chunk[..n])?;
+        take(&mut written, &chunk[..n])?;
     }
     if length.is_some_and(|l| written != l) {
         return Err(HttpError::Malformed(format!(
-            "{path}: the body ended early"
+            "{what}: the body ended early"
         )));
     }
     Ok(written)
@@ -365,7 +465,7 @@ pub fn request_with_body(
 }
 
 /// The request's bytes.
-fn request_bytes(
+pub(crate) fn request_bytes(
     host: &str,
     method: &str,
     path: &str,
@@ -547,9 +647,12 @@ mod tests {
     #[test]
     fn a_peer_sending_a_byte_at_a_time_is_cut_off_at_the_deadline() {
         let endpoint = Endpoint::address(trickle());
+        let url = Url::parse(&format!("http://{}/", endpoint.host)).unwrap();
         let started = Instant::now();
         let bounds = Bounds::new(Duration::from_secs(5), Duration::from_millis(1500));
-        let err = download(&endpoint, "/", bounds, 1 << 20, &mut Vec::new()).unwrap_err();
+        let err = client::Client::new(Default::default(), None)
+            .get(&url, bounds, 1 << 20, &mut Vec::new())
+            .unwrap_err();
         let took = started.elapsed();
         assert!(err.to_string().contains("past its deadline"), "{err}");
         assert!(took < Duration::from_secs(3), "{took:?}");

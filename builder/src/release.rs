@@ -10,7 +10,6 @@
 //! hashes every file named and compares. Callers that need one file (flashing an image)
 //! take the signed list with [`signed_sums`] and hash what they use.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -26,10 +25,7 @@ use crate::profile::OutputFormat;
 use crate::sign::SigningKey;
 use crate::{output, report, sparse};
 
-/// The list of files and their SHA-256 digests.
-pub const SUMS: &str = "SHA256SUMS";
-/// The signature over [`SUMS`].
-pub const SUMS_SIG: &str = "SHA256SUMS.sig";
+pub use crust_format::sums::{SUMS, SUMS_SIG};
 
 /// Why a release does not check out. Nothing in it can be trusted after any of these.
 #[derive(Debug, thiserror::Error)]
@@ -104,92 +100,15 @@ pub enum ReleaseError {
     },
 }
 
-/// A parsed `SHA256SUMS`: file names and digests, sorted by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Sums(BTreeMap<String, Digest>);
+pub use crust_format::sums::Sums;
 
-impl Sums {
-    /// Parses the `sha256sum` text format strictly (see the module documentation); `path`
-    /// names the list in errors.
-    pub fn parse(text: &[u8], path: &Path) -> Result<Self, ReleaseError> {
-        let malformed = |line: usize, reason: &str| ReleaseError::Malformed {
-            path: path.to_path_buf(),
-            line,
-            reason: reason.to_owned(),
-        };
-        let text = std::str::from_utf8(text).map_err(|_| malformed(1, "not UTF-8 text"))?;
-        if !text.is_empty() && !text.ends_with('\n') {
-            return Err(malformed(text.lines().count(), "no newline at the end"));
-        }
-        let mut sums = BTreeMap::new();
-        for (i, line) in text.lines().enumerate() {
-            let (digest, name) = line
-                .split_once("  ")
-                .ok_or_else(|| malformed(i + 1, "expected `<sha256>  <file name>`"))?;
-            if digest.len() != 64
-                || !digest
-                    .bytes()
-                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            {
-                return Err(malformed(
-                    i + 1,
-                    "the digest is not 64 lowercase hex digits",
-                ));
-            }
-            let digest: Digest = digest
-                .parse()
-                .map_err(|_| malformed(i + 1, "the digest is not 64 lowercase hex digits"))?;
-            check_name(name).map_err(|reason| malformed(i + 1, reason))?;
-            if sums.insert(name.to_owned(), digest).is_some() {
-                return Err(malformed(i + 1, "the file is listed twice"));
-            }
-        }
-        Ok(Self(sums))
-    }
-
-    /// The `sha256sum` text.
-    pub fn to_text(&self) -> String {
-        self.0
-            .iter()
-            .map(|(name, digest)| format!("{}  {name}\n", digest.to_hex()))
-            .collect()
-    }
-
-    /// The digest listed for `name`.
-    pub fn get(&self, name: &str) -> Option<&Digest> {
-        self.0.get(name)
-    }
-
-    /// File names and digests, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Digest)> {
-        self.0.iter().map(|(n, d)| (n.as_str(), d))
-    }
-
-    /// Adds or replaces a file's digest.
-    pub fn insert(&mut self, name: &str, digest: Digest) {
-        self.0.insert(name.to_owned(), digest);
-    }
-
-    /// How many files are listed.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True when no file is listed.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// A listed name must stay inside the release folder.
-fn check_name(name: &str) -> Result<(), &'static str> {
-    if name.is_empty() || name == "." || name == ".." {
-        return Err("the file name is empty or a folder");
-    }
-    if name.contains(['/', '\\', '\0']) || name.starts_with('*') {
-        return Err("file names must be plain names in the release folder");
-    }
-    Ok(())
+/// Parses a `SHA256SUMS` read from `path`, naming it in errors.
+pub fn parse_sums(text: &[u8], path: &Path) -> Result<Sums, ReleaseError> {
+    Sums::parse(text).map_err(|e| ReleaseError::Malformed {
+        path: path.to_path_buf(),
+        line: e.line,
+        reason: e.reason.to_owned(),
+    })
 }
 
 /// SHA-256 of a file, read in 4 MiB pieces; a progress bar for large files. The holes of a
@@ -266,7 +185,7 @@ pub fn signed_sums(dir: &Path, key: &PublicKey) -> Result<Sums, ReleaseError> {
             path: dir.join(SUMS_SIG),
             fingerprint: key.fingerprint(),
         })?;
-    Sums::parse(&text, &dir.join(SUMS))
+    parse_sums(&text, &dir.join(SUMS))
 }
 
 /// Checks the signature of the release in `dir` and the digest of every file it lists.
@@ -557,7 +476,7 @@ mod tests {
     fn malformed_lists_are_refused_with_their_line() {
         let p = Path::new("SHA256SUMS");
         let d = "a".repeat(64);
-        assert!(Sums::parse(format!("{d}  image.raw\n").as_bytes(), p).is_ok());
+        assert!(parse_sums(format!("{d}  image.raw\n").as_bytes(), p).is_ok());
         for (bad, line) in [
             (format!("{d} image.raw\n"), 1),
             (format!("{d}  image.raw"), 1),
@@ -566,7 +485,7 @@ mod tests {
             (format!("{}  a\n", "A".repeat(64)), 1),
             (format!("{d}  *a\n"), 1),
         ] {
-            match Sums::parse(bad.as_bytes(), p) {
+            match parse_sums(bad.as_bytes(), p) {
                 Err(ReleaseError::Malformed { line: l, .. }) => assert_eq!(l, line, "{bad:?}"),
                 other => panic!("{bad:?} gave {other:?}"),
             }

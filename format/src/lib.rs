@@ -21,6 +21,7 @@ pub mod phase;
 pub mod repo;
 pub mod service;
 pub mod signature;
+pub mod sums;
 pub mod user_data;
 pub mod utc;
 pub mod verity;

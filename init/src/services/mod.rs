@@ -106,6 +106,8 @@ pub struct Services {
     healthy: Rc<Cell<bool>>,
     /// The volumes' states: a container that mounts a volume starts once it is mounted.
     volumes: volumes::Shared,
+    /// When the services were loaded: a deadline that is always due.
+    loaded_at: Instant,
 }
 
 /// Mounts cgroup2 and turns on the controllers services' limits need.
@@ -193,6 +195,7 @@ impl Services {
             healthy_reported: false,
             healthy: Rc::new(Cell::new(false)),
             volumes,
+            loaded_at: Instant::now(),
         }
     }
 
@@ -713,7 +716,8 @@ impl Task for Services {
         // Or a volume found missing: the services waiting for it no longer hold the health
         // back.
         if unblocked || (!self.healthy_reported && self.all_healthy().is_some()) {
-            return Some(Instant::now());
+            // Already past: the loop compares deadlines with the time it woke up.
+            return Some(self.loaded_at);
         }
         self.services
             .iter()

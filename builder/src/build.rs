@@ -18,6 +18,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use crust_format::boot_entry::BootEntryName;
 use crust_format::layout::{LAYOUT_VERSION, Role, Slot};
 use crust_format::user_data::{self, Policy};
+use crust_format::volume;
 use crust_format::{Digest, Manifest};
 
 use crate::apt::{Apt, AptError};
@@ -975,6 +976,36 @@ fn root_tree(
         user_data::POLICY_PATH,
         Entry::file(policy.to_text().into_bytes(), 0o644),
     )?;
+    // The profile's volumes, and the tools they need in the root.
+    for v in &profile.volumes {
+        tree.insert(
+            &format!("{}/{}", volume::VOLUMES_DIR, v.name),
+            Entry::file(v.to_text().into_bytes(), 0o644),
+        )?;
+        let several = match &v.disks {
+            volume::Disks::InstanceStores => true,
+            volume::Disks::ById(d) | volume::Disks::Serial(d) | volume::Disks::Wwn(d) => {
+                d.len() > 1
+            }
+            _ => false,
+        };
+        let mut needs = vec![match v.filesystem {
+            volume::Filesystem::Ext4 => ("usr/sbin/mke2fs", "e2fsprogs"),
+            volume::Filesystem::Xfs => ("usr/sbin/mkfs.xfs", "xfsprogs"),
+        }];
+        if several {
+            needs.push(("usr/sbin/mdadm", "mdadm"));
+        }
+        for (tool, package) in needs {
+            if tree.get(tool).is_none() {
+                bail!(
+                    "{}: volume {}: the root has no /{tool}; add {package} to [root] packages",
+                    v.at,
+                    v.name
+                );
+            }
+        }
+    }
     if let Some(default) = &profile.config.default {
         let data = std::fs::read(&default.value)
             .with_context(|| format!("{}: cannot read {}", default.at, default.display()))?;

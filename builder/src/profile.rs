@@ -18,6 +18,7 @@ use std::sync::Arc;
 use crust_format::manifest::Filesystem;
 use crust_format::user_data::{Permission, Source};
 use crust_format::version::{check_name, check_version};
+use crust_format::volume::{self, Disks, Format, INSTANCE_STORES, VolumeSpec};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -243,6 +244,8 @@ pub struct Profile {
     /// Services (containers), in start order; the admin container among them when
     /// `[admin] enabled = true`.
     pub services: Vec<ServiceDecl>,
+    /// Data volumes (`[[volume]]`), in the order written, base profiles' first.
+    pub volumes: Vec<Located<VolumeSpec>>,
 }
 
 impl Profile {
@@ -326,6 +329,7 @@ struct Layer {
     output: OutputLayer,
     admin: AdminLayer,
     services: Vec<Located<ServiceToml>>,
+    volumes: Vec<Located<raw::Volume>>,
 }
 
 type Opt<T> = Option<Located<T>>;
@@ -444,6 +448,32 @@ mod raw {
         pub admin: Admin,
         #[serde(default)]
         pub service: Vec<Spanned<ServiceToml>>,
+        #[serde(default)]
+        pub volume: Vec<Spanned<Volume>>,
+    }
+
+    /// A `[[volume]]` table as written (the user-data schema's, docs/PROFILES.md).
+    #[derive(Deserialize, Debug, Clone)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct Volume {
+        pub name: String,
+        pub disk: Option<OneOrMany>,
+        pub serial: Option<OneOrMany>,
+        pub wwn: Option<OneOrMany>,
+        pub label: Option<String>,
+        pub disks: Option<String>,
+        pub filesystem: Option<String>,
+        #[serde(default)]
+        pub mount_options: Vec<String>,
+        pub format: Option<String>,
+    }
+
+    /// One string or a list of them.
+    #[derive(Deserialize, Debug, Clone)]
+    #[serde(untagged)]
+    pub enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
     }
 
     #[derive(Deserialize, Default)]
@@ -759,6 +789,7 @@ impl Layer {
                     s
                 })
                 .collect(),
+            volumes: loc.list(raw.volume),
         })
     }
 
@@ -844,6 +875,7 @@ impl Layer {
                 enabled: over.admin.enabled.or(self.admin.enabled),
             },
             services: list(self.services, over.services),
+            volumes: list(self.volumes, over.volumes),
         }
     }
 }
@@ -873,6 +905,7 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         l.services,
         l.admin.enabled.as_ref().filter(|e| e.value).map(|e| &e.at),
     )?;
+    let volumes = resolve_volumes(l.volumes, &services)?;
     Ok(Profile {
         name: path
             .file_stem()
@@ -906,7 +939,125 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         config,
         outputs,
         services,
+        volumes,
     })
+}
+
+/// `[[volume]]`: each table checked as user-data's are (one way of naming the disks, every
+/// value's form), names unique, and every volume a service mounts declared. A volume may
+/// name no disk: the image then leaves the disk to user-data (which replaces the table).
+fn resolve_volumes(
+    raw: Vec<Located<raw::Volume>>,
+    services: &[ServiceDecl],
+) -> Result<Vec<Located<VolumeSpec>>, ProfileError> {
+    let mut volumes: Vec<Located<VolumeSpec>> = Vec::new();
+    for v in raw {
+        let at = v.at.clone();
+        let spec =
+            volume_spec(v.value).map_err(|(field, message)| invalid(&at, &field, message))?;
+        if let Some(first) = volumes.iter().find(|o| o.name == spec.name) {
+            return Err(invalid(
+                &at,
+                &format!("volume {}: name", spec.name),
+                format!("declared twice (first at {})", first.at),
+            ));
+        }
+        volumes.push(Located { value: spec, at });
+    }
+    for s in services {
+        for name in &s.volumes {
+            if !volumes.iter().any(|v| &v.name == name) {
+                let declared: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
+                return Err(invalid(
+                    &s.at,
+                    &format!("service {}: mounts.volume", s.name),
+                    format!(
+                        "no [[volume]] is named {name:?} (declared: {})",
+                        if declared.is_empty() {
+                            "none".into()
+                        } else {
+                            declared.join(", ")
+                        }
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(volumes)
+}
+
+/// One table as a [`VolumeSpec`]; the error is the key and what is wrong.
+fn volume_spec(v: raw::Volume) -> Result<VolumeSpec, (String, String)> {
+    let key = |name: &str, k: &str| format!("volume {name}: {k}");
+    let n = v.name.clone();
+    let list = |l: raw::OneOrMany| match l {
+        raw::OneOrMany::One(s) => vec![s],
+        raw::OneOrMany::Many(v) => v,
+    };
+    let chosen: Vec<&str> = [
+        ("disk", v.disk.is_some()),
+        ("serial", v.serial.is_some()),
+        ("wwn", v.wwn.is_some()),
+        ("label", v.label.is_some()),
+        ("disks", v.disks.is_some()),
+    ]
+    .iter()
+    .filter(|(_, set)| *set)
+    .map(|(k, _)| *k)
+    .collect();
+    if chosen.len() > 1 {
+        return Err((
+            key(&n, chosen[1]),
+            format!(
+                "name the disks one way: {} or {}, not both",
+                chosen[0], chosen[1]
+            ),
+        ));
+    }
+    let disks = if let Some(d) = v.disk {
+        Disks::ById(
+            list(d)
+                .iter()
+                .map(|p| volume::check_by_id(p))
+                .collect::<Result<_, _>>()
+                .map_err(|m| (key(&n, "disk"), m))?,
+        )
+    } else if let Some(s) = v.serial {
+        Disks::Serial(list(s))
+    } else if let Some(w) = v.wwn {
+        Disks::Wwn(list(w))
+    } else if let Some(l) = v.label {
+        Disks::Label(l)
+    } else if let Some(d) = v.disks {
+        if d != INSTANCE_STORES {
+            return Err((
+                key(&n, "disks"),
+                format!("{d:?} is not \"{INSTANCE_STORES}\""),
+            ));
+        }
+        Disks::InstanceStores
+    } else {
+        Disks::Unnamed
+    };
+    let filesystem = match v.filesystem.as_deref() {
+        None => volume::Filesystem::Ext4,
+        Some(f) => volume::Filesystem::parse(f)
+            .ok_or_else(|| (key(&n, "filesystem"), format!("{f:?} is not ext4 or xfs")))?,
+    };
+    let format = match v.format.as_deref() {
+        None => Format::IfEmpty,
+        Some(f) => Format::parse(f)
+            .ok_or_else(|| (key(&n, "format"), format!("{f:?} is not if-empty or never")))?,
+    };
+    let spec = VolumeSpec {
+        name: v.name,
+        disks,
+        filesystem,
+        mount_options: v.mount_options,
+        format,
+    };
+    spec.check().map_err(|e| (key(&n, &e.field), e.message))?;
+    Ok(spec)
 }
 
 /// Where defaults "were written" (the profile asked for, line 1), and the error makers.
@@ -1346,7 +1497,7 @@ fn resolve_config(
                         &name.at,
                         "config.allow",
                         format!(
-                            "{:?} is not a permission; use services, pull, admin or host",
+                            "{:?} is not a permission; use services, pull, admin, host or volumes",
                             name.value
                         ),
                     )
@@ -1666,5 +1817,91 @@ packages = ["crun"]
             err.contains("e.toml") && err.contains("line 15") && err.contains("force"),
             "{err}"
         );
+    }
+
+    const WRITER: &str = "[[service]]\nname = \"writer\"\nimage.debian = [\"busybox-static\"]\nmounts = [{ volume = \"data\", target = \"/data\", path = \"w\" }]\n";
+
+    #[test]
+    fn volumes_are_declared_inherited_and_mounted_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "base.toml",
+            &format!(
+                "{BASE}\n[[volume]]\nname = \"data\"\nserial = [\"d1\", \"d2\"]\nfilesystem = \"xfs\"\n"
+            ),
+        );
+        let p = write(
+            dir.path(),
+            "v.toml",
+            &format!(
+                "include = \"base.toml\"\n[[volume]]\nname = \"cache\"\ndisks = \"nvme-instance-store\"\n\
+                 [[volume]]\nname = \"db\"\nformat = \"never\"\n{WRITER}"
+            ),
+        );
+        let profile = Profile::load(&p).unwrap();
+        let names: Vec<&str> = profile.volumes.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["data", "cache", "db"]);
+        assert_eq!(
+            profile.volumes[0].disks,
+            Disks::Serial(vec!["d1".into(), "d2".into()])
+        );
+        assert_eq!(profile.volumes[0].filesystem, volume::Filesystem::Xfs);
+        assert_eq!(profile.volumes[1].disks, Disks::InstanceStores);
+        assert_eq!(
+            profile.volumes[2].disks,
+            Disks::Unnamed,
+            "the disk left to user-data"
+        );
+        assert_eq!(profile.volumes[2].format, Format::Never);
+        let writer = &profile.services[0];
+        assert_eq!(writer.volumes, ["data"]);
+        assert_eq!(writer.mounts[0].source, "/var/mnt/data/w");
+    }
+
+    #[test]
+    fn volume_mistakes_name_the_line_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        for (extra, want) in [
+            (
+                "[[volume]]\nname = \"data\"\nserial = \"a\"\nlabel = \"b\"\n",
+                "volume data: label: name the disks one way",
+            ),
+            (
+                "[[volume]]\nname = \"data\"\ndisk = \"/dev/sdb\"\n",
+                "volume data: disk:",
+            ),
+            (
+                "[[volume]]\nname = \"data\"\nfilesystem = \"zfs\"\n",
+                "volume data: filesystem:",
+            ),
+            (
+                "[[volume]]\nname = \"data\"\nmount-options = [\"exec\"]\n",
+                "volume data: mount-options:",
+            ),
+            (
+                "[[volume]]\nname = \"data\"\n[[volume]]\nname = \"data\"\n",
+                "volume data: name: declared twice",
+            ),
+            (
+                WRITER,
+                "service writer: mounts.volume: no [[volume]] is named \"data\"",
+            ),
+            (
+                "[[service]]\nname = \"sneak\"\nimage.debian = [\"busybox-static\"]\nmounts = [{ source = \"/var/mnt/data\", target = \"/d\" }]\n",
+                "service sneak: mounts.source",
+            ),
+            (
+                "[[service]]\nname = \"both\"\nimage.debian = [\"busybox-static\"]\nmounts = [{ source = \"/var/x\", volume = \"data\", target = \"/d\" }]\n",
+                "service both: mounts:",
+            ),
+        ] {
+            let p = write(dir.path(), "v.toml", &format!("{BASE}\n{extra}"));
+            let err = Profile::load(&p).unwrap_err().to_string();
+            assert!(
+                err.contains("v.toml:") && err.contains(want),
+                "{extra}: {err}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! else: the signed manifest and its signature, the partition layout and how partition UUIDs
 //! derive from the root hash, the dm-verity parameters and superblock, the names of unified
 //! kernel images (with boot counters), the paths inside the initramfs, what user-data may
-//! be and do (`user_data`), the console line
+//! be and do (`user_data`), data volumes and what a disk holds (`volume`), the console line
 //! format the init prints, and the calendar dates formats and logs carry (`utc`). `docs/FORMAT.md` is the prose version of the same contract; the
 //! two change together.
 //!
@@ -26,6 +26,7 @@ pub mod user_data;
 pub mod utc;
 pub mod verity;
 pub mod version;
+pub mod volume;
 
 pub use digest::Digest;
 pub use manifest::Manifest;

@@ -32,6 +32,10 @@ pub enum Phase {
     /// The host configuration read (user-data from the command line, NoCloud, EC2 IMDS, or
     /// the image's default) and applied (hostname, sysctls, modules).
     Config,
+    /// The data volumes declared by the profile and user-data: found, and handed to a
+    /// helper that formats (if empty), checks, assembles and mounts them under `/var/mnt`
+    /// while the boot goes on.
+    Volumes,
     /// Network interfaces configured (DHCP or static).
     Network,
     /// The clock set from a time server.
@@ -54,7 +58,7 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in boot order.
-    pub const ALL: [Phase; 19] = [
+    pub const ALL: [Phase; 20] = [
         Phase::Init,
         Phase::Modules,
         Phase::Manifest,
@@ -65,6 +69,7 @@ impl Phase {
         Phase::Stage2,
         Phase::State,
         Phase::Config,
+        Phase::Volumes,
         Phase::Network,
         Phase::Clock,
         Phase::Services,
@@ -89,6 +94,7 @@ impl Phase {
             Phase::Stage2 => "stage2",
             Phase::State => "state",
             Phase::Config => "config",
+            Phase::Volumes => "volumes",
             Phase::Network => "network",
             Phase::Clock => "clock",
             Phase::Services => "services",

@@ -14,6 +14,9 @@
 //!   [`PULL_SECCOMP`]); the service file's `pids-max` is the limit the init sets on its
 //!   cgroup.
 //!
+//! A container that mounts data volumes names them in its service file (`volumes=db,cache`):
+//! the init starts it only once each is mounted on `/var/mnt/<name>`.
+//!
 //! `services/order` lists the names in start order (dependencies first), computed by the
 //! builder. A service with an `exec` health check also carries `health.json`, the OCI
 //! process object `crun exec --process` runs in its container (a host service runs it on
@@ -167,6 +170,9 @@ pub struct ServiceSpec {
     /// The pids limit the init sets on the cgroup of a `pull` service (a crun bundle's is
     /// in its `config.json`); `None` for [`DEFAULT_PIDS_MAX`].
     pub pids_max: Option<u64>,
+    /// The volumes ([`crate::volume`]) its `config.json` binds from `/var/mnt/<name>`: the
+    /// service starts only once each is mounted.
+    pub volumes: Vec<String>,
 }
 
 /// A service file that does not parse.
@@ -224,6 +230,9 @@ impl ServiceSpec {
         if let Some(max) = self.pids_max {
             s.push_str(&format!("pids-max={max}\n"));
         }
+        if !self.volumes.is_empty() {
+            s.push_str(&format!("volumes={}\n", self.volumes.join(",")));
+        }
         s
     }
 
@@ -239,6 +248,7 @@ impl ServiceSpec {
             health_interval: 10,
             stop_timeout: 10,
             pids_max: None,
+            volumes: Vec::new(),
         };
         let mut kind = None;
         let mut image = None;
@@ -304,6 +314,16 @@ impl ServiceSpec {
                             .ok_or_else(|| err(format!("pids-max: {value:?} is not a limit")))?,
                     );
                 }
+                "volumes" => {
+                    spec.volumes = value
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(|v| {
+                            crate::volume::check_name(v).map_err(&err)?;
+                            Ok(v.to_owned())
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
                 other => return Err(err(format!("unknown key {other:?}"))),
             }
         }
@@ -365,6 +385,7 @@ mod tests {
                 health_interval: 3,
                 stop_timeout: 7,
                 pids_max: None,
+                volumes: vec!["db".into(), "cache".into()],
             };
             assert_eq!(ServiceSpec::parse(&spec.to_text()), Ok(spec));
         }
@@ -383,6 +404,7 @@ mod tests {
                 health_interval: 10,
                 stop_timeout: 10,
                 pids_max,
+                volumes: Vec::new(),
             };
             assert_eq!(ServiceSpec::parse(&spec.to_text()), Ok(spec));
         }
@@ -403,6 +425,7 @@ mod tests {
         assert!(ServiceSpec::parse("name=web\nkind=crun\nimage=x/y\n").is_err());
         assert!(ServiceSpec::parse("name=web\nkind=vm\n").is_err());
         assert!(ServiceSpec::parse("name=web\npids-max=0\n").is_err());
+        assert!(ServiceSpec::parse("name=web\nvolumes=Db\n").is_err());
         assert!(check_name("Web").is_err());
         assert!(check_name("1web").is_err());
         assert!(check_name("web-1").is_ok());

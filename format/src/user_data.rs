@@ -106,15 +106,21 @@ pub enum Permission {
     /// Change the command or environment of host programs (such as containerd), which run
     /// as root in the host's namespaces.
     Host,
+    /// Declare data volumes (`[[volume]]`): the host formats a declared disk that is empty
+    /// and mounts it, and the services user-data adds may mount volumes. Formatting is
+    /// destructive and a mounted disk hands its data to containers, so it is the image's to
+    /// allow.
+    Volumes,
 }
 
 impl Permission {
     /// Every permission.
-    pub const ALL: [Permission; 4] = [
+    pub const ALL: [Permission; 5] = [
         Permission::Services,
         Permission::Pull,
         Permission::Admin,
         Permission::Host,
+        Permission::Volumes,
     ];
 
     /// The name in profiles and in the policy file.
@@ -124,6 +130,7 @@ impl Permission {
             Permission::Pull => "pull",
             Permission::Admin => "admin",
             Permission::Host => "host",
+            Permission::Volumes => "volumes",
         }
     }
 

@@ -11,8 +11,9 @@
 //!
 //! Code map: [`stage1`] and [`stage2`] read top to bottom as the boot does; [`modules`],
 //! [`manifest`], [`efivar`], [`disk`], [`dm`] and [`switch_root`] are stage 1's steps;
-//! [`power`] and [`shutdown`] are stage 2's, as are [`config`] (user-data), [`net`] (DHCP
-//! and static addressing) and [`clock`] (SNTP); [`console`], [`cmdline`], [`mounts`],
+//! [`power`] and [`shutdown`] are stage 2's, as are [`config`] (user-data), [`volumes`]
+//! (data disks, set up by a helper process: this binary started again by PID 1),
+//! [`net`] (DHCP and static addressing) and [`clock`] (SNTP); [`console`], [`cmdline`], [`mounts`],
 //! [`devnode`], [`bootinfo`] and [`error`] serve both. The only `unsafe` is the
 //! device-mapper ioctl in [`dm`].
 
@@ -44,6 +45,7 @@ mod stage2;
 mod state;
 mod switch_root;
 mod update;
+mod volumes;
 
 use std::io::Write;
 use std::panic::PanicHookInfo;
@@ -96,7 +98,11 @@ fn main() {
 }
 
 /// Run by hand: explain, and do nothing else (mounting or rebooting would be a surprise).
+/// The one exception is the volume helper, which PID 1 starts itself ([`volumes::helper`]).
 fn not_pid1() -> ! {
+    if std::env::args().nth(1).as_deref() == Some(volumes::HELPER_ARG) {
+        volumes::helper::main();
+    }
     if std::env::args().skip(1).any(|a| a == "--version") {
         println!("crust-init {VERSION}");
         std::process::exit(0);

@@ -1,5 +1,7 @@
 //! Stage 2, PID 1 in the verified root: prove that `/` is verified, then supervise —
 //! reap orphans, and turn signals and the power button into a clean power-off or reboot.
+//! The phases in order: state (`/var`), config (user-data), volumes (handed to a helper
+//! process, which works while the boot goes on), network, clock, services, ready.
 
 use std::convert::Infallible;
 use std::path::Path;
@@ -19,7 +21,7 @@ use crate::power::PowerButtons;
 use crate::services::{self, Services};
 use crate::shutdown;
 use crate::update::{Booted, Updater};
-use crate::{clock, cmdline, config, console, manifest, net, state};
+use crate::{clock, cmdline, config, console, manifest, net, state, volumes};
 use crust_format::initrd::boot_keys as keys;
 use crust_format::layout::Slot;
 use crust_format::signature::PublicKey;
@@ -80,12 +82,13 @@ pub fn run() -> Result<Infallible> {
 
     let mut network = net::Network::start();
     let host = config::phase(&mut network, &disk);
+    let volumes = volumes::phase(&host.volume, &disk);
     network.phase(&host);
     let clock = clock::phase(&host, &network);
 
     services::mount_cgroups();
     prepare_etc();
-    let mut services = Services::load(Path::new("/"), &host.service);
+    let mut services = Services::load(Path::new("/"), &host.service, volumes.board());
     console::phase(Phase::Services, &services.start());
 
     let buttons = PowerButtons::new();
@@ -111,12 +114,14 @@ pub fn run() -> Result<Infallible> {
         services.healthy_flag(),
     );
 
-    // Stopped in reverse: the updater first, then the services, the clock, the network.
+    // Stopped in reverse: the updater first, then the services, the volume helper, the
+    // clock, the network.
     let mut tasks: Vec<Box<dyn Task>> = vec![
         Box::new(verity_watch),
         Box::new(buttons),
         Box::new(network),
         Box::new(clock),
+        Box::new(volumes),
         Box::new(services),
         Box::new(updater),
     ];

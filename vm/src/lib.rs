@@ -18,4 +18,4 @@ pub mod qmp;
 pub mod seed;
 
 pub use accel::Accel;
-pub use machine::{Config, DiskBus, Vm};
+pub use machine::{Config, DataDrive, DiskBus, Vm};

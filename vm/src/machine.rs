@@ -28,6 +28,18 @@ pub enum DiskBus {
     Nvme,
 }
 
+/// A writable data disk of a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDrive {
+    /// The image (raw, or qcow2 by extension).
+    pub path: PathBuf,
+    /// virtio-blk (the guest's `serial` file) or NVMe (its controller's serial; model
+    /// `QEMU NVMe Ctrl`).
+    pub bus: DiskBus,
+    /// The serial number the guest sees (virtio keeps at most 20 characters).
+    pub serial: String,
+}
+
 /// A machine to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -55,6 +67,9 @@ pub struct Config {
     /// Further raw disk images, attached read-only as virtio disks after the boot disk
     /// (NoCloud seeds, [`crate::seed`]).
     pub extra_drives: Vec<PathBuf>,
+    /// Writable data disks (raw, or qcow2 by extension) with serial numbers, after the
+    /// extra drives: what a host's data volumes are made of.
+    pub data_drives: Vec<DataDrive>,
     /// User-network `guestfwd` rules, as QEMU takes them (the IMDS emulator's,
     /// [`crate::imds::Emulator::guestfwd`]).
     pub guestfwds: Vec<String>,
@@ -83,6 +98,7 @@ impl Config {
             no_reboot: false,
             write_limit: None,
             extra_drives: Vec::new(),
+            data_drives: Vec::new(),
             guestfwds: Vec::new(),
             smbios: Vec::new(),
             user_network: None,
@@ -147,6 +163,21 @@ impl Config {
             ));
             cmd.arg("-device")
                 .arg(format!("virtio-blk-pci,drive=extra{i}"));
+        }
+        for (i, drive) in self.data_drives.iter().enumerate() {
+            let path = drive.path.display().to_string().replace(',', ",,");
+            let format = if drive.path.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            };
+            cmd.arg("-drive")
+                .arg(format!("if=none,id=data{i},format={format},file={path}"));
+            let serial = drive.serial.replace(',', ",,");
+            cmd.arg("-device").arg(match drive.bus {
+                DiskBus::Virtio => format!("virtio-blk-pci,drive=data{i},serial={serial}"),
+                DiskBus::Nvme => format!("nvme,drive=data{i},serial={serial}"),
+            });
         }
         for smbios in &self.smbios {
             cmd.arg("-smbios").arg(smbios);

@@ -85,6 +85,14 @@ pub const TEST: &[Need] = &[
     // NoCloud seeds as cloud-localds makes them (ISO 9660, label cidata).
     need("genisoimage", "genisoimage"),
     need("sha256sum", "coreutils"),
+    // Data volumes: the disk probe checked against images the real tools make (and
+    // against blkid), RAID members read back by mdadm.
+    need("mkfs.xfs", "xfsprogs"),
+    need("xfs_repair", "xfsprogs"),
+    need("mdadm", "mdadm"),
+    need("mkswap", "util-linux"),
+    need("mkfs.vfat", "dosfstools"),
+    need("cryptsetup", "cryptsetup-bin"),
     // The seccomp profiles' system call names, checked against libseccomp itself.
     need("scmp_sys_resolver", "seccomp"),
     // Secure Boot signatures checked by another implementation than the signer's.

@@ -336,6 +336,7 @@ fn spec_of(decl: &ServiceDecl) -> ServiceSpec {
             ServiceKind::Pull(_) => decl.pids_max,
             ServiceKind::Bundle(_) | ServiceKind::Host(_) => None,
         },
+        volumes: decl.volumes.clone(),
     }
 }
 

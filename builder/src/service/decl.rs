@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use crust_format::service::{self, DEFAULT_PIDS_MAX, Health, Restart};
+use crust_format::volume;
 use oci_spec::runtime::Capability;
 use serde::Deserialize;
 
@@ -62,7 +63,9 @@ struct ImageToml {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct MountToml {
-    source: String,
+    source: Option<String>,
+    volume: Option<String>,
+    path: Option<String>,
     target: String,
     read_only: Option<bool>,
 }
@@ -194,8 +197,11 @@ pub struct ServiceDecl {
     pub user: Option<(u32, u32)>,
     /// Network.
     pub network: Network,
-    /// Mounts from `/var`.
+    /// Mounts from `/var` (volumes' from `/var/mnt/<name>`).
     pub mounts: Vec<VarMount>,
+    /// The volumes it mounts (`mounts = [{ volume = "db", … }]`): the init starts it once
+    /// each is mounted.
+    pub volumes: Vec<String>,
     /// Read-only root file system in the container.
     pub read_only: bool,
     /// Capabilities (`CAP_…`); `None` for the default set.
@@ -336,6 +342,7 @@ pub fn admin(at: &Origin) -> ServiceDecl {
         user: None,
         network: Network::Host,
         mounts: Vec::new(),
+        volumes: Vec::new(),
         read_only: true,
         capabilities: Some(
             ALL_CAPABILITIES
@@ -568,20 +575,72 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
         }
     };
     let mut mounts = Vec::new();
+    let mut volumes: Vec<String> = Vec::new();
     for m in s.mounts {
-        let src = crate::tree::normalize(&m.source).map(|p| format!("/{p}"));
-        match src {
-            Ok(src) if src.starts_with("/var/") => {}
+        let source = match (m.source, m.volume) {
+            (Some(source), None) => {
+                if m.path.is_some() {
+                    return Err(bad(
+                        "mounts.path",
+                        "belongs to a volume's mount (volume = \"NAME\")".into(),
+                    ));
+                }
+                let src = crate::tree::normalize(&source).map(|p| format!("/{p}"));
+                match src {
+                    Ok(src) if src.starts_with("/var/") => {
+                        // A volume's mount point is a plain folder of the state partition
+                        // until the volume is mounted: only a volume mount waits for it.
+                        if std::path::Path::new(&src).starts_with(volume::MOUNT_ROOT) {
+                            return Err(bad(
+                                "mounts.source",
+                                format!(
+                                    "{source:?} is under {}, where volumes are mounted; mount \
+                                     the volume by name: {{ volume = \"NAME\", target = … }}",
+                                    volume::MOUNT_ROOT
+                                ),
+                            ));
+                        }
+                    }
+                    _ => {
+                        return Err(bad(
+                            "mounts.source",
+                            format!(
+                                "{source:?} is not a directory under /var (the only writable place)"
+                            ),
+                        ));
+                    }
+                }
+                source
+            }
+            (None, Some(name)) => {
+                volume::check_name(&name).map_err(|e| bad("mounts.volume", e))?;
+                let root = volume::mount_point(&name);
+                if !volumes.contains(&name) {
+                    volumes.push(name);
+                }
+                match m.path {
+                    None => root,
+                    Some(p) => {
+                        let ok = !p.is_empty()
+                            && !p.starts_with('/')
+                            && p.split('/').all(|c| !c.is_empty() && c != ".." && c != ".");
+                        if !ok {
+                            return Err(bad(
+                                "mounts.path",
+                                format!("{p:?} must be a relative path inside the volume"),
+                            ));
+                        }
+                        format!("{root}/{p}")
+                    }
+                }
+            }
             _ => {
                 return Err(bad(
-                    "mounts.source",
-                    format!(
-                        "{:?} is not a directory under /var (the only writable place)",
-                        m.source
-                    ),
+                    "mounts",
+                    "give exactly one of source = \"/var/…\" or volume = \"NAME\"".into(),
                 ));
             }
-        }
+        };
         if !m.target.starts_with('/') || m.target.split('/').any(|c| c == "..") {
             return Err(bad(
                 "mounts.target",
@@ -589,7 +648,7 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
             ));
         }
         mounts.push(VarMount {
-            source: m.source,
+            source,
             target: m.target,
             read_only: m.read_only.unwrap_or(false),
         });
@@ -750,6 +809,7 @@ fn check(s: ServiceToml, at: &Origin) -> Result<ServiceDecl, ProfileError> {
         user,
         network,
         mounts,
+        volumes,
         read_only: s.read_only.unwrap_or(true),
         capabilities,
         memory,

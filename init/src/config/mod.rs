@@ -22,6 +22,7 @@ pub mod schema;
 pub mod services;
 pub mod source;
 pub mod trust;
+pub mod volumes;
 
 use std::fs;
 use std::path::Path;
@@ -129,12 +130,14 @@ fn accept(
     })
 }
 
-/// Parses user-data and checks its services against the root's and against what `policy`
-/// allows (a service that is not there, or one user-data may not touch, is refused like any
-/// other mistake).
+/// Parses user-data and checks its services and volumes against the root's and against
+/// what `policy` allows (a service that is not there, one user-data may not touch, or a
+/// volume on an image that does not let user-data declare any, is refused like any other
+/// mistake).
 fn parse(text: &str, policy: Option<&Policy>) -> Result<HostConfig, schema::SchemaError> {
     let config = schema::parse(text)?;
     crate::services::check_user_data(Path::new("/"), &config.service, policy)?;
+    crate::volumes::check_user_data(Path::new("/"), &config.volume, &config.service, policy)?;
     Ok(config)
 }
 

@@ -5,7 +5,8 @@
 //! interfaces.eth0.mtu`) and, where the TOML parser knows it, the line. Nothing here reads
 //! files or touches the system; `docs/CONFIGURATION.md` is the reference for users.
 //!
-//! Services (`[[service]]`) have their own module, [`super::services`].
+//! Services (`[[service]]`) and volumes (`[[volume]]`) have their own modules,
+//! [`super::services`] and [`super::volumes`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -47,6 +48,9 @@ pub struct HostConfig {
     /// Services added, changed or turned off ([`super::services`]).
     #[serde(default)]
     pub service: Vec<super::services::Service>,
+    /// Data volumes ([`super::volumes`]).
+    #[serde(default)]
+    pub volume: Vec<super::volumes::Volume>,
 }
 
 impl Default for HostConfig {
@@ -61,6 +65,7 @@ impl Default for HostConfig {
             update: None,
             fleet: None,
             service: Vec::new(),
+            volume: Vec::new(),
         }
     }
 }
@@ -654,6 +659,7 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
         validate_fleet(fleet, c.update.is_some())?;
     }
     super::services::validate(&c.service)?;
+    super::volumes::validate(&c.volume)?;
     Ok(())
 }
 

@@ -39,6 +39,66 @@ pub struct Service {
     /// Services a new service starts after (and after their health checks pass).
     #[serde(default)]
     pub after: Vec<String>,
+    /// Volumes a new container mounts (`{ volume = "db", target = "/data" }`).
+    #[serde(default)]
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// One entry of `mounts`: a volume bound into the container.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct VolumeMount {
+    /// The volume's name (the profile's or user-data's `[[volume]]`).
+    pub volume: String,
+    /// The absolute path in the container.
+    pub target: String,
+    /// A folder inside the volume to bind instead of its root (made on first use, owned
+    /// by the container's user).
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Read-only in the container.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl VolumeMount {
+    /// The host path bound: `/var/mnt/<volume>[/<path>]`.
+    pub fn source(&self) -> String {
+        let root = crust_format::volume::mount_point(&self.volume);
+        match &self.path {
+            Some(p) => format!("{root}/{}", p.trim_matches('/')),
+            None => root,
+        }
+    }
+}
+
+/// Checks a mount's target (absolute, no `..`) and path (relative, no `..`); the error
+/// names the key.
+pub fn check_volume_mount(m: &VolumeMount) -> Result<(), (&'static str, String)> {
+    crust_format::volume::check_name(&m.volume).map_err(|e| ("volume", e))?;
+    let clean = |p: &str| {
+        !p.split('/').any(|c| c == ".." || c == ".")
+            && !p.contains(['\0', '\n', ','])
+            && p.len() <= 1024
+    };
+    if !m.target.starts_with('/') || m.target == "/" || !clean(&m.target) {
+        return Err((
+            "target",
+            format!(
+                "{:?} must be an absolute path in the container, not /",
+                m.target
+            ),
+        ));
+    }
+    if let Some(p) = &m.path
+        && (p.is_empty() || p.starts_with('/') || !clean(p) || p.split('/').any(str::is_empty))
+    {
+        return Err((
+            "path",
+            format!("{p:?} must be a relative path inside the volume, such as \"postgres\""),
+        ));
+    }
+    Ok(())
 }
 
 /// `image` of a new service: exactly one of the two.
@@ -143,7 +203,8 @@ pub fn validate(services: &[Service]) -> Result<(), SchemaError> {
                 || s.command.is_some()
                 || !s.env.is_empty()
                 || s.restart.is_some()
-                || !s.after.is_empty();
+                || !s.after.is_empty()
+                || !s.mounts.is_empty();
             if other {
                 return Err(bad(
                     "enabled",
@@ -184,6 +245,25 @@ pub fn validate(services: &[Service]) -> Result<(), SchemaError> {
                 return Err(bad(
                     &format!("env.{key}"),
                     format!("{key:?} is not a variable name"),
+                ));
+            }
+        }
+        if !s.mounts.is_empty() && s.image.as_ref().is_none_or(|image| image.service.is_none()) {
+            return Err(bad(
+                "mounts",
+                "volumes are mounted into containers user-data adds from an image in the root \
+                 (image.service); a service of the image mounts what its profile says, and a \
+                 pulled image none"
+                    .into(),
+            ));
+        }
+        for (j, m) in s.mounts.iter().enumerate() {
+            check_volume_mount(m)
+                .map_err(|(f, message)| bad(&format!("mounts[{j}].{f}"), message))?;
+            if s.mounts[..j].iter().any(|o| o.target == m.target) {
+                return Err(bad(
+                    &format!("mounts[{j}].target"),
+                    format!("{} is mounted twice", m.target),
                 ));
             }
         }
@@ -293,6 +373,30 @@ after = ["web"]
             (
                 "[[service]]\nname = \"x\"\nafter = [\"x\"]\n",
                 "service[0].after[0]",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nmounts = [{ volume = \"db\", target = \"/d\" }]\n",
+                "service[0].mounts",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.service = \"web\"\nmounts = [{ volume = \"Db\", target = \"/d\" }]\n",
+                "service[0].mounts[0].volume",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.service = \"web\"\nmounts = [{ volume = \"db\", target = \"d\" }]\n",
+                "service[0].mounts[0].target",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.service = \"web\"\nmounts = [{ volume = \"db\", target = \"/d\", path = \"../x\" }]\n",
+                "service[0].mounts[0].path",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.service = \"web\"\nmounts = [{ volume = \"db\", target = \"/d\" }, { volume = \"c\", target = \"/d\" }]\n",
+                "service[0].mounts[1].target",
+            ),
+            (
+                "[[service]]\nname = \"x\"\nimage.service = \"web\"\nmounts = [{ volume = \"db\", source = \"/var/x\", target = \"/d\" }]\n",
+                "service[0].mounts[0].source",
             ),
         ] {
             assert_eq!(field_of(text), field, "{text}");

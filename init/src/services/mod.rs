@@ -11,7 +11,9 @@
 //! once those it names in `after` run and, if they have a health check, have passed it. At
 //! shutdown it stops the services in reverse order: SIGTERM, up to the service's stop
 //! timeout, then SIGKILL. The admin shell's service has the console itself as its input and
-//! output instead of a pipe.
+//! output instead of a pipe. A container that mounts data volumes ([`crate::volumes`])
+//! starts only once each is mounted, and says on the console what it waits for; while a
+//! volume is missing or refused, its services do not count against the boot's health.
 
 mod health;
 pub mod output;
@@ -39,6 +41,7 @@ use nix::unistd::Pid;
 use crate::config::services::Service as UserService;
 use crate::console;
 use crate::event::{Control, Task, Worker};
+use crate::volumes;
 use output::{Log, OutputPipe};
 use plan::Changes;
 use runner::{CGROUP_ROOT, CRUN, CTR, Launch, Step};
@@ -89,6 +92,9 @@ struct Service {
     /// A TCP or HTTP check running on its thread: a service that answers slowly (or a
     /// byte at a time) must never hold up PID 1's loop.
     probe: Option<Worker<bool>>,
+    /// The last word printed on why it waits for a volume (said again only when it
+    /// changes).
+    held: Option<String>,
 }
 
 /// The services task.
@@ -98,6 +104,10 @@ pub struct Services {
     changes: Changes,
     healthy_reported: bool,
     healthy: Rc<Cell<bool>>,
+    /// The volumes' states: a container that mounts a volume starts once it is mounted.
+    volumes: volumes::Shared,
+    /// When the services were loaded: a deadline that is always due.
+    loaded_at: Instant,
 }
 
 /// Mounts cgroup2 and turns on the controllers services' limits need.
@@ -137,8 +147,9 @@ pub fn mount_cgroups() {
 impl Services {
     /// Reads the services listed in the root's start order and applies user-data's
     /// `tables` (the config phase checked them against the same root). A service whose
-    /// files cannot be read is reported and left out; the others still run.
-    pub fn load(root: &Path, tables: &[UserService]) -> Self {
+    /// files cannot be read is reported and left out; the others still run. `volumes` is
+    /// the volumes' board: a service that mounts one waits until it is mounted.
+    pub fn load(root: &Path, tables: &[UserService], volumes: volumes::Shared) -> Self {
         let (defs, problems) = plan::load_root(root);
         for p in problems {
             console::warning(&p);
@@ -175,6 +186,7 @@ impl Services {
                 next_check: None,
                 check_pid: None,
                 probe: None,
+                held: None,
             })
             .collect();
         Self {
@@ -182,6 +194,8 @@ impl Services {
             changes,
             healthy_reported: false,
             healthy: Rc::new(Cell::new(false)),
+            volumes,
+            loaded_at: Instant::now(),
         }
     }
 
@@ -230,12 +244,44 @@ impl Services {
             .iter()
             .filter(|s| s.spec.health.is_some())
             .count();
+        let held: Vec<String> = self
+            .services
+            .iter()
+            .filter(|s| s.state == State::Waiting && !s.spec.volumes.is_empty())
+            .map(|s| {
+                format!(
+                    "{} waits for volumes {}",
+                    s.spec.name,
+                    s.spec.volumes.join(", ")
+                )
+            })
+            .collect();
+        let held = if held.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", held.join("; "))
+        };
         format!(
-            "started {} ({} with health checks){}",
+            "started {} ({} with health checks){held}{}",
             names.join(", "),
             checks,
             self.changes.describe()
         )
+    }
+
+    /// Whether the services service `i` follows run (and passed their health checks, if
+    /// they have one), or ended for good.
+    fn deps_up(&self, i: usize) -> bool {
+        self.services[i].spec.after.iter().all(|dep| {
+            self.services.iter().any(|s| {
+                &s.spec.name == dep
+                    && match s.state {
+                        State::Running { .. } => s.spec.health.is_none() || s.passed_once,
+                        State::Done => true,
+                        _ => false,
+                    }
+            })
+        })
     }
 
     fn start_ready(&mut self, now: Instant) {
@@ -245,30 +291,66 @@ impl Services {
                 State::Backoff { until } => until <= now,
                 _ => false,
             };
-            // A dependency runs (and passed its health check, if it has one), or ended for
-            // good.
-            let deps_up = self.services[i].spec.after.iter().all(|dep| {
-                self.services.iter().any(|s| {
-                    &s.spec.name == dep
-                        && match s.state {
-                            State::Running { .. } => s.spec.health.is_none() || s.passed_once,
-                            State::Done => true,
-                            _ => false,
-                        }
-                })
-            });
-            if due && deps_up {
-                self.services[i].launch(now);
+            if !(due && self.deps_up(i)) {
+                continue;
+            }
+            let blocked = self
+                .volumes
+                .borrow()
+                .blocking(&self.services[i].spec.volumes);
+            let s = &mut self.services[i];
+            match blocked {
+                None => {
+                    s.held = None;
+                    s.launch(now);
+                }
+                // Never started without its volume: the mount point would be a folder of
+                // the state partition, and the service's data would go there.
+                Some(b) => {
+                    let note = format!("waits for volume {}: {}", b.volume, b.why);
+                    if s.held.as_deref() != Some(note.as_str()) {
+                        s.say(&note);
+                        s.held = Some(note);
+                    }
+                }
             }
         }
     }
 
+    /// Services that cannot start until a missing or refused volume comes (they do not
+    /// hold the boot's health back: no rollback brings a disk).
+    fn held_by_volumes(&self) -> Vec<&Service> {
+        let board = self.volumes.borrow();
+        self.services
+            .iter()
+            .filter(|s| {
+                s.state == State::Waiting
+                    && board.blocking(&s.spec.volumes).is_some_and(|b| b.lasting)
+            })
+            .collect()
+    }
+
     fn all_healthy(&self) -> Option<String> {
+        let held = self.held_by_volumes();
         let checked: Vec<&Service> = self
             .services
             .iter()
             .filter(|s| s.spec.health.is_some())
+            .filter(|s| !held.iter().any(|h| h.spec.name == s.spec.name))
             .collect();
+        let not_counted = held
+            .iter()
+            .filter(|s| s.spec.health.is_some())
+            .map(|s| s.spec.name.as_str())
+            .collect::<Vec<_>>();
+        let not_counted = if not_counted.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; not counted: {} (waiting for a volume)",
+                not_counted.join(", ")
+            )
+        };
         if checked.iter().all(|s| s.passed_once) {
             let list: Vec<String> = checked
                 .iter()
@@ -284,9 +366,13 @@ impl Services {
                 })
                 .collect();
             Some(if list.is_empty() {
-                "no service has a health check".into()
+                format!("no service has a health check{not_counted}")
             } else {
-                format!("{} health check(s) pass: {}", list.len(), list.join(", "))
+                format!(
+                    "{} health check(s) pass: {}{not_counted}",
+                    list.len(),
+                    list.join(", ")
+                )
             })
         } else {
             None
@@ -617,6 +703,22 @@ impl Task for Services {
     }
 
     fn deadline(&self) -> Option<Instant> {
+        // A volume mounted meanwhile (the volumes task heard its helper end): its services
+        // start on the loop's next turn.
+        let board = self.volumes.borrow();
+        let unblocked = self.services.iter().enumerate().any(|(i, s)| {
+            s.state == State::Waiting
+                && !s.spec.volumes.is_empty()
+                && board.blocking(&s.spec.volumes).is_none()
+                && self.deps_up(i)
+        });
+        drop(board);
+        // Or a volume found missing: the services waiting for it no longer hold the health
+        // back.
+        if unblocked || (!self.healthy_reported && self.all_healthy().is_some()) {
+            // Already past: the loop compares deadlines with the time it woke up.
+            return Some(self.loaded_at);
+        }
         self.services
             .iter()
             .flat_map(|s| {

@@ -178,7 +178,7 @@ pub fn apply(
                 };
                 let def = match (&image.service, &image.pull) {
                     (Some(base), _) => {
-                        from_root_image(&defs, base, t).map_err(|m| bad("image.service", m))?
+                        from_root_image(&defs, base, t).map_err(|(f, m)| bad(&f, m))?
                     }
                     (None, Some(reference)) => {
                         pulled(&defs, reference, t).map_err(|m| bad("image.pull", m))?
@@ -283,22 +283,24 @@ fn from_root_image(
     defs: &[Definition],
     base: &str,
     t: &user::Service,
-) -> Result<Definition, String> {
-    let source = defs
-        .iter()
-        .find(|d| d.spec.name == base)
-        .ok_or_else(|| format!("this image has no service {base:?} whose image to use"))?;
+) -> Result<Definition, (String, String)> {
+    let bad = |m: String| ("image.service".to_owned(), m);
+    let source = defs.iter().find(|d| d.spec.name == base).ok_or_else(|| {
+        bad(format!(
+            "this image has no service {base:?} whose image to use"
+        ))
+    })?;
     let Launch::Crun { bundle } = &source.launch else {
-        return Err(format!(
+        return Err(bad(format!(
             "{base} is a {} service, not a container image in the root",
             source.spec.kind
-        ));
+        )));
     };
     // The root's own bundle, even if user-data changed `base` too.
     let root_bundle = source.dir.clone().unwrap_or_else(|| bundle.clone());
-    let mut config = read_config(&root_bundle)?;
-    set_process(&mut config, t.command.as_deref(), t)?;
-    anchor_root(&mut config, &root_bundle)?;
+    let mut config = read_config(&root_bundle).map_err(bad)?;
+    set_process(&mut config, t.command.as_deref(), t).map_err(bad)?;
+    anchor_root(&mut config, &root_bundle).map_err(bad)?;
     if let Some(linux) = config.get_mut("linux").and_then(Value::as_object_mut) {
         linux.insert(
             "cgroupsPath".into(),
@@ -307,6 +309,16 @@ fn from_root_image(
     }
     if let Some(hostname) = config.get_mut("hostname") {
         *hostname = Value::String(t.name.clone());
+    }
+    // The base's volumes come with its mounts; the new container waits for them too.
+    let mut volumes = source.spec.volumes.clone();
+    let rootfs = root_bundle.join("rootfs");
+    for (j, m) in t.mounts.iter().enumerate() {
+        add_volume_mount(&mut config, &rootfs, m)
+            .map_err(|e| (format!("mounts[{j}].target"), e))?;
+        if !volumes.contains(&m.volume) {
+            volumes.push(m.volume.clone());
+        }
     }
     Ok(Definition {
         spec: ServiceSpec {
@@ -319,6 +331,7 @@ fn from_root_image(
             health_interval: 10,
             stop_timeout: source.spec.stop_timeout,
             pids_max: None,
+            volumes,
         },
         dir: None,
         launch: Launch::Crun {
@@ -360,6 +373,7 @@ fn pulled(defs: &[Definition], reference: &str, t: &user::Service) -> Result<Def
             health_interval: 10,
             stop_timeout: 10,
             pids_max: None,
+            volumes: Vec::new(),
         },
         dir: None,
         launch: Launch::Pull {
@@ -406,6 +420,44 @@ fn set_process(
     if let Some(command) = command {
         process.insert("args".into(), Value::from(command.to_vec()));
     }
+    Ok(())
+}
+
+/// Adds the bind mount of a volume (`/var/mnt/<name>[/<path>]`) to a container's config.
+/// The root file system is read-only (squashfs), so the target must be a directory of the
+/// image, or lie in one of the container's tmpfs mounts (`/tmp`, `/run`), where crun can
+/// make it.
+fn add_volume_mount(
+    config: &mut Value,
+    rootfs: &Path,
+    m: &user::VolumeMount,
+) -> Result<(), String> {
+    let mounts = config
+        .get_mut("mounts")
+        .and_then(Value::as_array_mut)
+        .ok_or("its config.json has no mounts")?;
+    let in_tmpfs = mounts.iter().any(|other| {
+        other.get("type").and_then(Value::as_str) == Some("tmpfs")
+            && other
+                .get("destination")
+                .and_then(Value::as_str)
+                .is_some_and(|d| Path::new(&m.target).starts_with(d) && m.target != d)
+    });
+    let in_image = rootfs.join(m.target.trim_start_matches('/'));
+    if !in_tmpfs && !in_image.is_dir() {
+        return Err(format!(
+            "{} is not a directory of the image, whose files are read-only; mount the volume on \
+             a directory the image has (or below /tmp or /run)",
+            m.target
+        ));
+    }
+    let mode = if m.read_only { "ro" } else { "rw" };
+    mounts.push(serde_json::json!({
+        "destination": m.target,
+        "type": "bind",
+        "source": m.source(),
+        "options": ["rbind", "nosuid", "nodev", mode],
+    }));
     Ok(())
 }
 

@@ -530,6 +530,8 @@ pub fn edit_initramfs(raw: &Path, uki_name: &str, edit: impl FnOnce(&Path)) {
             uname: &text(&uname),
             initrd: &initrd,
             linux: &linux,
+            pcrpkey: None,
+            pcrsig: None,
         },
     )
     .expect("UKI");

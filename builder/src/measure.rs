@@ -28,10 +28,11 @@ use serde::Serialize;
 use crate::profile::Profile;
 use crate::uki;
 
-/// Modules the init needs to open an encrypted state partition: dm-crypt, the XTS mode, and
-/// AES-NI where the CPU has it (on a CPU without, the module finds no device and the
-/// kernel's built-in generic AES serves).
-pub const STATE_MODULES: &[&str] = &["dm_crypt", "xts", "aesni_intel"];
+/// Modules the init needs to open an encrypted state partition: dm-crypt, the XTS mode and
+/// the ECB mode XTS is built on (the crypto API finds templates by loading modules, which
+/// needs a `modprobe` the init does not have), and AES-NI where the CPU has it (on a CPU
+/// without, the module finds no device and the kernel's built-in generic AES serves).
+pub const STATE_MODULES: &[&str] = &["dm_crypt", "ecb", "xts", "aesni_intel"];
 
 /// The PCR signing key of a Secure Boot key set.
 #[derive(Debug, Clone)]

@@ -107,22 +107,37 @@ pub struct Crypt {
 #[derive(Debug)]
 pub struct KeyUnavailable(pub String);
 
+/// Why the state partition is not open.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Its key could not be had (nothing was written): the image's policy decides.
+    NoKey(String),
+    /// The partition or device-mapper failed (the caller falls back to a tmpfs).
+    Broken(String),
+}
+
+impl From<KeyUnavailable> for OpenError {
+    fn from(e: KeyUnavailable) -> Self {
+        OpenError::NoKey(e.0)
+    }
+}
+
 /// Opens the state partition at `partition` (device `dev`, `sectors` long).
 pub fn open(
     partition: &Path,
     dev: DevNum,
     sectors: u64,
     policy: &StatePolicy,
-) -> std::result::Result<Opened, KeyUnavailable> {
+) -> std::result::Result<Opened, OpenError> {
     let (header, slot) = match read_header(partition) {
         Ok(Some(found)) => found,
         Ok(None) => return Ok(Opened::Plain),
-        Err(e) => return Err(KeyUnavailable(e)),
+        Err(e) => return Err(OpenError::Broken(e)),
     };
     let mut tpm = match Tpm::open() {
         Ok(Some(tpm)) => tpm,
-        Ok(None) => return Err(KeyUnavailable("this machine has no TPM 2.0".into())),
-        Err(e) => return Err(KeyUnavailable(format!("cannot open the TPM: {e}"))),
+        Ok(None) => return Err(OpenError::NoKey("this machine has no TPM 2.0".into())),
+        Err(e) => return Err(OpenError::NoKey(format!("cannot open the TPM: {e}"))),
     };
     let opened = unlock(&mut tpm, partition, dev, sectors, policy, header, slot);
     // Whatever happened, nothing later in this boot may unseal the key.
@@ -140,7 +155,7 @@ fn unlock(
     policy: &StatePolicy,
     header: Header,
     slot: usize,
-) -> std::result::Result<Crypt, KeyUnavailable> {
+) -> std::result::Result<Crypt, OpenError> {
     let key = policy.pcr_key.as_ref().ok_or_else(|| {
         KeyUnavailable(
             "the state partition is encrypted but this image names no PCR signing key".into(),
@@ -152,7 +167,7 @@ fn unlock(
         (HeaderState::Fresh, _) => {
             let (volume_key, new, detail) = first_boot(tpm, key, &signatures, policy)?;
             let slot = write_header(partition, &new, slot)
-                .map_err(|e| KeyUnavailable(format!("cannot write the state header: {e}")))?;
+                .map_err(|e| OpenError::Broken(format!("cannot write the state header: {e}")))?;
             (volume_key, new, slot, detail)
         }
         (_, Some(sealed)) => {
@@ -169,7 +184,7 @@ fn unlock(
             (volume_key, header, slot, detail)
         }
         (_, None) => {
-            return Err(KeyUnavailable(
+            return Err(OpenError::Broken(
                 "the state header holds no sealed key".into(),
             ));
         }
@@ -177,7 +192,7 @@ fn unlock(
     let opening = Instant::now();
     let data_sectors = sectors.saturating_sub(DATA_OFFSET / 512);
     let node = open_crypt(partition, dev, data_sectors, &volume_key)
-        .map_err(|e| KeyUnavailable(format!("cannot open dm-crypt: {e}")))?;
+        .map_err(|e| OpenError::Broken(format!("cannot open dm-crypt: {e}")))?;
     Ok(Crypt {
         node,
         size: data_sectors * 512,

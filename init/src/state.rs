@@ -226,7 +226,10 @@ fn mount_state(
                 let detail = format!("as {}: {}", crypt.node.display(), crypt.detail);
                 (crypt.node.clone(), grown.map(|_| crypt.size), Some(detail))
             }
-            Err(sealed::KeyUnavailable(why)) => return Err(Failure::NoKey(why)),
+            Err(sealed::OpenError::NoKey(why)) => return Err(Failure::NoKey(why)),
+            Err(sealed::OpenError::Broken(why)) => {
+                return Err(Failure::Broken(Error::new("state", why)));
+            }
         };
 
     let check = check(&device)?;

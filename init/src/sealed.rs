@@ -84,7 +84,7 @@ pub enum Opened {
     /// No Crust header: a plain ext4, mounted as it is.
     Plain,
     /// The dm-crypt device over the partition's encrypted data.
-    Crypt(Crypt),
+    Crypt(Box<Crypt>),
 }
 
 /// An open dm-crypt state partition.
@@ -144,7 +144,7 @@ pub fn open(
     if let Err(e) = measure::extend(&mut tpm, pcr::KERNEL_IMAGE, pcr::STATE_DONE_EVENT) {
         crate::console::warning(&format!("cannot close PCR 11 after /var: {e}"));
     }
-    opened.map(Opened::Crypt)
+    opened.map(|c| Opened::Crypt(Box::new(c)))
 }
 
 fn unlock(
@@ -470,7 +470,7 @@ fn open_crypt(
     data_sectors: u64,
     key: &[u8],
 ) -> std::result::Result<PathBuf, String> {
-    if data_sectors == 0 || data_sectors % u64::from(SECTOR_SIZE / 512) != 0 {
+    if data_sectors == 0 || !data_sectors.is_multiple_of(u64::from(SECTOR_SIZE / 512)) {
         return Err(format!(
             "{} has {data_sectors} data sectors, not a whole number of {SECTOR_SIZE}-byte blocks",
             partition.display()

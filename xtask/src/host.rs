@@ -97,6 +97,11 @@ pub const TEST: &[Need] = &[
     need("swtpm_setup", "swtpm-tools"),
     need("tpm2_unseal", "tpm2-tools"),
     need("/usr/lib/systemd/systemd-measure", "systemd"),
+    // The encrypted /var decrypted by another AES-XTS than the kernel's (OpenSSL's).
+    need(
+        "/usr/lib/python3/dist-packages/cryptography/__init__.py",
+        "python3-cryptography",
+    ),
     // Container images for the service tests: a registry, OCI layouts made by umoci,
     // copied by skopeo (which the builder also uses for registry images), busybox from
     // its package.

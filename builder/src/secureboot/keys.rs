@@ -465,6 +465,32 @@ mod tests {
     }
 
     #[test]
+    fn a_set_without_the_pcr_key_is_refused_until_one_is_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = generate(&dir.path().join("sb"), "Test").unwrap();
+        let signer = keys.pcr_signer().unwrap();
+        assert_eq!(mode_of(&keys.pcr_key()), 0o600);
+        std::fs::remove_file(keys.pcr_key()).unwrap();
+        std::fs::remove_file(keys.pcr_public()).unwrap();
+        let err = keys.pcr_signer().unwrap_err().to_string();
+        assert!(
+            err.contains("tpm2-pcr.key") && err.contains("keygen --secure-boot --dir"),
+            "{err}"
+        );
+        assert!(keys.add_pcr_key().unwrap());
+        assert!(!keys.add_pcr_key().unwrap(), "an existing key is kept");
+        assert_ne!(
+            keys.pcr_signer().unwrap().public,
+            signer.public,
+            "a new key was made"
+        );
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
     fn the_development_set_is_made_once() {
         let dir = tempfile::tempdir().unwrap();
         let a = KeySet::development(dir.path()).unwrap();

@@ -94,7 +94,6 @@ pub const TEST: &[Need] = &[
     // The sealed /var: a software TPM for the machines and the command layer's tests,
     // tpm2-tools and systemd-measure as independent oracles.
     need("swtpm", "swtpm"),
-    need("swtpm_setup", "swtpm-tools"),
     need("tpm2_unseal", "tpm2-tools"),
     need("/usr/lib/systemd/systemd-measure", "systemd"),
     // The encrypted /var decrypted by another AES-XTS than the kernel's (OpenSSL's).

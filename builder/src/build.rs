@@ -36,7 +36,7 @@ use crate::secureboot::{self, KeySet};
 use crate::service::{self, Bundle, HostFacts, ImageSource};
 use crate::sign::{KeyKind, SigningKey};
 use crate::tree::{Entry, Tree};
-use crate::{esp, initramfs, output, release, report, rootfs, uki, verity};
+use crate::{esp, initramfs, measure, output, release, report, rootfs, sealed, uki, verity};
 
 /// The file whose time is the build's (`SOURCE_DATE_EPOCH`), systemd's convention.
 pub const CLOCK_EPOCH: &str = "usr/lib/clock-epoch";
@@ -149,6 +149,11 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let profile = Profile::load(&req.profile)?;
     let key = signing_key(&profile, &req.dev_key_dir)?;
     let secure_boot = secure_boot_keys(&profile, &req.dev_key_dir)?;
+    let pcr_signer = secure_boot
+        .as_ref()
+        .map(|(keys, _)| keys.pcr_signer())
+        .transpose()?;
+    let recovery_key = recovery_key(&profile)?;
     let lock = ensure_lock(&profile, &req.cache, req.locked)?;
     let epoch = req.source_date_epoch.unwrap_or(lock.source_date_epoch);
     let init = std::fs::read(&req.init)
@@ -161,6 +166,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         req.init_crates.as_deref(),
         &key,
         secure_boot.as_ref(),
+        pcr_signer.as_ref(),
         epoch,
     )?;
     steps.done("inputs");
@@ -203,7 +209,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         }
         KernelSource::Local { image, modules } => Kernel::from_local(image, modules)?,
     };
-    let modules = kernel.module_closure(&profile.modules)?;
+    let modules = kernel.module_closure(&wanted_modules(&profile))?;
     let vmlinuz = std::fs::read(&kernel.image)
         .with_context(|| format!("cannot read the kernel {}", kernel.image.display()))?;
     let (stub, systemd_boot) = boot_files(package(&debs, PackageRole::Boot)?)?;
@@ -212,6 +218,15 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let os_release = os_release(&profile, &build_id);
     let policy = user_data_policy(&profile, &key)?;
     let mut root_tree = root_tree(&profile, &debs, &init, &os_release, &policy)?;
+    let state_policy = measure::state_policy(
+        &profile,
+        pcr_signer.as_ref().map(|s| &s.public),
+        recovery_key,
+    );
+    root_tree.insert(
+        crust_format::sealed::POLICY_PATH,
+        Entry::file(state_policy.to_text().into_bytes(), 0o644),
+    )?;
     let (bundles, services) =
         service_bundles(&profile, &lock, &debs, &root_tree, req.cache.root())?;
     service::install(&mut root_tree, &bundles)?;
@@ -288,16 +303,24 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         epoch,
     )?;
     let cmdline = profile.kernel_cmdline();
-    let uki = uki::assemble(
-        &stub,
-        &uki::Parts {
-            os_release: &os_release,
-            cmdline: &cmdline,
-            uname: &kernel.release,
-            initrd: &initrd,
-            linux: &vmlinuz,
-        },
-    )?;
+    let mut parts = uki::Parts {
+        os_release: &os_release,
+        cmdline: &cmdline,
+        uname: &kernel.release,
+        initrd: &initrd,
+        linux: &vmlinuz,
+        pcrpkey: pcr_signer.as_ref().map(|s| s.public_pem.as_slice()),
+        pcrsig: None,
+    };
+    // The PCR 11 this UKI will measure, its policy signed (the sealed /var's key unseals
+    // under it), in a section the stub does not measure.
+    let pcrsig = pcr_signer
+        .as_ref()
+        .map(|signer| measure::signature(&parts, signer))
+        .transpose()
+        .context("cannot sign the UKI's PCR 11 policy")?;
+    parts.pcrsig = pcrsig.as_deref();
+    let uki = uki::assemble(&stub, &parts)?;
     // Secure Boot: systemd-boot and the UKI signed last, after every section is in place
     // (the update bundle below carries this signed UKI too).
     let (uki, systemd_boot, enrolment) = match &secure_boot {
@@ -368,13 +391,18 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         }
     })?;
     let state = layout.get(Role::State);
-    crate::state::format(
-        tmp.path(),
-        state.offset,
-        state.size,
-        disk::derived_uuid(&build_id, "state file system"),
-        epoch,
-    )?;
+    if measure::encrypted(&profile) {
+        // The host makes the key and the file system on its first boot.
+        sealed::write_fresh(tmp.path(), state.offset)?;
+    } else {
+        crate::state::format(
+            tmp.path(),
+            state.offset,
+            state.size,
+            disk::derived_uuid(&build_id, "state file system"),
+            epoch,
+        )?;
+    }
     steps.done("disk");
     crate::bundle::write(
         &req.out_dir.join(outputs::BUNDLE),
@@ -666,9 +694,46 @@ pub fn secure_boot_keys(
     Ok(Some((keys, config.enroll.value)))
 }
 
+/// The modules the profile asks for, and those an encrypted state partition needs on images
+/// that may meet one (Secure Boot images: their hosts may have sealed a `/var` even if this
+/// version makes new ones unencrypted).
+fn wanted_modules(profile: &Profile) -> Vec<Located<String>> {
+    let mut wanted = profile.modules.clone();
+    if let Some(sb) = &profile.secure_boot {
+        wanted.extend(measure::STATE_MODULES.iter().map(|m| Located {
+            value: (*m).to_owned(),
+            at: sb.at.clone(),
+        }));
+    }
+    wanted
+}
+
+/// The owner's recovery key (`[state] recovery-key`); warns when an encrypting profile has
+/// none.
+fn recovery_key(profile: &Profile) -> Result<Option<[u8; 32]>> {
+    match &profile.state.recovery_key {
+        Some(path) => sealed::read_recovery_public(path)
+            .map(Some)
+            .with_context(|| format!("{}: state.recovery-key", path.at)),
+        None => {
+            if measure::encrypted(profile) {
+                report::warn(format!(
+                    "{} encrypts /var but names no state.recovery-key: a host whose TPM is \
+                     cleared or whose disk moves loses its /var. Make an owner key with \
+                     `cargo xtask keygen --recovery` and name its .pub (docs/SECURE-BOOT.md)",
+                    profile.path.display()
+                ));
+            }
+            Ok(None)
+        }
+    }
+}
+
 /// Everything that determines the image, hashed: profile files, lock, init (and its crates,
-/// which the SBOM lists), public key, the Secure Boot certificate and enrolment files, epoch,
-/// and this builder's version.
+/// which the SBOM lists), public key, the Secure Boot certificate and enrolment files, the
+/// PCR signing key's public half, the owner's recovery key, epoch, and this builder's
+/// version.
+#[allow(clippy::too_many_arguments)]
 fn build_id(
     profile: &Profile,
     lock: &Lock,
@@ -676,6 +741,7 @@ fn build_id(
     init_crates: Option<&[sbom::Crate]>,
     key: &SigningKey,
     secure_boot: Option<&(KeySet, secureboot::Enroll)>,
+    pcr_signer: Option<&measure::PcrSigner>,
     epoch: u64,
 ) -> Result<Digest> {
     let mut parts: Vec<Vec<u8>> = vec![
@@ -701,6 +767,17 @@ fn build_id(
                 std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?,
             );
         }
+    }
+    if let Some(signer) = pcr_signer {
+        parts.push(b"pcr key".to_vec());
+        parts.push(signer.public_pem.clone());
+    }
+    if let Some(recovery) = &profile.state.recovery_key {
+        parts.push(b"recovery key".to_vec());
+        parts.push(
+            std::fs::read(&recovery.value)
+                .with_context(|| format!("cannot read {}", recovery.display()))?,
+        );
     }
     for file in &profile.files {
         parts.push(std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?);

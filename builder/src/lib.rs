@@ -3,8 +3,10 @@
 //! The pipeline follows the data (see `docs/ARCHITECTURE.md`):
 //! [`profile`] → [`lock`] → [`fetch`] (through [`apt`]) → [`deb`] into a [`tree`] →
 //! [`rootfs`] → [`verity`] → [`sign`] → [`initramfs`] (with [`kernel`] modules) → [`uki`]
-//! (signed by [`secureboot`] when the profile asks) → [`esp`] (on [`fat`]) → [`disk`] →
-//! [`formats`] → [`release`], with the [`sbom`] of what went in. [`build`] drives the
+//! (its PCR 11 policy signed by [`measure`], the whole signed by [`secureboot`] when the
+//! profile asks) → [`esp`] (on [`fat`]) → [`disk`] (the state partition made by [`state`],
+//! or left for the host to encrypt: [`sealed`]) → [`formats`] → [`release`], with the
+//! [`sbom`] of what went in. [`build`] drives the
 //! steps; [`report`] tells the user.
 //!
 //! Everything is built from files in user space (no loop devices, mounts or root
@@ -24,6 +26,7 @@ pub mod formats;
 pub mod initramfs;
 pub mod kernel;
 pub mod lock;
+pub mod measure;
 pub mod oci;
 pub mod output;
 pub mod profile;
@@ -32,6 +35,7 @@ pub mod repo;
 pub mod report;
 pub mod rootfs;
 pub mod sbom;
+pub mod sealed;
 pub mod secureboot;
 pub mod service;
 pub mod sign;

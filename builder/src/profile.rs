@@ -24,6 +24,7 @@ use toml::Spanned;
 
 use crate::secureboot::Enroll;
 use crate::service::{ServiceDecl, ServiceToml};
+use crust_format::sealed::{Encryption, WithoutTpm};
 
 /// Where a value was written: file and 1-based line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,6 +168,19 @@ pub struct SecureBoot {
     pub at: Origin,
 }
 
+/// `[state]`: whether the state partition (`/var`) is encrypted with a key sealed to the
+/// TPM ([`crate::measure`], docs/SECURE-BOOT.md), and what a host does without the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateTable {
+    /// `tpm` (default with `[secure-boot]`) or `none` (default without).
+    pub encryption: Located<Encryption>,
+    /// `refuse` (default) or `tmpfs`.
+    pub without_tpm: Located<WithoutTpm>,
+    /// The owner's X25519 public key (PEM) the volume key is also encrypted to, for
+    /// recovery; `None`: no recovery copy (the build warns).
+    pub recovery_key: Option<Located<PathBuf>>,
+}
+
 /// `[config]`: what user-data may be and do on the image's hosts
 /// ([`crust_format::user_data`]), and the image's own default user-data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +251,8 @@ pub struct Profile {
     pub signing_key: Option<Located<PathBuf>>,
     /// Secure Boot signing (`[secure-boot]`); `None` when the profile does not ask for it.
     pub secure_boot: Option<SecureBoot>,
+    /// The state partition's encryption (`[state]`).
+    pub state: StateTable,
     /// What user-data may be and do (`[config]`).
     pub config: HostConfigPolicy,
     /// Output formats.
@@ -325,6 +341,7 @@ struct Layer {
     disk: DiskLayer,
     signing: SigningLayer,
     secure_boot: SecureBootLayer,
+    state: StateLayer,
     config: ConfigLayer,
     output: OutputLayer,
     admin: AdminLayer,
@@ -394,6 +411,13 @@ struct SecureBootLayer {
     enroll: Opt<Enroll>,
 }
 
+#[derive(Debug, Default)]
+struct StateLayer {
+    encryption: Opt<String>,
+    without_tpm: Opt<String>,
+    recovery_key: Opt<PathBuf>,
+}
+
 /// `[config]` of one file. Its lists replace a base's instead of extending them: a
 /// variant that narrows what user-data may do must be able to.
 #[derive(Debug, Default)]
@@ -440,6 +464,8 @@ mod raw {
         pub signing: Signing,
         #[serde(default, rename = "secure-boot")]
         pub secure_boot: Option<Spanned<SecureBoot>>,
+        #[serde(default)]
+        pub state: State,
         #[serde(default)]
         pub config: Config,
         #[serde(default)]
@@ -567,6 +593,14 @@ mod raw {
     pub struct SecureBoot {
         pub keys: Option<Spanned<PathBuf>>,
         pub enroll: Option<Spanned<Enroll>>,
+    }
+
+    #[derive(Deserialize, Default)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct State {
+        pub encryption: Option<Spanned<String>>,
+        pub without_tpm: Option<Spanned<String>>,
+        pub recovery_key: Option<Spanned<PathBuf>>,
     }
 
     #[derive(Deserialize, Default)]
@@ -740,6 +774,11 @@ impl Layer {
                 }
                 None => SecureBootLayer::default(),
             },
+            state: StateLayer {
+                encryption: loc.opt(raw.state.encryption),
+                without_tpm: loc.opt(raw.state.without_tpm),
+                recovery_key: relative(loc.opt(raw.state.recovery_key)),
+            },
             config: ConfigLayer {
                 sources: raw.config.sources.map(|list| {
                     let list = loc.locate(list);
@@ -856,6 +895,11 @@ impl Layer {
                 keys: over.secure_boot.keys.or(self.secure_boot.keys),
                 enroll: over.secure_boot.enroll.or(self.secure_boot.enroll),
             },
+            state: StateLayer {
+                encryption: over.state.encryption.or(self.state.encryption),
+                without_tpm: over.state.without_tpm.or(self.state.without_tpm),
+                recovery_key: over.state.recovery_key.or(self.state.recovery_key),
+            },
             config: ConfigLayer {
                 sources: over.config.sources.or(self.config.sources),
                 signed: over.config.signed.or(self.config.signed),
@@ -900,6 +944,7 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
     let signing_key = resolve_signing(l.signing)?;
     let secure_boot = resolve_secure_boot(l.secure_boot)?;
     let config = resolve_config(l.config, secure_boot.as_ref(), &d)?;
+    let state = resolve_state(l.state, secure_boot.as_ref(), &d)?;
     let outputs = resolve_outputs(l.output, &d);
     let services = crate::service::resolve(
         l.services,
@@ -936,6 +981,7 @@ fn resolve(path: &Path, files: Vec<PathBuf>, l: Layer) -> Result<Profile, Profil
         state_size: disk.state,
         signing_key,
         secure_boot,
+        state,
         config,
         outputs,
         services,
@@ -1432,6 +1478,89 @@ fn resolve_secure_boot(l: SecureBootLayer) -> Result<Option<SecureBoot>, Profile
     }))
 }
 
+/// `[state]`: encryption (`tpm` by default with Secure Boot, which the sealing needs), what
+/// to do without the key, and the owner's recovery key file.
+fn resolve_state(
+    l: StateLayer,
+    secure_boot: Option<&SecureBoot>,
+    d: &Defaults,
+) -> Result<StateTable, ProfileError> {
+    let encryption = match l.encryption {
+        None => match secure_boot {
+            Some(sb) => Located {
+                value: Encryption::Tpm,
+                at: sb.at.clone(),
+            },
+            None => d.value(Encryption::None),
+        },
+        Some(e) => {
+            let value = match e.value.as_str() {
+                "tpm" => Encryption::Tpm,
+                "none" => Encryption::None,
+                other => {
+                    return Err(invalid(
+                        &e.at,
+                        "state.encryption",
+                        format!("{other:?} is not an encryption; use \"tpm\" or \"none\""),
+                    ));
+                }
+            };
+            Located { value, at: e.at }
+        }
+    };
+    if encryption.value == Encryption::Tpm && secure_boot.is_none() {
+        return Err(invalid(
+            &encryption.at,
+            "state.encryption",
+            "\"tpm\" needs [secure-boot]: the key is sealed to PCR 7 (Secure Boot with your keys) \
+             and to PCR 11 policies signed by the key set's PCR key; add a [secure-boot] table \
+             or set encryption = \"none\""
+                .into(),
+        ));
+    }
+    let without_tpm = match l.without_tpm {
+        None => Located {
+            value: WithoutTpm::Refuse,
+            at: encryption.at.clone(),
+        },
+        Some(w) => {
+            let value = match w.value.as_str() {
+                "refuse" => WithoutTpm::Refuse,
+                "tmpfs" => WithoutTpm::Tmpfs,
+                other => {
+                    return Err(invalid(
+                        &w.at,
+                        "state.without-tpm",
+                        format!(
+                            "{other:?} is not a policy; use \"refuse\" (stop the boot) or \
+                             \"tmpfs\" (a /var that is not kept)"
+                        ),
+                    ));
+                }
+            };
+            Located { value, at: w.at }
+        }
+    };
+    if let Some(key) = &l.recovery_key
+        && !key.is_file()
+    {
+        return Err(invalid(
+            &key.at,
+            "state.recovery-key",
+            format!(
+                "{} is not a file; make an owner key pair with `cargo xtask keygen --recovery` \
+                 and name its .pub here",
+                key.display()
+            ),
+        ));
+    }
+    Ok(StateTable {
+        encryption,
+        without_tpm,
+        recovery_key: l.recovery_key,
+    })
+}
+
 /// `[config]`: what user-data may be and do. `signed` defaults to on with Secure Boot.
 fn resolve_config(
     l: ConfigLayer,
@@ -1903,5 +2032,82 @@ packages = ["crun"]
                 "{extra}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn state_encryption_follows_secure_boot_and_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = Profile::load(&write(dir.path(), "plain.toml", BASE)).unwrap();
+        assert_eq!(plain.state.encryption.value, Encryption::None);
+        let sb = Profile::load(&write(
+            dir.path(),
+            "sb.toml",
+            &format!("{BASE}\n[secure-boot]\n"),
+        ))
+        .unwrap();
+        assert_eq!(sb.state.encryption.value, Encryption::Tpm);
+        assert_eq!(sb.state.without_tpm.value, WithoutTpm::Refuse);
+        assert_eq!(sb.state.recovery_key, None);
+
+        std::fs::write(dir.path().join("owner.pub"), "key").unwrap();
+        let top = Profile::load(&write(
+            dir.path(),
+            "top.toml",
+            "include = \"sb.toml\"\n[state]\nwithout-tpm = \"tmpfs\"\nrecovery-key = \"owner.pub\"\n",
+        ))
+        .unwrap();
+        assert_eq!(top.state.encryption.value, Encryption::Tpm);
+        assert_eq!(top.state.without_tpm.value, WithoutTpm::Tmpfs);
+        assert_eq!(
+            top.state.recovery_key.unwrap().value,
+            dir.path().join("owner.pub")
+        );
+        let off = Profile::load(&write(
+            dir.path(),
+            "off.toml",
+            "include = \"sb.toml\"\n[state]\nencryption = \"none\"\n",
+        ))
+        .unwrap();
+        assert_eq!(off.state.encryption.value, Encryption::None);
+    }
+
+    #[test]
+    fn state_mistakes_name_the_field_and_the_remedy() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, extra, want) in [
+            (
+                "a.toml",
+                "[state]\nencryption = \"tpm\"\n",
+                "a.toml:15: state.encryption",
+            ),
+            (
+                "b.toml",
+                "[secure-boot]\n[state]\nencryption = \"luks\"\n",
+                "b.toml:16: state.encryption",
+            ),
+            (
+                "c.toml",
+                "[secure-boot]\n[state]\nwithout-tpm = \"require\"\n",
+                "c.toml:16: state.without-tpm",
+            ),
+            (
+                "d.toml",
+                "[secure-boot]\n[state]\nrecovery-key = \"nope.pub\"\n",
+                "keygen --recovery",
+            ),
+            ("e.toml", "[state]\nencrypted = true\n", "unknown field"),
+        ] {
+            let p = write(dir.path(), name, &format!("{BASE}\n{extra}"));
+            let err = Profile::load(&p).unwrap_err().to_string();
+            assert!(err.contains(want), "{name}: {err}");
+        }
+        let err = Profile::load(&write(
+            dir.path(),
+            "f.toml",
+            &format!("{BASE}\n[state]\nencryption = \"tpm\"\n"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("needs [secure-boot]"), "{err}");
     }
 }

@@ -25,7 +25,7 @@ use object::pe::{
 use object::read::pe::ImageNtHeaders;
 
 /// The parts of a UKI, in the order their sections are added (`.linux` last, as ukify does).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Parts<'a> {
     /// os-release of the image (systemd-boot shows and sorts entries by it).
     pub os_release: &'a str,
@@ -37,6 +37,11 @@ pub struct Parts<'a> {
     pub initrd: &'a [u8],
     /// The kernel bzImage.
     pub linux: &'a [u8],
+    /// The public key whose signatures of PCR 11 policies unseal the state's key (PEM);
+    /// systemd's stub measures it into PCR 11 ([`crate::measure`]).
+    pub pcrpkey: Option<&'a [u8]>,
+    /// The signed PCR 11 policy (systemd's JSON); not measured.
+    pub pcrsig: Option<&'a [u8]>,
 }
 
 const SECTION_HEADER_SIZE: usize = 40;
@@ -76,13 +81,19 @@ pub fn assemble(stub: &[u8], parts: &Parts<'_>) -> Result<Vec<u8>> {
     let size_of_headers = opt.size_of_headers.get(LE) as usize;
     let count = sections.len();
 
-    let new: [(&[u8; 8], &[u8]); 5] = [
+    let mut new: Vec<(&[u8; 8], &[u8])> = vec![
         (b".osrel\0\0", parts.os_release.as_bytes()),
         (b".cmdline", parts.cmdline.as_bytes()),
         (b".uname\0\0", parts.uname.as_bytes()),
-        (b".initrd\0", parts.initrd),
-        (b".linux\0\0", parts.linux),
     ];
+    if let Some(key) = parts.pcrpkey {
+        new.push((b".pcrpkey", key));
+    }
+    if let Some(sig) = parts.pcrsig {
+        new.push((b".pcrsig\0", sig));
+    }
+    new.push((b".initrd\0", parts.initrd));
+    new.push((b".linux\0\0", parts.linux));
     for (name, _) in &new {
         if sections.iter().any(|s| &s.name == *name) {
             bail!(
@@ -183,6 +194,8 @@ mod tests {
             uname: "6.1.0-test",
             initrd: &initrd,
             linux: &linux,
+            pcrpkey: None,
+            pcrsig: None,
         };
         let uki = assemble(&stub(), &parts).unwrap();
         assert_eq!(assemble(&stub(), &parts).unwrap(), uki, "deterministic");
@@ -240,6 +253,39 @@ mod tests {
     }
 
     #[test]
+    fn the_pcr_key_and_signature_fit_the_stubs_header_room() {
+        // Seven sections: systemd 252's stub has room for exactly seven more headers.
+        let parts = Parts {
+            os_release: "ID=crust\n",
+            cmdline: "console=ttyS0",
+            uname: "6.1.0-test",
+            initrd: &[1; 3000],
+            linux: &[2; 5000],
+            pcrpkey: Some(b"-----BEGIN PUBLIC KEY-----\n"),
+            pcrsig: Some(br#"{"sha256":[]}"#),
+        };
+        let uki = assemble(&stub(), &parts).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("uki.efi");
+        std::fs::write(&path, &uki).unwrap();
+        for (section, want) in [
+            (".pcrpkey", parts.pcrpkey.unwrap()),
+            (".pcrsig", parts.pcrsig.unwrap()),
+            (".linux", parts.linux),
+        ] {
+            let out_file = dir.path().join(section.trim_start_matches('.'));
+            let ok = Command::new("objcopy")
+                .args(["-O", "binary", "--only-section", section])
+                .arg(&path)
+                .arg(&out_file)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "{section}");
+            assert_eq!(std::fs::read(out_file).unwrap(), want, "{section}");
+        }
+    }
+
+    #[test]
     fn sections_follow_each_other_without_gaps_and_nothing_follows_them() {
         let stub = stub();
         let parts = Parts {
@@ -248,6 +294,8 @@ mod tests {
             uname: "6.1.0-test",
             initrd: &[1; 3000],
             linux: &[2; 5000],
+            pcrpkey: None,
+            pcrsig: None,
         };
         let uki = assemble(&stub, &parts).unwrap();
         let dos = ImageDosHeader::parse(uki.as_slice()).unwrap();
@@ -285,6 +333,8 @@ mod tests {
             uname: "",
             initrd: &[],
             linux: &[],
+            pcrpkey: None,
+            pcrsig: None,
         };
         assert!(assemble(b"MZ not really", &parts).is_err());
     }

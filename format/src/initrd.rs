@@ -29,6 +29,15 @@ pub const RUN_PUBLIC_KEY: &str = "/run/crust/verify.pub";
 /// of [`boot_keys`].
 pub const RUN_BOOT: &str = "/run/crust/boot";
 
+/// Where systemd's stub puts the UKI's `.pcrsig` section (the PCR 11 policies signed at
+/// build time) in the initramfs, as an extra cpio archive after the UKI's own.
+pub const STUB_PCR_SIGNATURE: &str = ".extra/tpm2-pcr-signature.json";
+/// Stage 1's copy of it, for stage 2, which unseals `/var`'s key.
+pub const RUN_PCR_SIGNATURE: &str = "/run/crust/tpm2-pcr-signature.json";
+/// The event log of what the init extended into the TPM's PCRs, one line per event:
+/// `<pcr> <sha256 of the event, hex> <event>`.
+pub const RUN_MEASUREMENTS: &str = "/run/crust/measurements";
+
 /// Where stage 1 keeps the writable layer of the `/etc` overlay (on the `/run` tmpfs, so
 /// `/etc` starts each boot as the verified root has it).
 pub const ETC_OVERLAY_DIR: &str = "/run/crust/etc";

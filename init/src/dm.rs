@@ -73,7 +73,8 @@ struct DmTargetSpec {
     target_type: [u8; DM_MAX_TYPE_NAME],
 }
 
-/// Room for one target's parameters; a verity table line is about 200 bytes.
+/// Room for one target's parameters; a verity table line is about 200 bytes, a crypt line
+/// with its 512-bit key about 180.
 const PARAMS_MAX: usize = 4096 - size_of::<DmIoctl>() - size_of::<DmTargetSpec>();
 
 /// A whole request: header, then at most one target and its parameters. The kernel is
@@ -248,16 +249,20 @@ impl Control {
         Ok(DevNum::from_huge(msg.header.dev))
     }
 
-    /// Loads a one-target table, read-only, into the device's inactive slot.
-    pub fn load_table(&self, name: &str, target: &Target<'_>) -> Result<()> {
-        let mut msg = Message::new(name, "", DM_READONLY_FLAG)
+    /// Loads a one-target table into the device's inactive slot, with the table flags
+    /// given ([`DM_READONLY_FLAG`], or `0`: read-write). The request buffer is wiped
+    /// afterwards: a `crypt` table carries its key.
+    fn load_table_with(&self, name: &str, target: &Target<'_>, flags: u32) -> Result<()> {
+        let mut msg = Message::new(name, "", flags)
             .and_then(|m| m.with_target(target))
             .map_err(|e| Error::new("verity", e))?;
-        self.call(
+        let result = self.call(
             &format!("table load of {name:?} ({} target)", target.kind),
             DM_TABLE_LOAD_CMD,
             &mut msg,
-        )
+        );
+        zeroize::Zeroize::zeroize(&mut msg.params);
+        result
     }
 
     /// Resumes the device, which makes the loaded table live.
@@ -299,6 +304,16 @@ impl Control {
 
 /// Creates device `name` with one live, read-only target; returns its device number.
 pub fn create_device(name: &str, uuid: &str, target: &Target<'_>) -> Result<DevNum> {
+    create(name, uuid, target, DM_READONLY_FLAG)
+}
+
+/// Creates device `name` with one live, read-write target (dm-crypt's); returns its device
+/// number.
+pub fn create_writable_device(name: &str, uuid: &str, target: &Target<'_>) -> Result<DevNum> {
+    create(name, uuid, target, 0)
+}
+
+fn create(name: &str, uuid: &str, target: &Target<'_>, flags: u32) -> Result<DevNum> {
     let control = Control::open()?;
     let version = control.version()?;
     if version[0] != INTERFACE_VERSION[0] {
@@ -309,7 +324,7 @@ pub fn create_device(name: &str, uuid: &str, target: &Target<'_>) -> Result<DevN
     }
     let dev = control.create(name, uuid)?;
     let live = control
-        .load_table(name, target)
+        .load_table_with(name, target, flags)
         .and_then(|()| control.resume(name));
     if let Err(e) = live {
         // Leave nothing half-made behind; the error that matters is the first one.

@@ -13,9 +13,10 @@
 //! [`manifest`], [`efivar`], [`disk`], [`dm`] and [`switch_root`] are stage 1's steps;
 //! [`power`] and [`shutdown`] are stage 2's, as are [`config`] (user-data), [`volumes`]
 //! (data disks, set up by a helper process: this binary started again by PID 1),
-//! [`net`] (DHCP and static addressing) and [`clock`] (SNTP); [`console`], [`cmdline`], [`mounts`],
-//! [`devnode`], [`bootinfo`] and [`error`] serve both. The only `unsafe` is the
-//! device-mapper ioctl in [`dm`].
+//! [`net`] (DHCP and static addressing) and [`clock`] (SNTP); [`console`], [`cmdline`],
+//! [`mounts`], [`devnode`], [`bootinfo`] and [`error`] serve both. [`tpm`] speaks to the
+//! TPM 2.0 (both stages measure into it; stage 2 unseals the key of the encrypted `/var`,
+//! [`sealed`]).
 
 mod bootinfo;
 mod clock;
@@ -38,12 +39,14 @@ mod mounts;
 mod net;
 mod power;
 mod random;
+mod sealed;
 mod services;
 mod shutdown;
 mod stage1;
 mod stage2;
 mod state;
 mod switch_root;
+mod tpm;
 mod update;
 mod volumes;
 

@@ -89,6 +89,13 @@ pub fn run() -> Result<Infallible> {
             m.kernel_release
         ));
     }
+    // Measured boot: the root hash this boot trusts goes into PCR 12 before it selects a
+    // partition. The UKI's signed PCR 11 policies are kept for stage 2, which unseals /var.
+    crate::tpm::measure::event(
+        crust_format::pcr::CRUST,
+        &format!("root-hash={}", m.verity.root_hash),
+    );
+    keep_pcr_signature();
 
     // disk
     let esp = boot_loader_facts(&mut boot);
@@ -149,6 +156,26 @@ pub fn run() -> Result<Infallible> {
     );
 
     switch_root::run(Path::new(initrd::SYSROOT), boot)
+}
+
+/// Copies the UKI's `.pcrsig` (which systemd's stub put into the initramfs) to `/run`, where
+/// stage 2 finds it; an image without one has nothing to copy.
+fn keep_pcr_signature() {
+    let from = Path::new("/").join(initrd::STUB_PCR_SIGNATURE);
+    if !from.is_file() {
+        return;
+    }
+    let copied = fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(initrd::RUN_DIR)
+        .and_then(|()| fs::copy(&from, initrd::RUN_PCR_SIGNATURE));
+    if let Err(e) = copied {
+        console::warning(&format!(
+            "cannot keep {}: {e}; /var's key will not unseal",
+            from.display()
+        ));
+    }
 }
 
 /// Mounts efivarfs and reads what systemd-boot reports; returns the ESP's partition UUID.

@@ -78,7 +78,7 @@ pub fn run() -> Result<Infallible> {
     // Listening for dm-verity's reports before anything reads much of the root.
     let verity_watch = crate::update::corruption::Watch::new();
     let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
-    console::phase(Phase::State, &state::setup(&disk));
+    console::phase(Phase::State, &state::setup(&disk)?);
 
     let mut network = net::Network::start();
     let host = config::phase(&mut network, &disk);

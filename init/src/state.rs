@@ -8,6 +8,12 @@
 //! A broken state partition does not take the host down: a reboot loop would not repair it,
 //! and a rollback to the other slot would meet the same disk. The host comes up with a
 //! tmpfs on `/var` instead and says so on the console, naming the device and what to do.
+//!
+//! An encrypted state partition ([`crate::sealed`]) is opened through dm-crypt first, its
+//! key unsealed from the TPM (made, sealed and formatted on the first boot). When the key
+//! cannot be had, the image's `without-tpm` policy decides: refuse the boot (an error, so a
+//! new version that cannot unseal rolls back), or a tmpfs `/var`. The partition itself is
+//! never written then.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -25,11 +31,17 @@ use crate::devnode::{self, Kind};
 use crate::disk;
 use crate::error::{Context, Error, Result};
 use crate::grow::{self, Growth};
+use crate::sealed::{self, Opened};
+use crust_format::layout::STATE_LABEL;
+use crust_format::sealed::{Encryption, WithoutTpm};
 
 /// The mount point.
 pub const VAR: &str = "/var";
 /// e2fsck in the verified root (Debian's e2fsprogs).
 const E2FSCK: &str = "/usr/sbin/e2fsck";
+/// mke2fs, from the same package: the file system of an encrypted partition is made on the
+/// host, inside dm-crypt, on its first boot.
+const MKE2FS: &str = "/usr/sbin/mke2fs";
 /// The host's machine id, kept across boots.
 const MACHINE_ID: &str = "machine-id";
 /// Boots on this disk so far.
@@ -63,35 +75,74 @@ pub struct State {
     pub new_id: bool,
     /// Boots so far, this one included.
     pub boots: u64,
+    /// How it is encrypted (`None`: a plain ext4).
+    pub encryption: Option<String>,
+}
+
+/// Why the state partition was not mounted.
+#[derive(Debug)]
+enum Failure {
+    /// It could not be used (the caller falls back to a tmpfs).
+    Broken(Error),
+    /// Its key could not be had; the image's `without-tpm` policy decides.
+    NoKey(String),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Broken(e)
+    }
 }
 
 /// Sets up `/var` on the state partition of `disk`; on failure falls back to a tmpfs and
-/// returns the reason. Returns the console detail either way.
-pub fn setup(disk: &str) -> String {
-    match mount_state(disk) {
-        Ok(state) => describe(&state),
-        Err(e) => {
-            console::warning(&format!(
-                "{e}; /var is a tmpfs this boot: nothing written to it will be kept"
-            ));
-            let fallback = mount(
-                Some("tmpfs"),
-                VAR,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("mode=0755"),
-            );
-            let id = fallback.ok().and_then(|_| identity(Path::new(VAR)).ok());
-            if let Some((id, _)) = &id {
-                install_machine_id(id);
+/// returns the reason. Returns the console detail either way, or an error when the key of
+/// an encrypted partition cannot be had and the image refuses to run without it.
+pub fn setup(disk: &str) -> Result<String> {
+    let policy = sealed::policy();
+    let (why, note) = match mount_state(disk, &policy) {
+        Ok(state) => return Ok(describe(&state)),
+        Err(Failure::Broken(e)) => (e.check.to_owned(), e.to_string()),
+        Err(Failure::NoKey(why)) => {
+            if policy.without_tpm == WithoutTpm::Refuse {
+                return Err(Error::new(
+                    "state-key",
+                    format!(
+                        "/var's key is not available: {why}. This image refuses to run without \
+                         its encrypted /var (state.without-tpm = \"refuse\"); the data on it is \
+                         untouched"
+                    ),
+                )
+                .advice(
+                    "boot it on the machine and TPM it was sealed on, with Secure Boot on, or \
+                     recover the data with the owner's recovery key (docs/SECURE-BOOT.md#recovery)",
+                ));
             }
-            format!(
-                "NOT persistent ({}); machine-id {}",
-                e.check,
-                id.map_or("none".into(), |(id, _)| id)
+            (
+                "state-key".to_owned(),
+                format!(
+                    "/var's key is not available: {why}; the encrypted state partition is untouched"
+                ),
             )
         }
+    };
+    console::warning(&format!(
+        "{note}; /var is a tmpfs this boot: nothing written to it will be kept"
+    ));
+    let fallback = mount(
+        Some("tmpfs"),
+        VAR,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    );
+    let id = fallback.ok().and_then(|_| identity(Path::new(VAR)).ok());
+    if let Some((id, _)) = &id {
+        install_machine_id(id);
     }
+    Ok(format!(
+        "NOT persistent ({why}); machine-id {}",
+        id.map_or("none".into(), |(id, _)| id)
+    ))
 }
 
 fn describe(s: &State) -> String {
@@ -105,8 +156,13 @@ fn describe(s: &State) -> String {
         Check::Repaired => "repaired by e2fsck",
         Check::Skipped => "not checked (no e2fsck)",
     };
+    let encryption = s
+        .encryption
+        .as_ref()
+        .map(|e| format!(" encrypted ({e}),"))
+        .unwrap_or_default();
     format!(
-        "{} ext4 on /var, {}{grown}, {check}; machine-id {} ({}), boot {}",
+        "{}{encryption} ext4 on /var, {}{grown}, {check}; machine-id {} ({}), boot {}",
         s.device.display(),
         size(s.size),
         &s.machine_id[..12.min(s.machine_id.len())],
@@ -115,7 +171,10 @@ fn describe(s: &State) -> String {
     )
 }
 
-fn mount_state(disk: &str) -> Result<State> {
+fn mount_state(
+    disk: &str,
+    policy: &crust_format::sealed::StatePolicy,
+) -> std::result::Result<State, Failure> {
     let disk_node = Path::new("/dev").join(disk);
     let block_size = match fs::read_to_string(format!(
         "{}/{disk}/queue/logical_block_size",
@@ -138,9 +197,40 @@ fn mount_state(disk: &str) -> Result<State> {
             format!("the kernel shows no partition {number} on {disk}"),
         )
     })?;
-    let device = part.node();
-    devnode::ensure(&device, Kind::Block, part.dev, Duration::from_secs(1))
-        .context("state", || format!("cannot create {}", device.display()))?;
+    let partition = part.node();
+    devnode::ensure(&partition, Kind::Block, part.dev, Duration::from_secs(1))
+        .context("state", || format!("cannot create {}", partition.display()))?;
+
+    let (device, fs_bytes, encryption) =
+        match sealed::open(&partition, part.dev, part.sectors, policy) {
+            Ok(Opened::Plain) => {
+                if policy.encryption == Encryption::Tpm {
+                    console::warning(&format!(
+                        "{} is a plain ext4 made by an image without encryption: /var is NOT \
+                         encrypted (whoever holds the disk reads it); to encrypt it, copy its data \
+                         off and reinstall",
+                        partition.display()
+                    ));
+                }
+                (partition.clone(), grown.map(|g| g.new_bytes), None)
+            }
+            Ok(Opened::Crypt(mut crypt)) => {
+                if crypt.format {
+                    let made = std::time::Instant::now();
+                    make_file_system(&crypt.node)?;
+                    crypt.formatted()?;
+                    crypt
+                        .detail
+                        .push_str(&format!("; ext4 made in {} ms", made.elapsed().as_millis()));
+                }
+                let detail = format!("as {}: {}", crypt.node.display(), crypt.detail);
+                (crypt.node.clone(), grown.map(|_| crypt.size), Some(detail))
+            }
+            Err(sealed::OpenError::NoKey(why)) => return Err(Failure::NoKey(why)),
+            Err(sealed::OpenError::Broken(why)) => {
+                return Err(Failure::Broken(Error::new("state", why)));
+            }
+        };
 
     let check = check(&device)?;
     mount(
@@ -156,8 +246,8 @@ fn mount_state(disk: &str) -> Result<State> {
     .context("state", || {
         format!("cannot mount {} (ext4) on {VAR}", device.display())
     })?;
-    let size = match grown {
-        Some(g) => grow::grow_ext4(Path::new(VAR), g.new_bytes)?,
+    let size = match fs_bytes {
+        Some(bytes) => grow::grow_ext4(Path::new(VAR), bytes)?,
         None => {
             let st =
                 nix::sys::statvfs::statvfs(VAR).context("state", || "cannot stat /var".into())?;
@@ -181,14 +271,54 @@ fn mount_state(disk: &str) -> Result<State> {
     install_machine_id(&machine_id);
     let boots = count_boot(&Path::new(STATE_DIR).join(BOOT_COUNT))?;
     Ok(State {
-        device,
+        device: if encryption.is_some() {
+            partition
+        } else {
+            device
+        },
         size,
         grown,
         check,
         machine_id,
         new_id,
         boots,
+        encryption,
     })
+}
+
+/// Makes the ext4 of an encrypted state partition inside dm-crypt (a first boot). Lazy
+/// inode table and journal initialisation: what lies under them decrypts to noise, which
+/// neither ext4 nor its journal replay ever reads as their own.
+fn make_file_system(device: &Path) -> Result<()> {
+    let out = Command::new(MKE2FS)
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-L",
+            STATE_LABEL,
+            "-m",
+            "1",
+        ])
+        .args(["-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(device)
+        .env("PATH", "/usr/sbin:/usr/bin")
+        .output()
+        .context("state", || format!("cannot run {MKE2FS}"))?;
+    if !out.status.success() {
+        return Err(Error::new(
+            "state",
+            format!(
+                "mke2fs failed on {}: {}",
+                device.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Runs `e2fsck -p` (preen: repair what is safe without questions).

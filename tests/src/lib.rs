@@ -243,7 +243,24 @@ impl Disk {
     /// rules, SMBIOS fields).
     pub fn boot_with(&mut self, opts: BootOptions, adjust: impl FnOnce(&mut Config)) -> TestVm {
         let serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-        self.start(opts, adjust, Some(serial))
+        self.start(opts, None, adjust, Some(serial))
+    }
+
+    /// [`Disk::boot_with`] on a machine with a TPM 2.0 whose state is the folder `tpm` (made
+    /// if missing: a new TPM; the same folder again: the same TPM, as a machine keeps it).
+    pub fn boot_with_tpm(
+        &mut self,
+        opts: BootOptions,
+        tpm: &Path,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestVm {
+        let serial = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+        self.start(opts, Some(tpm), adjust, Some(serial))
+    }
+
+    /// The folder of this disk's own TPM state ([`Disk::boot_with_tpm`]).
+    pub fn tpm_state(&self) -> PathBuf {
+        self.scratch.path().join("tpm")
     }
 
     /// [`Disk::boot_with`] without waiting for other machines of this test binary: for a
@@ -253,12 +270,13 @@ impl Disk {
         opts: BootOptions,
         adjust: impl FnOnce(&mut Config),
     ) -> TestVm {
-        self.start(opts, adjust, None)
+        self.start(opts, None, adjust, None)
     }
 
     fn start(
         &mut self,
         opts: BootOptions,
+        tpm: Option<&Path>,
         adjust: impl FnOnce(&mut Config),
         serial: Option<MutexGuard<'static, ()>>,
     ) -> TestVm {
@@ -275,12 +293,18 @@ impl Disk {
         };
         config.qmp_socket = Some(dir.join("qmp.sock"));
         config.no_reboot = opts.no_reboot;
+        let swtpm = tpm.map(|state| {
+            let swtpm = crust_vm::tpm::Swtpm::for_qemu(state).expect("swtpm");
+            config.tpm = swtpm.socket.clone();
+            swtpm
+        });
         adjust(&mut config);
         let log = dir.join(format!("console-{}.log", self.boots));
         let vm = Vm::start(&config, Some(&log), true).expect("start QEMU");
         TestVm {
             vm,
             accel,
+            _tpm: swtpm,
             _serial: serial,
         }
     }
@@ -293,6 +317,8 @@ pub struct TestVm {
     pub vm: Vm,
     /// The accelerator used.
     pub accel: Accel,
+    /// The machine's TPM, if it has one (ended after QEMU).
+    _tpm: Option<crust_vm::tpm::Swtpm>,
     _serial: Option<MutexGuard<'static, ()>>,
 }
 
@@ -530,6 +556,8 @@ pub fn edit_initramfs(raw: &Path, uki_name: &str, edit: impl FnOnce(&Path)) {
             uname: &text(&uname),
             initrd: &initrd,
             linux: &linux,
+            pcrpkey: None,
+            pcrsig: None,
         },
     )
     .expect("UKI");

@@ -16,6 +16,9 @@
 //! - `sbverify` (another implementation than the signer's) accepts systemd-boot and the UKI
 //!   with the db certificate, and a second build with the same keys gives the same image.
 //!
+//! The profile encrypts `/var` with a key sealed to the TPM (the default with
+//! `[secure-boot]`), so the machines have one (swtpm); `sealed.rs` tests the sealing.
+//!
 //! `cargo xtask test` passes the init (`CRUST_TEST_INIT`) and `virt-fw-vars`
 //! (`CRUST_TEST_VIRT_FW_VARS`). The tests here build and boot, so they run one at a time.
 
@@ -176,7 +179,10 @@ fn boot_secure(
 ) -> (Disk, crust_tests::TestVm) {
     let mut disk = Disk::over(raw, image_dir);
     let vars = disk.scratch.path().join("efivars-secure-boot.fd");
-    let vm = disk.boot_with(opts, |config| {
+    // The profile's /var is sealed to a TPM (encryption = "tpm" is the default with
+    // [secure-boot]): the machine has one.
+    let tpm = disk.tpm_state();
+    let vm = disk.boot_with_tpm(opts, &tpm, |config| {
         config.firmware = Firmware::secure_boot(&vars, template).expect("Secure Boot firmware");
     });
     (disk, vm)
@@ -235,7 +241,8 @@ fn signed_image_boots_with_secure_boot_enforced_and_takes_only_signed_user_data(
         config.firmware = Firmware::secure_boot(&vars, &template).expect("Secure Boot firmware");
         config.extra_drives.push(seed.clone());
     };
-    let mut vm = disk.boot_with(BootOptions::default(), |c| machine(c));
+    let tpm = disk.tpm_state();
+    let mut vm = disk.boot_with_tpm(BootOptions::default(), &tpm, |c| machine(c));
     let bound = boot_timeout(vm.accel);
     vm.vm
         .wait_for_text(ENABLED, bound)
@@ -298,7 +305,7 @@ fn signed_image_boots_with_secure_boot_enforced_and_takes_only_signed_user_data(
         &seed,
     )
     .expect("seed");
-    let mut vm = disk.boot_with(BootOptions::default(), |c| machine(c));
+    let mut vm = disk.boot_with_tpm(BootOptions::default(), &tpm, |c| machine(c));
     let config = vm
         .vm
         .wait_for_phase(Phase::Config, bound)

@@ -93,19 +93,42 @@ pub struct Enrolment<'a> {
 /// Boot turned on (no Microsoft keys: only the user's signatures boot), made by the
 /// `virt-fw-vars` program at `virt_fw_vars`.
 pub fn enrolled_store(virt_fw_vars: &Path, keys: &Enrolment<'_>, out: &Path) -> Result<()> {
+    enrolled_store_with(virt_fw_vars, keys, &[], true, out)
+}
+
+/// [`enrolled_store`] with further certificates in db (another key set's, say: the
+/// firmware then runs what either db key signed), and Secure Boot on or, with `enforce`
+/// false, off as a firmware setup screen turns it off: the keys stay enrolled (no setup
+/// mode), the firmware runs anything.
+pub fn enrolled_store_with(
+    virt_fw_vars: &Path,
+    keys: &Enrolment<'_>,
+    more_db: &[&Path],
+    enforce: bool,
+    out: &Path,
+) -> Result<()> {
     if !Path::new(OVMF_VARS).is_file() {
         bail!("{OVMF_VARS} is missing: install the ovmf package");
     }
-    let result = Command::new(virt_fw_vars)
-        .args(["--input", OVMF_VARS, "--output"])
+    let mut cmd = Command::new(virt_fw_vars);
+    cmd.args(["--input", OVMF_VARS, "--output"])
         .arg(out)
         .args(["--set-pk", keys.owner])
         .arg(keys.pk)
         .args(["--add-kek", keys.owner])
         .arg(keys.kek)
         .args(["--add-db", keys.owner])
-        .arg(keys.db)
-        .arg("--secure-boot")
+        .arg(keys.db);
+    for db in more_db {
+        cmd.args(["--add-db", keys.owner]).arg(db);
+    }
+    if enforce {
+        cmd.arg("--secure-boot");
+    } else {
+        // What "Secure Boot: Disabled" in OVMF's setup screen stores.
+        cmd.args(["--set-false", "SecureBootEnable"]);
+    }
+    let result = cmd
         .output()
         .with_context(|| format!("cannot run {}", virt_fw_vars.display()))?;
     if !result.status.success() {

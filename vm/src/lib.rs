@@ -6,7 +6,8 @@
 //! and its writable variable store ([`firmware`]), the QEMU command line ([`machine`]), the
 //! serial console as a stream of lines checked for kernel and init failures ([`console`]),
 //! and the QMP control socket for ACPI power events ([`qmp`]). For the host configuration
-//! tests it makes NoCloud seed disks ([`seed`]) and emulates EC2's IMDSv2 ([`imds`]).
+//! tests it makes NoCloud seed disks ([`seed`]) and emulates EC2's IMDSv2 ([`imds`]); a
+//! machine may have a TPM 2.0 ([`tpm`]: swtpm).
 
 pub mod accel;
 pub mod console;
@@ -16,6 +17,7 @@ pub mod machine;
 pub mod overlay;
 pub mod qmp;
 pub mod seed;
+pub mod tpm;
 
 pub use accel::Accel;
 pub use machine::{Config, DataDrive, DiskBus, Vm};

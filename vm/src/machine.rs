@@ -81,6 +81,8 @@ pub struct Config {
     /// Let [`Vm::type_text`] type on the serial console (QEMU's standard input becomes a
     /// pipe instead of nothing).
     pub console_input: bool,
+    /// A TPM 2.0: the control socket of the swtpm behind it ([`crate::tpm::Swtpm`]).
+    pub tpm: Option<PathBuf>,
 }
 
 impl Config {
@@ -103,6 +105,7 @@ impl Config {
             smbios: Vec::new(),
             user_network: None,
             console_input: false,
+            tpm: None,
         }
     }
 
@@ -198,6 +201,9 @@ impl Config {
             "-device",
             "virtio-net-pci,netdev=net0,romfile=",
         ]);
+        if let Some(socket) = &self.tpm {
+            cmd.args(crate::tpm::Swtpm::qemu_args(socket));
+        }
         cmd.args(["-serial", if interactive { "mon:stdio" } else { "stdio" }]);
         if let Some(qmp) = &self.qmp_socket {
             cmd.arg("-qmp")

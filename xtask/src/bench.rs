@@ -3,7 +3,8 @@
 //!
 //! One run builds the profile cold, warm and unchanged ([`build_time`]), measures the
 //! image it made ([`size`]), and boots it and the reference floor ([`floor`]) in turns
-//! ([`boot`]), reading each console as a timeline ([`timeline`]). Every figure is the
+//! ([`boot`]), reading each console as a timeline ([`timeline`]), and measures what the
+//! sealed `/var` costs at boot ([`sealed`]). Every figure is the
 //! median of `--iterations` runs ([`stats`]). The results go to the terminal as tables
 //! ([`table`]) and to `target/crust/bench/` as JSON ([`report`]) with an SVG boot chart
 //! ([`chart`]) of the median boot next to it; `latest.json` and `latest.svg` are the
@@ -15,6 +16,7 @@ mod chart;
 mod extents;
 mod floor;
 mod report;
+mod sealed;
 mod size;
 mod stats;
 mod table;
@@ -144,6 +146,19 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         })?),
         None => None,
     };
+    let sealed = if opts.boot {
+        let kernel = measured.out_dir.join(crust_builder::build::outputs::KERNEL);
+        let accel = crust_vm::accel::detect(&kernel, &image::crust_target())?;
+        Some(sealed::measure(
+            &profile,
+            &work.join("init"),
+            &work,
+            accel,
+            opts.iterations,
+        )?)
+    } else {
+        None
+    };
 
     let mut report = Report {
         schema: SCHEMA,
@@ -160,6 +175,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         build: measured.times,
         image: image_size,
         boot,
+        sealed,
         goals: Vec::new(),
     };
     report.goals = report.evaluate_goals();
@@ -240,6 +256,9 @@ fn boots(plan: &BootPlan<'_>) -> Result<BootTimes> {
             accel,
             demo_port,
             until: boot::Until::Up,
+            secure_boot: None,
+            tpm: None,
+            keep_disk: false,
         })?;
         image_boots.push((Timeline::read(&capture.lines, &services), capture.answered));
         say::status(
@@ -252,6 +271,9 @@ fn boots(plan: &BootPlan<'_>) -> Result<BootTimes> {
             accel,
             demo_port: None,
             until: boot::Until::Exit,
+            secure_boot: None,
+            tpm: None,
+            keep_disk: false,
         })?;
         floor_boots.push(Timeline::read(&capture.lines, &[]));
     }

@@ -50,6 +50,8 @@ pub const QEMU: &[Need] = &[
     need("qemu-img", "qemu-utils"),
     need("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
     need("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "ovmf"),
+    // The TPM 2.0 of Secure Boot machines.
+    need("swtpm", "swtpm"),
 ];
 
 /// The test suite's independent checkers.
@@ -97,6 +99,16 @@ pub const TEST: &[Need] = &[
     need("scmp_sys_resolver", "seccomp"),
     // Secure Boot signatures checked by another implementation than the signer's.
     need("sbverify", "sbsigntool"),
+    // The sealed /var: a software TPM for the machines and the command layer's tests,
+    // tpm2-tools and systemd-measure as independent oracles.
+    need("swtpm", "swtpm"),
+    need("tpm2_unseal", "tpm2-tools"),
+    need("/usr/lib/systemd/systemd-measure", "systemd"),
+    // The encrypted /var decrypted by another AES-XTS than the kernel's (OpenSSL's).
+    need(
+        "/usr/lib/python3/dist-packages/cryptography/__init__.py",
+        "python3-cryptography",
+    ),
     // Container images for the service tests: a registry, OCI layouts made by umoci,
     // copied by skopeo (which the builder also uses for registry images), busybox from
     // its package.

@@ -16,6 +16,7 @@ mod image;
 mod keys;
 mod publish;
 mod qemu;
+mod recover;
 mod sbom;
 mod test;
 mod user_data;
@@ -232,18 +233,35 @@ enum Cmd {
         #[arg(long, value_name = "OUT")]
         inline: Option<std::path::PathBuf>,
     },
-    /// Make an Ed25519 signing key pair (private key mode 0600), or with --secure-boot a
-    /// Secure Boot key set (PK, KEK, db) in DIR/secure-boot.
+    /// Make an Ed25519 signing key pair (private key mode 0600); with --secure-boot a
+    /// Secure Boot key set (PK, KEK, db and the PCR signing key) in DIR/secure-boot, or the
+    /// keys an existing set lacks; with --recovery an owner's X25519 recovery key pair.
     Keygen {
         /// Folder for the key files.
         #[arg(long, default_value = "keys")]
         dir: std::path::PathBuf,
-        /// Base name: NAME.key and NAME.pub (with --secure-boot: the certificates' name).
+        /// Base name: NAME.key and NAME.pub (with --secure-boot: the certificates' name;
+        /// with --recovery: NAME-recovery.key and NAME-recovery.pub).
         #[arg(long, default_value = "crust")]
         name: String,
         /// Make the Secure Boot key set instead (docs/SECURE-BOOT.md).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "recovery")]
         secure_boot: bool,
+        /// Make an owner's recovery key pair for `[state] recovery-key` instead.
+        #[arg(long)]
+        recovery: bool,
+    },
+    /// Recover the volume key of an encrypted /var from its disk (an image, a disk or the
+    /// state partition) with the owner's recovery key, into a file only you can read.
+    Recover {
+        /// The disk, image file or state partition.
+        disk: std::path::PathBuf,
+        /// The owner's private recovery key (NAME-recovery.key).
+        #[arg(long)]
+        key: std::path::PathBuf,
+        /// Where to write the 64-byte key (must not exist).
+        #[arg(long, default_value = "volume.key")]
+        out: std::path::PathBuf,
     },
     /// Measure build time, image size and boot time against the reference floor
     /// (docs/BENCHMARKS.md); results in target/crust/bench/.
@@ -364,6 +382,7 @@ fn run(cli: Cli) -> Result<()> {
             command: SbomCmd::Query { dir, package },
         } => sbom::query(&dir, &package)?,
         Cmd::Verify { dir, key } => keys::verify(&dir, key.as_deref())?,
+        Cmd::Recover { disk, key, out } => recover::run(&disk, &key, &out)?,
         Cmd::Flash {
             image,
             device,
@@ -475,8 +494,64 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Keygen {
             dir,
+            recovery: true,
+            name,
+            ..
+        } => {
+            host::ensure(&[host::BUILD])?;
+            let keys =
+                crust_builder::sealed::generate_recovery_key(&dir, &format!("{name}-recovery"))?;
+            report::status(
+                "Created",
+                format!(
+                    "{} (keep it offline: it opens every /var encrypted to it) and {}",
+                    keys.private.display(),
+                    keys.public.display()
+                ),
+            );
+            eprintln!(
+                "Set `[state] recovery-key = \"{}\"` in your profile: hosts then keep a copy of \
+                 their /var key encrypted to it (docs/SECURE-BOOT.md#recovery).",
+                keys.public.display()
+            );
+        }
+        Cmd::Keygen {
+            dir,
             name,
             secure_boot: true,
+            ..
+        } if dir
+            .join("secure-boot")
+            .join(crust_builder::secureboot::keys::OWNER_FILE)
+            .is_file() =>
+        {
+            host::ensure(&[host::BUILD])?;
+            let keys = crust_builder::secureboot::KeySet::open(&dir.join("secure-boot"))?;
+            let _ = name;
+            if keys.add_pcr_key()? {
+                report::status(
+                    "Added",
+                    format!(
+                        "{} and {} to the existing set (nothing else changed)",
+                        keys.pcr_key().display(),
+                        keys.pcr_public().display()
+                    ),
+                );
+            } else {
+                report::status(
+                    "Complete",
+                    format!(
+                        "{} lacks nothing; keys are never overwritten",
+                        keys.dir().display()
+                    ),
+                );
+            }
+        }
+        Cmd::Keygen {
+            dir,
+            name,
+            secure_boot: true,
+            ..
         } => {
             host::ensure(&[host::BUILD])?;
             let keys = crust_builder::secureboot::generate(&dir.join("secure-boot"), &name)?;
@@ -487,7 +562,8 @@ fn run(cli: Cli) -> Result<()> {
             report::status(
                 "Created",
                 format!(
-                    "{}: PK, KEK and db (.key: keep secret; .crt, .esl, .auth: public)",
+                    "{}: PK, KEK, db and the PCR signing key tpm2-pcr (.key: keep secret; .crt, \
+                     .esl, .auth, .pub: public)",
                     shown.display()
                 ),
             );

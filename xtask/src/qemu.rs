@@ -9,7 +9,9 @@
 //! With `--secure-boot` the machine runs OVMF's Secure Boot build, its variables
 //! (`efivars-secure-boot.fd`) starting from a store with the profile's PK, KEK and db
 //! enrolled and Secure Boot on ([`crust_vm::firmware::enrolled_store`]): the firmware then
-//! runs only what the profile's db key signed.
+//! runs only what the profile's db key signed. Such a machine also has a TPM 2.0
+//! ([`crust_vm::tpm::Swtpm`], its state in `tpm/` of the output folder, kept like the
+//! overlay), to which the image seals the key of its encrypted `/var`.
 
 use std::path::Path;
 
@@ -21,6 +23,7 @@ use crust_builder::report;
 use crust_builder::secureboot::{KeySet, Role};
 use crust_format::phase::{self, Phase};
 use crust_vm::firmware::{self, Firmware};
+use crust_vm::tpm::Swtpm;
 use crust_vm::{Config, DiskBus, Vm};
 
 use crate::host;
@@ -49,8 +52,9 @@ pub struct QemuOptions {
 pub const SECURE_BOOT_ENABLED: &str = "secureboot: Secure boot enabled";
 
 /// Prepares the machine for the image in `out_dir`: the overlay and firmware variables
-/// (fresh when the image was rebuilt or `reset` is asked) and the accelerator.
-fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<Config> {
+/// (fresh when the image was rebuilt or `reset` is asked), the accelerator, and for Secure
+/// Boot the TPM (running until the returned handle is dropped).
+fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<(Config, Option<Swtpm>)> {
     host::ensure(&[host::QEMU])?;
     let image = out_dir.join(outputs::IMAGE);
     if !image.is_file() {
@@ -65,10 +69,13 @@ fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<Config> {
     let base_id = std::fs::read_to_string(out_dir.join(outputs::BUILD_ID)).unwrap_or_default();
     let stamp = out_dir.join("run.build-id");
     let stale = std::fs::read_to_string(&stamp).ok().as_deref() != Some(base_id.as_str());
+    let tpm_state = out_dir.join("tpm");
     if opts.reset || stale || !overlay.exists() {
         for f in [&overlay, &vars, &secure_vars] {
             let _ = std::fs::remove_file(f);
         }
+        // The TPM holds what the old /var's key was sealed under: a new disk, a new TPM.
+        let _ = std::fs::remove_dir_all(&tpm_state);
         crust_vm::overlay::create(&image, &overlay)?;
         std::fs::write(&stamp, &base_id)?;
     }
@@ -78,6 +85,14 @@ fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<Config> {
         None => Firmware::with_vars(&vars)?,
     };
     let mut config = Config::new(&overlay, accel, firmware);
+    let tpm = match &opts.secure_boot {
+        Some(_) => {
+            let tpm = Swtpm::for_qemu(&tpm_state)?;
+            config.tpm = tpm.socket.clone();
+            Some(tpm)
+        }
+        None => None,
+    };
     config.bus = if opts.nvme {
         DiskBus::Nvme
     } else {
@@ -102,7 +117,7 @@ fn machine(out_dir: &Path, opts: &QemuOptions) -> Result<Config> {
             &handler,
         )?;
     }
-    Ok(config)
+    Ok((config, tpm))
 }
 
 /// The Secure Boot key folder of `profile`, for `--secure-boot`: its `secure-boot.keys`, or
@@ -157,7 +172,7 @@ fn secure_boot_firmware(out_dir: &Path, keys_dir: &Path, vars: &Path) -> Result<
 
 /// Boots the image in `out_dir` with the console on this terminal, until QEMU exits.
 pub fn interactive(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
-    let config = machine(out_dir, opts)?;
+    let (config, _tpm) = machine(out_dir, opts)?;
     eprintln!(
         "crust: booting {} under QEMU ({}); Ctrl-A X quits, Ctrl-A C opens the QEMU monitor",
         config.disk.display(),
@@ -186,7 +201,7 @@ fn fetch_page(port: u16) -> Result<String> {
 /// Boots the image without a terminal, shows that it came up (the init's phases and its
 /// ready line), then presses the ACPI power button and waits for a clean power-off.
 pub fn demonstrate(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
-    let mut config = machine(out_dir, opts)?;
+    let (mut config, _tpm) = machine(out_dir, opts)?;
     config.qmp_socket = Some(out_dir.join("qmp.sock"));
     config.no_reboot = true;
     let log = out_dir.join("console.log");

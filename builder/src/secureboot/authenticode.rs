@@ -175,6 +175,8 @@ mod tests {
                 uname: "6.1.0-test",
                 initrd: &[7; 10_000],
                 linux: &[9; 70_001],
+                pcrpkey: None,
+                pcrsig: None,
             },
         )
         .unwrap();

@@ -11,7 +11,15 @@
 //! `.esl` is the certificate as an EFI signature list, `.auth` that list signed as an
 //! update of its variable ([`super::lists`]). A build reads `db.key`, `db.crt` and the
 //! three `.auth` files; `PK.key` and `KEK.key` are needed again only to change the enrolled
-//! keys, and are best kept offline. RSA-2048 with SHA-256 is what every UEFI implementation
+//! keys, and are best kept offline.
+//!
+//! The set also holds the PCR signing key, `tpm2-pcr.key` and `tpm2-pcr.pub` (RSA-2048,
+//! like systemd's `tpm2-pcr-private-key.pem`): every build signs its UKI's PCR 11 policy
+//! with it, and the encrypted `/var` of a host unseals under any policy it signed
+//! ([`crate::measure`]). A key of its own, not the db key: whoever holds only `db.key` can
+//! make firmware run a UKI, but not make that UKI unseal anyone's `/var`. Sets made before
+//! it existed get one from `cargo xtask keygen --secure-boot --dir DIR` (which adds what is
+//! missing and touches nothing else), and the development set gets one on first use. RSA-2048 with SHA-256 is what every UEFI implementation
 //! accepts (larger keys fail on some firmware); the firmware ignores validity dates.
 
 use std::io::Write;
@@ -29,6 +37,10 @@ use crate::sign::KeyKind;
 
 /// The file holding the owner GUID.
 pub const OWNER_FILE: &str = "owner.guid";
+/// The PCR signing key (PKCS#8 PEM, mode 0600).
+pub const PCR_KEY_FILE: &str = "tpm2-pcr.key";
+/// Its public key (SPKI PEM).
+pub const PCR_PUBLIC_FILE: &str = "tpm2-pcr.pub";
 /// Days a certificate is valid: the firmware does not check, but tools show it.
 const VALID_DAYS: &str = "3650";
 
@@ -94,7 +106,9 @@ impl KeySet {
         if !dir.join(OWNER_FILE).is_file() {
             generate(&dir, "Crust development")?;
         }
-        Self::open_as(&dir, KeyKind::Development)
+        let set = Self::open_as(&dir, KeyKind::Development)?;
+        set.add_pcr_key()?;
+        Ok(set)
     }
 
     fn open_as(dir: &Path, kind: KeyKind) -> Result<Self> {
@@ -175,6 +189,51 @@ impl KeySet {
         let key = self.private_key(Role::Db);
         check_private(&key)?;
         Ok(Signer::new(&key, &self.certificate(Role::Db), signing_time))
+    }
+
+    /// `tpm2-pcr.key`: the PCR signing key.
+    pub fn pcr_key(&self) -> PathBuf {
+        self.dir.join(PCR_KEY_FILE)
+    }
+
+    /// `tpm2-pcr.pub`: its public key.
+    pub fn pcr_public(&self) -> PathBuf {
+        self.dir.join(PCR_PUBLIC_FILE)
+    }
+
+    /// Makes the PCR signing key if the set lacks it (sets made before it existed); returns
+    /// whether it did.
+    pub fn add_pcr_key(&self) -> Result<bool> {
+        if self.pcr_key().exists() {
+            return Ok(false);
+        }
+        make_key(&self.pcr_key())?;
+        let public = openssl(
+            Command::new("openssl")
+                .args(["pkey", "-pubout", "-in"])
+                .arg(self.pcr_key()),
+            "read the PCR key",
+        )?;
+        std::fs::write(self.pcr_public(), public)
+            .with_context(|| format!("cannot write {}", self.pcr_public().display()))?;
+        Ok(true)
+    }
+
+    /// The PCR signer of the set. Refuses a key others can read, and names the command that
+    /// adds a missing one.
+    pub fn pcr_signer(&self) -> Result<crate::measure::PcrSigner> {
+        let key = self.pcr_key();
+        if !key.is_file() {
+            bail!(
+                "the Secure Boot key folder {} has no {PCR_KEY_FILE} (the PCR signing key of \
+                 the sealed /var; sets made before it lack it): add it with `cargo xtask keygen \
+                 --secure-boot --dir {}`, which adds what is missing and touches nothing else",
+                self.dir.display(),
+                self.dir.parent().unwrap_or(&self.dir).display()
+            );
+        }
+        check_private(&key)?;
+        crate::measure::PcrSigner::open(&key, &self.pcr_public())
     }
 
     /// The three `.auth` files, for the ESP.
@@ -285,6 +344,7 @@ pub fn generate_at(dir: &Path, name: &str, time: u64) -> Result<KeySet> {
         std::fs::write(set.update(role), auth)
             .with_context(|| format!("cannot write {}", set.update(role).display()))?;
     }
+    set.add_pcr_key()?;
     // Written last: a folder with it is complete ([`KeySet::development`] relies on that).
     std::fs::write(dir.join(OWNER_FILE), format!("{owner}\n"))
         .with_context(|| format!("cannot write {}", dir.join(OWNER_FILE).display()))?;
@@ -402,6 +462,32 @@ mod tests {
             err.contains("KEK.auth") && err.contains("keygen --secure-boot"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_set_without_the_pcr_key_is_refused_until_one_is_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = generate(&dir.path().join("sb"), "Test").unwrap();
+        let signer = keys.pcr_signer().unwrap();
+        assert_eq!(mode_of(&keys.pcr_key()), 0o600);
+        std::fs::remove_file(keys.pcr_key()).unwrap();
+        std::fs::remove_file(keys.pcr_public()).unwrap();
+        let err = keys.pcr_signer().unwrap_err().to_string();
+        assert!(
+            err.contains("tpm2-pcr.key") && err.contains("keygen --secure-boot --dir"),
+            "{err}"
+        );
+        assert!(keys.add_pcr_key().unwrap());
+        assert!(!keys.add_pcr_key().unwrap(), "an existing key is kept");
+        assert_ne!(
+            keys.pcr_signer().unwrap().public,
+            signer.public,
+            "a new key was made"
+        );
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
     }
 
     #[test]

@@ -69,6 +69,19 @@ pub fn phase(network: &mut net::Network, boot_disk: &str) -> HostConfig {
             }
         },
     };
+    // Measured boot: what the host is about to apply, and where it came from, goes into
+    // PCR 12 first.
+    crate::tpm::measure::event(
+        crust_format::pcr::CRUST,
+        &format!("user-data-source={}", loaded.origin),
+    );
+    crate::tpm::measure::event(
+        crust_format::pcr::CRUST,
+        &format!(
+            "user-data={}",
+            crust_format::Digest::of(loaded.text.as_bytes())
+        ),
+    );
     let applied = apply_all(&loaded);
     let detail = match refused {
         Some(origin) => format!(

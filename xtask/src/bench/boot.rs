@@ -3,7 +3,8 @@
 //!
 //! Each boot starts from scratch: a new copy-on-write overlay over the disk and a fresh
 //! copy of the firmware's variable store, so every boot is a first boot of the image as
-//! built, and the image and the reference floor meet the same firmware state. The console
+//! built, and the image and the reference floor meet the same firmware state (the sealed
+//! `/var`'s later boot is the exception: it boots the machine its first boot left). The console
 //! is read on this thread, which only ever waits for the next line, so arrival times are
 //! not skewed by anything else; the demo page is fetched on a second thread, from the
 //! moment the init reports its services started (before that nothing can answer) until
@@ -48,6 +49,13 @@ pub struct Boot<'a> {
     pub demo_port: Option<u16>,
     /// When it ends.
     pub until: Until,
+    /// Boot under OVMF's Secure Boot firmware, its variables from this store.
+    pub secure_boot: Option<&'a Path>,
+    /// A TPM 2.0 with its state in this folder.
+    pub tpm: Option<&'a Path>,
+    /// Boot the overlay and variables the last boot in `work` left (a later boot of the
+    /// same machine) instead of fresh ones.
+    pub keep_disk: bool,
 }
 
 /// What a boot showed.
@@ -76,10 +84,24 @@ pub fn run(boot: &Boot<'_>) -> Result<Capture> {
     let overlay = boot.work.join("boot.qcow2");
     let vars = boot.work.join("efivars.fd");
     let log = boot.work.join("console.log");
-    let _ = std::fs::remove_file(&vars);
-    crust_vm::overlay::create(boot.disk, &overlay)?;
-    let mut config = Config::new(&overlay, boot.accel, Firmware::with_vars(&vars)?);
+    if !boot.keep_disk || !overlay.exists() {
+        let _ = std::fs::remove_file(&vars);
+        crust_vm::overlay::create(boot.disk, &overlay)?;
+    }
+    let firmware = match boot.secure_boot {
+        Some(store) => Firmware::secure_boot(&vars, store)?,
+        None => Firmware::with_vars(&vars)?,
+    };
+    let mut config = Config::new(&overlay, boot.accel, firmware);
     config.no_reboot = true;
+    let _tpm = match boot.tpm {
+        Some(state) => {
+            let tpm = crust_vm::tpm::Swtpm::for_qemu(state)?;
+            config.tpm = tpm.socket.clone();
+            Some(tpm)
+        }
+        None => None,
+    };
     if let Some(guest) = boot.demo_port {
         let host = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
             .local_addr()?

@@ -120,6 +120,8 @@ pub fn write_disk(parts: &Parts<'_>, path: &Path) -> Result<()> {
             uname: parts.kernel_release,
             initrd: &initrd,
             linux: &linux,
+            pcrpkey: None,
+            pcrsig: None,
         },
     )?;
     let entry = BootEntryName::new(NAME, "0", None);

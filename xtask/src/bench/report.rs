@@ -43,6 +43,10 @@ pub struct Report {
     pub image: ImageSize,
     /// Boot times; `null` with `--no-boot`.
     pub boot: Option<BootTimes>,
+    /// What the sealed `/var` costs at boot; `null` with `--no-boot` (and in reports made
+    /// before it was measured).
+    #[serde(default)]
+    pub sealed: Option<super::sealed::SealedTimes>,
     /// The goals of issue 8 and where each stands.
     pub goals: Vec<Goal>,
 }
@@ -342,6 +346,20 @@ pub(crate) mod tests {
                 ],
                 chart: "20261128T225007Z.svg".into(),
             }),
+            sealed: Some(crate::bench::sealed::SealedTimes {
+                accelerator: "tcg".into(),
+                boots: 3,
+                plain: series(&[0.30, 0.32, 0.31]),
+                first: series(&[1.60, 1.70, 1.65]),
+                later: series(&[0.45, 0.47, 0.46]),
+                first_cost: 1.34,
+                later_cost: 0.15,
+                random_wait_ms: Some(series(&[1000.0, 1100.0, 1050.0])),
+                seal_ms: Some(series(&[41.0, 45.0, 43.0])),
+                mkfs_ms: Some(series(&[200.0, 220.0, 210.0])),
+                unseal_ms: Some(series(&[30.0, 34.0, 32.0])),
+                dm_crypt_ms: Some(series(&[15.0, 17.0, 16.0])),
+            }),
             goals: Vec::new(),
         };
         report.goals = report.evaluate_goals();
@@ -381,6 +399,15 @@ pub(crate) mod tests {
             serde_json::from_slice(&std::fs::read(dir.path().join("quick.json")).unwrap()).unwrap();
         assert!(value["build"]["cold"].is_null());
         assert_eq!(value["build"]["warm"]["median"], 8.5);
+        assert_eq!(value["sealed"]["later_cost"], 0.15);
+        // A report from before the sealed /var was measured still reads.
+        let mut older = value.clone();
+        older.as_object_mut().unwrap().remove("sealed");
+        std::fs::write(dir.path().join("older.json"), older.to_string()).unwrap();
+        assert_eq!(
+            Report::read(&dir.path().join("older.json")).unwrap().sealed,
+            None
+        );
         let mut other = value.clone();
         other["schema"] = serde_json::json!(99);
         std::fs::write(dir.path().join("x.json"), other.to_string()).unwrap();

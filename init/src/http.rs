@@ -254,15 +254,31 @@ pub fn download(
     sink: &mut dyn Write,
 ) -> Result<u64, HttpError> {
     let mut stream = Bounded::connect(endpoint, bounds)?;
+    download_over(&mut stream, &endpoint.host, path, limit, sink)
+}
+
+/// [`download`] over a connected `stream` (the socket, or bytes in a test or fuzz target):
+/// sends the request, reads the head, streams the body into `sink`.
+pub(crate) fn download_over(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    path: &str,
+    limit: u64,
+    sink: &mut dyn Write,
+) -> Result<u64, HttpError> {
     stream
-        .write_all(request_bytes(&endpoint.host, "GET", path, &[]).as_bytes())
+        .write_all(request_bytes(host, "GET", path, &[]).as_bytes())
         .map_err(HttpError::Io)?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 64 << 10];
+    // Where the search for the blank line resumes: a head sent a byte at a time is not
+    // searched again from its start after every byte.
+    let mut searched = 0;
     let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
+        if let Some(at) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break searched + at;
         }
+        searched = buf.len().saturating_sub(3);
         if buf.len() > 64 << 10 {
             return Err(HttpError::Malformed("header too long".into()));
         }
@@ -334,8 +350,20 @@ pub fn request(
     bounds: Bounds,
 ) -> Result<Response, HttpError> {
     let mut stream = Bounded::connect(endpoint, bounds)?;
+    request_over(&mut stream, &endpoint.host, method, path, headers)
+}
+
+/// [`request`] over a connected `stream`: sends the request, reads the response to the end
+/// of the stream and parses it.
+pub(crate) fn request_over(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response, HttpError> {
     stream
-        .write_all(request_bytes(&endpoint.host, method, path, headers).as_bytes())
+        .write_all(request_bytes(host, method, path, headers).as_bytes())
         .map_err(HttpError::Io)?;
     let mut raw = Vec::new();
     stream

@@ -30,8 +30,8 @@ use crust_format::signature::PublicKey;
 use crust_format::user_data::{Permission, Policy, Source};
 use crust_format::verity::{OnCorruption, VerityParams};
 use crust_format::{Digest, Manifest};
+use dhcproto::Encodable;
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
-use dhcproto::{Decodable, Decoder, Encodable};
 use ed25519_dalek::{Signer, SigningKey};
 use sntpc::{NtpTimestampGenerator, NtpUdpSocket};
 
@@ -80,7 +80,7 @@ const TIMER_STEPS: usize = 12;
 /// the client asks for is carried out as far as it is pure: messages encoded, a lease's
 /// routes, `resolv.conf` and host name worked out.
 pub fn dhcp(data: &[u8]) {
-    let Ok(msg) = Message::decode(&mut Decoder::new(data)) else {
+    let Some(msg) = crate::net::dhcp::decode(data) else {
         return;
     };
     let t0 = Instant::now();

@@ -403,6 +403,64 @@ impl Client {
     }
 }
 
+/// A DHCP message as it arrived (a UDP datagram's payload), if it decodes.
+///
+/// dhcproto states some option lengths as `debug_assert!`s instead of checking them
+/// (rapid commit 0 bytes, client FQDN at least 3, client network interface 3, the bulk
+/// leasequery times 4, counted after RFC 3396 joins repeated options): a server sending
+/// another length panics any build with debug assertions (tests, fuzzing), and in others
+/// the value is misread. Messages carrying them are refused here; the client uses none.
+pub fn decode(bytes: &[u8]) -> Option<Message> {
+    if !option_lengths_fit(bytes) {
+        return None;
+    }
+    Message::decode(&mut Decoder::new(bytes)).ok()
+}
+
+/// Whether every option dhcproto would assert the length of has that length.
+fn option_lengths_fit(bytes: &[u8]) -> bool {
+    // The fixed header and the magic cookie: 236 + 4 bytes, then the options.
+    let Some(mut options) = bytes.get(240..) else {
+        return true;
+    };
+    // The code and summed length of the run of equal options being read.
+    let mut run: Option<(u8, usize)> = None;
+    let fits = |(code, len): (u8, usize)| match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    loop {
+        let (code, len, rest) = match options {
+            [] | [255, ..] => break,
+            [0, rest @ ..] => (0, 0, rest),
+            [code, len, rest @ ..] => {
+                let len = usize::from(*len);
+                (*code, len, rest.get(len..).unwrap_or_default())
+            }
+            [_] => break,
+        };
+        options = rest;
+        if code == 0 {
+            // Padding ends a run, as it does for dhcproto.
+            if let Some(done) = run.take()
+                && !fits(done)
+            {
+                return false;
+            }
+            continue;
+        }
+        run = match run {
+            Some((c, total)) if c == code => Some((c, total + len)),
+            Some(done) if !fits(done) => return false,
+            _ => Some((code, len)),
+        };
+    }
+    run.is_none_or(fits)
+}
+
 /// An empty BOOTREQUEST (RFC 2131 §2) with transaction id `xid` from the hardware address
 /// `mac`: every address zero, no flags, the magic cookie and no options yet.
 ///
@@ -760,6 +818,47 @@ mod tests {
         assert_eq!(lease.routes[1].prefix_len, 16);
         // RFC 3442: with classless routes, option 3 is ignored for the default route.
         assert_eq!(lease.default_gateway(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+    }
+
+    #[test]
+    fn options_whose_length_dhcproto_asserts_are_refused_not_panicked_on() {
+        // Found by `cargo xtask fuzz dhcp`: option 94 (client network interface) of 2
+        // bytes tripped dhcproto's `debug_assert!(len == 3)`.
+        let found =
+            include_bytes!("../../../fuzz/regressions/dhcp/client-network-interface-of-2-bytes");
+        assert!(decode(found).is_none());
+        let t0 = Instant::now();
+        let (_, actions) = Client::start(MAC, None, 5, t0);
+        let offer = reply(sent(&actions).0, MessageType::Offer, 60)
+            .to_vec()
+            .unwrap();
+        let with = |options: &[u8]| {
+            let mut bytes = offer.clone();
+            let end = bytes.iter().rposition(|b| *b == 255).unwrap();
+            bytes.splice(end..end, options.iter().copied());
+            bytes
+        };
+        for bad in [
+            &[94, 2, 1, 2][..],
+            &[80, 1, 0],
+            &[81, 2, 0, 0],
+            &[152, 3, 0, 0, 0],
+            // RFC 3396: repeated options are joined, and the joined length counts.
+            &[94, 3, 1, 2, 3, 94, 3, 1, 2, 3],
+        ] {
+            assert!(decode(&with(bad)).is_none(), "{bad:?}");
+        }
+        for good in [
+            &[94, 3, 1, 2, 3][..],
+            &[80, 0],
+            &[152, 4, 0, 0, 0, 1],
+            &[94, 3, 1, 2, 3, 0, 94, 3, 1, 2, 3],
+        ] {
+            let msg = decode(&with(good)).expect("decodes");
+            assert_eq!(msg.opts().msg_type(), Some(MessageType::Offer), "{good:?}");
+        }
+        assert!(decode(&offer).is_some());
+        assert!(decode(&offer[..100]).is_none());
     }
 
     #[test]

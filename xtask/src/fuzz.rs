@@ -6,8 +6,8 @@
 //! `cargo-fuzz` from crates.io, saying so. Each target runs for its time against a working
 //! copy of its committed corpus (`fuzz/corpus/<target>/`) under `target/fuzz/`; then what
 //! it found is merged back into the committed corpus, minimised (libFuzzer's
-//! `-set_cover_merge=1`: a smallest set of inputs that still covers every feature reached;
-//! the real inputs the corpus was seeded with, `seed-*`, always stay). Per target the command prints the executions, the coverage
+//! `-set_cover_merge=1` over edges: a small set of inputs that still reaches every edge
+//! reached; the real inputs the corpus was seeded with, `seed-*`, always stay). Per target the command prints the executions, the coverage
 //! (libFuzzer's `cov:` edges and `ft:` features, at the start and at the end) and the
 //! crashes with their artifact files, which go to `fuzz/artifacts/<target>/`.
 //!
@@ -290,6 +290,8 @@ fn fuzz_one(name: &str, opts: &Options) -> Result<Outcome> {
         .arg(&work)
         .arg("--")
         .arg("-set_cover_merge=1")
+        // Edges, not hit counts: a corpus that keeps every edge reached, and small.
+        .arg("-use_counters=0")
         .arg(format!("-timeout={TIMEOUT_SECS}"))
         .stdout(merge_log.try_clone()?)
         .stderr(merge_log)

@@ -242,7 +242,11 @@ pub(crate) fn read_datagram(
                 NetlinkPayload::Error(e) => {
                     return match e.code {
                         None => Ok(true),
-                        Some(_) => Err(e.to_io()),
+                        // The errno is the code negated. Not `e.to_io()`: it negates with
+                        // `abs()`, which overflows on i32::MIN.
+                        Some(code) => {
+                            Err(io::Error::from_raw_os_error(code.get().saturating_abs()))
+                        }
                     };
                 }
                 NetlinkPayload::InnerMessage(m) => replies.push(m),
@@ -325,6 +329,21 @@ mod tests {
 
     /// The loopback device exists in every network namespace, test machines included: the
     /// dump must find it, with its name and flags decoded.
+    #[test]
+    fn an_error_code_of_i32_min_is_an_error_not_a_panic() {
+        // Found by `cargo xtask fuzz netlink`: NLMSG_ERROR with code -2^31 overflowed the
+        // negation in netlink-packet-core's ErrorMessage::to_io.
+        let found = include_bytes!("../../../fuzz/regressions/netlink/error-code-i32-min");
+        let sequence = u32::from_ne_bytes(found[8..12].try_into().unwrap());
+        let err = read_datagram(found, sequence, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(i32::MAX));
+        // An ordinary refusal keeps its errno.
+        let mut nack = found.to_vec();
+        nack[16..20].copy_from_slice(&(-nix::libc::ENODEV).to_ne_bytes());
+        let err = read_datagram(&nack, sequence, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENODEV));
+    }
+
     #[test]
     fn lists_the_loopback_link() {
         let mut nl = Netlink::open().unwrap();

@@ -74,25 +74,31 @@ const TIMER_STEPS: usize = 12;
 
 /// A DHCP message from the network (a UDP datagram to port 68), decoded as the client's
 /// socket decodes it, then handed to the client state machine in each of its states:
-/// selecting, requesting, bound, renewing and rebinding. The message is given the
-/// transaction id and hardware address of the exchange under way (a server that answers
-/// at all knows both), and once as it came; after it the client's timers run, and what
+/// selecting, requesting, bound, renewing and rebinding. The message's bytes are given the
+/// transaction id and hardware address of the exchange under way (whoever sees the
+/// broadcast DISCOVER knows both; `hlen` stays as it came), and once as they came; after it the client's timers run, and what
 /// the client asks for is carried out as far as it is pure: messages encoded, a lease's
 /// routes, `resolv.conf` and host name worked out.
 pub fn dhcp(data: &[u8]) {
-    let Some(msg) = crate::net::dhcp::decode(data) else {
-        return;
-    };
     let t0 = Instant::now();
     for state in 0..5 {
         let (mut client, xid, now) = client_in_state(state, t0);
-        let mut answer = msg.clone();
-        answer.set_xid(xid);
-        answer.set_chaddr(&MAC);
-        let actions = client.on_message(&answer, now);
+        // The transaction id and the first six bytes of `chaddr` patched in the message as
+        // sent, `hlen` left as it came.
+        let mut answer = data.to_vec();
+        if let Some(id) = answer.get_mut(4..8) {
+            id.copy_from_slice(&xid.to_be_bytes());
+        }
+        if let Some(mac) = answer.get_mut(28..34) {
+            mac.copy_from_slice(&MAC);
+        }
         let mut now = now;
-        carry_out(&actions, now);
-        if state == 0 {
+        if let Some(msg) = crate::net::dhcp::decode(&answer) {
+            carry_out(&client.on_message(&msg, now), now);
+        }
+        if state == 0
+            && let Some(msg) = crate::net::dhcp::decode(data)
+        {
             carry_out(&client.on_message(&msg, now), now);
         }
         for _ in 0..TIMER_STEPS {

@@ -403,15 +403,21 @@ impl Client {
     }
 }
 
+/// Longest hardware address a message can carry (the `chaddr` field's 16 bytes).
+const MAX_HLEN: u8 = 16;
+
 /// A DHCP message as it arrived (a UDP datagram's payload), if it decodes.
 ///
-/// dhcproto states some option lengths as `debug_assert!`s instead of checking them
-/// (rapid commit 0 bytes, client FQDN at least 3, client network interface 3, the bulk
-/// leasequery times 4, counted after RFC 3396 joins repeated options): a server sending
-/// another length panics any build with debug assertions (tests, fuzzing), and in others
-/// the value is misread. Messages carrying them are refused here; the client uses none.
+/// dhcproto trusts two things a sender chooses. `Message::chaddr()` slices the 16-byte
+/// field by the message's `hlen`, and panics (in every build) when it says more than 16:
+/// such messages are refused. And some option lengths are `debug_assert!`s instead of
+/// checks (rapid commit 0 bytes, client FQDN at least 3, client network interface 3, the
+/// bulk leasequery times 4, counted after RFC 3396 joins repeated options): a server
+/// sending another length panics any build with debug assertions (tests, fuzzing), and in
+/// others the value is misread. Messages carrying them are refused too; the client uses
+/// none of those options.
 pub fn decode(bytes: &[u8]) -> Option<Message> {
-    if !option_lengths_fit(bytes) {
+    if bytes.get(2).is_some_and(|hlen| *hlen > MAX_HLEN) || !option_lengths_fit(bytes) {
         return None;
     }
     Message::decode(&mut Decoder::new(bytes)).ok()
@@ -859,6 +865,31 @@ mod tests {
         }
         assert!(decode(&offer).is_some());
         assert!(decode(&offer[..100]).is_none());
+    }
+
+    #[test]
+    fn a_hardware_address_longer_than_the_field_is_refused_not_panicked_on() {
+        // Found by `cargo xtask fuzz dhcp`: a reply with this client's transaction id and
+        // hlen 255 made dhcproto's Message::chaddr() slice its 16-byte field to 255 bytes,
+        // in any build. Whoever sees the broadcast DISCOVER knows the transaction id.
+        let found =
+            include_bytes!("../../../fuzz/regressions/dhcp/hardware-address-length-over-16");
+        assert_eq!(found[2], 255);
+        assert!(decode(found).is_none());
+        let t0 = Instant::now();
+        let (mut c, actions) = Client::start(MAC, None, 5, t0);
+        let mut offer = reply(sent(&actions).0, MessageType::Offer, 60)
+            .to_vec()
+            .unwrap();
+        for hlen in [17, 255] {
+            offer[2] = hlen;
+            assert!(decode(&offer).is_none(), "hlen {hlen}");
+        }
+        // Up to the field's 16 bytes the message decodes, and is this client's if the first
+        // six are its address.
+        offer[2] = 16;
+        let msg = decode(&offer).expect("hlen 16 decodes");
+        assert_eq!(kind(sent(&c.on_message(&msg, t0)).0), MessageType::Request);
     }
 
     #[test]

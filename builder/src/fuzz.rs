@@ -8,7 +8,7 @@
 //! `tests/tests/fuzz_corpus.rs` replays the committed corpus through them on the stable
 //! toolchain (docs/ROBUSTNESS.md).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 
@@ -70,7 +70,7 @@ pub fn lock(data: &[u8]) {
 /// the files), unpacked into a tree as the build unpacks a package from the cache: paths
 /// normalised and folded into `/usr`, exclusions, hard links, then the merged-`/usr` links.
 pub fn deb(data: &[u8]) {
-    let Ok(mut file) = tempfile::NamedTempFile::new() else {
+    let Ok(mut file) = tempfile::NamedTempFile::new_in(scratch_dir()) else {
         return;
     };
     if std::io::Write::write_all(&mut file, data).is_err() {
@@ -88,6 +88,21 @@ pub fn deb(data: &[u8]) {
     }
 }
 
+/// Where scratch files go: `/dev/shm` (memory) when there is one, else the temporary
+/// folder. A fuzzer writes files at every execution; on a busy disk that is most of the
+/// time it takes.
+pub fn scratch_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        match tempfile::tempdir_in(shm) {
+            Ok(_) => shm.to_path_buf(),
+            Err(_) => std::env::temp_dir(),
+        }
+    })
+    .clone()
+}
+
 /// A JSON document of an OCI image layout (the image index `index.json`, an image
 /// manifest or an image configuration), read by the builder's layout reader in each of
 /// those three places of the layout in `template` (a real one, made by umoci), the other
@@ -98,12 +113,15 @@ pub fn oci_layout(template: &Path, data: &[u8]) {
     let Ok(layout) = Template::read(template) else {
         return;
     };
+    let Ok(scratch) = layout.scratch() else {
+        return;
+    };
     // 1. The document as index.json.
-    let _ = layout.try_with(data, &[]);
+    let _ = layout.try_with(scratch.path(), data, &[]);
     // 2. As the image manifest (or a nested index) the index points at.
     let manifest = layout.descriptor_for(&layout.manifest_descriptor, data);
     let index = layout.index_with(manifest);
-    let _ = layout.try_with(&index, &[data]);
+    let _ = layout.try_with(scratch.path(), &index, &[data]);
     // 3. As the image configuration the manifest points at.
     let Ok(mut m) = serde_json::from_slice::<ImageManifest>(&layout.manifest) else {
         return;
@@ -113,7 +131,7 @@ pub fn oci_layout(template: &Path, data: &[u8]) {
         return;
     };
     let index = layout.index_with(layout.descriptor_for(&layout.manifest_descriptor, &manifest));
-    let _ = layout.try_with(&index, &[&manifest, data]);
+    let _ = layout.try_with(scratch.path(), &index, &[&manifest, data]);
 }
 
 /// The template layout: its files, its index's one manifest descriptor, that manifest.
@@ -164,25 +182,43 @@ impl<'a> Template<'a> {
         serde_json::to_vec(&index).unwrap_or_default()
     }
 
-    /// A copy of the layout with `index` as index.json and `blobs` added, read as a build
-    /// reads a service's `image.layout` (by tag, then without one).
-    fn try_with(&self, index: &[u8], blobs: &[&[u8]]) -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
+    /// A copy of the template layout in a temporary folder (its blobs linked, or copied).
+    fn scratch(&self) -> anyhow::Result<tempfile::TempDir> {
+        let dir = tempfile::tempdir_in(scratch_dir())?;
         let sha = dir.path().join("blobs/sha256");
         std::fs::create_dir_all(&sha)?;
         for entry in std::fs::read_dir(self.dir.join("blobs/sha256"))? {
             let entry = entry?;
-            std::fs::copy(entry.path(), sha.join(entry.file_name()))?;
-        }
-        for blob in blobs {
-            std::fs::write(sha.join(crust_format::Digest::of(blob).to_hex()), blob)?;
+            let to = sha.join(entry.file_name());
+            if std::fs::hard_link(entry.path(), &to).is_err() {
+                std::fs::copy(entry.path(), &to)?;
+            }
         }
         std::fs::copy(self.dir.join("oci-layout"), dir.path().join("oci-layout"))?;
-        std::fs::write(dir.path().join("index.json"), index)?;
+        Ok(dir)
+    }
+
+    /// The layout in `dir` with `index` as index.json and `blobs` added, read as a build
+    /// reads a service's `image.layout` (by tag, then without one); the added blobs are
+    /// removed again.
+    fn try_with(&self, dir: &Path, index: &[u8], blobs: &[&[u8]]) -> anyhow::Result<()> {
+        let sha = dir.join("blobs/sha256");
+        let mut added = Vec::new();
+        for blob in blobs {
+            let path = sha.join(crust_format::Digest::of(blob).to_hex());
+            if !path.exists() {
+                std::fs::write(&path, blob)?;
+                added.push(path);
+            }
+        }
+        std::fs::write(dir.join("index.json"), index)?;
         for tag in [Some("latest"), None] {
-            if let Ok((tree, config)) = crate::oci::read_layout(dir.path(), tag) {
+            if let Ok((tree, config)) = crate::oci::read_layout(dir, tag) {
                 let _ = (tree.len(), config.entrypoint.len(), config.user);
             }
+        }
+        for path in added {
+            std::fs::remove_file(path)?;
         }
         Ok(())
     }

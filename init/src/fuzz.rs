@@ -417,9 +417,17 @@ static SCRATCH: AtomicU64 = AtomicU64::new(0);
 struct Scratch(std::path::PathBuf);
 
 impl Scratch {
+    /// A file holding `bytes`, in `/dev/shm` (memory) when there is one, else in the
+    /// temporary folder (on a busy disk, writing it would be most of an execution).
     fn with(bytes: &[u8]) -> Option<Self> {
         let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("crust-fuzz-{}-{n}", std::process::id()));
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            shm.to_path_buf()
+        } else {
+            std::env::temp_dir()
+        };
+        let path = dir.join(format!("crust-fuzz-{}-{n}", std::process::id()));
         std::fs::write(&path, bytes).ok()?;
         Some(Self(path))
     }

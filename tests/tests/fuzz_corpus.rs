@@ -93,9 +93,11 @@ fn every_corpus_and_regression_file_goes_through_its_target_without_a_panic() {
     let started = Instant::now();
     let mut failed = Vec::new();
     let mut files = 0;
+    let mut took = Vec::new();
     for kind in ["corpus", "regressions"] {
         for name in names_in(&fuzz_dir().join(kind)) {
             let Some(run) = target(&name) else { continue };
+            let this = Instant::now();
             let dir = fuzz_dir().join(kind).join(&name);
             for file in names_in(&dir) {
                 let path = dir.join(&file);
@@ -105,6 +107,10 @@ fn every_corpus_and_regression_file_goes_through_its_target_without_a_panic() {
                     failed.push(format!("fuzz/{kind}/{name}/{file}"));
                 }
             }
+            took.push(format!(
+                "{kind}/{name} {:.2} s",
+                this.elapsed().as_secs_f64()
+            ));
         }
     }
     assert!(
@@ -119,7 +125,8 @@ fn every_corpus_and_regression_file_goes_through_its_target_without_a_panic() {
         failed.join("\n")
     );
     eprintln!(
-        "replayed {files} corpus and regression files in {:.2} s",
-        started.elapsed().as_secs_f64()
+        "replayed {files} corpus and regression files in {:.2} s ({})",
+        started.elapsed().as_secs_f64(),
+        took.join(", ")
     );
 }

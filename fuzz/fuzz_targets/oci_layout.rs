@@ -7,4 +7,7 @@
 /// A real OCI image layout made by umoci, whose documents the input replaces.
 const OCI_TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/oci-layout");
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| crust_builder::fuzz::oci_layout(std::path::Path::new(OCI_TEMPLATE), data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| crust_builder::fuzz::oci_layout(
+    std::path::Path::new(OCI_TEMPLATE),
+    data
+));

@@ -7,4 +7,7 @@
 /// The repository's profiles: what a fuzzed profile may include.
 const PROFILES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../profiles");
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| crust_builder::fuzz::profile(std::path::Path::new(PROFILES), data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| crust_builder::fuzz::profile(
+    std::path::Path::new(PROFILES),
+    data
+));

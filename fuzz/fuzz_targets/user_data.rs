@@ -7,4 +7,7 @@
 /// A root with real services (from a built image), for the `[[service]]` checks.
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/root");
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| crust_init::fuzz::user_data(std::path::Path::new(ROOT), data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| crust_init::fuzz::user_data(
+    std::path::Path::new(ROOT),
+    data
+));

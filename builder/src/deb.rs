@@ -57,8 +57,10 @@ pub fn walk_data(
     deb: &Path,
     mut visit: impl FnMut(&str, &Meta, &mut dyn Read) -> Result<()>,
 ) -> Result<()> {
-    let file =
+    let mut file =
         std::fs::File::open(deb).with_context(|| format!("cannot open {}", deb.display()))?;
+    check_plain_ar(&mut file)
+        .with_context(|| format!("{} is not a Debian package", deb.display()))?;
     let mut archive = ar::Archive::new(std::io::BufReader::new(file));
     while let Some(member) = archive.next_entry() {
         let member =
@@ -81,6 +83,48 @@ pub fn walk_data(
         return Ok(());
     }
     bail!("{} has no data archive", deb.display())
+}
+
+/// Checks that `file` is an `ar` archive of plain members, as deb(5) has them, and rewinds
+/// it. The `ar` crate's GNU and BSD long-name extensions (members named `/…`, `//` or
+/// `#1/…`) index a name table, or allocate, by numbers read from the file, and panic on an
+/// index past the table (found by `cargo xtask fuzz deb`) or ask for gigabytes; a Debian
+/// package never uses them.
+fn check_plain_ar(file: &mut std::fs::File) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let mut magic = [0u8; 8];
+    file.read_exact(&mut magic)
+        .context("it is too short to be an ar archive")?;
+    if &magic != b"!<arch>\n" {
+        bail!("it is not an ar archive");
+    }
+    let len = file.metadata()?.len();
+    let mut at = 8u64;
+    while at.saturating_add(60) <= len {
+        let mut header = [0u8; 60];
+        file.seek(SeekFrom::Start(at))?;
+        file.read_exact(&mut header)?;
+        let name = &header[..16];
+        if name.starts_with(b"/") || name.starts_with(b"#1/") {
+            bail!(
+                "member {:?} uses an ar name extension, which Debian packages never do",
+                String::from_utf8_lossy(name).trim_end()
+            );
+        }
+        // A size that does not read is the ar reader's to report.
+        let Some(size) = std::str::from_utf8(&header[48..58])
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+        else {
+            break;
+        };
+        at = at
+            .saturating_add(60)
+            .saturating_add(size)
+            .saturating_add(size % 2);
+    }
+    file.seek(SeekFrom::Start(0))?;
+    Ok(())
 }
 
 /// Calls `visit` for every entry of a tar stream, in order, with normalised paths (the
@@ -339,6 +383,31 @@ mod tests {
             assert!(t.get("usr/share/man").is_none());
             assert_eq!(t.get("bin").unwrap().node, Node::Symlink("usr/bin".into()));
             assert!(bytes >= 12 + 3 + 3, "{bytes}");
+        }
+    }
+
+    #[test]
+    fn ar_name_extensions_are_refused_not_panicked_on() {
+        // Found by `cargo xtask fuzz deb`: a member named `/1000000000000` made the ar
+        // crate index its (empty) GNU name table out of range.
+        let dir = tempfile::tempdir().unwrap();
+        let found = dir.path().join("found.deb");
+        std::fs::write(
+            &found,
+            include_bytes!("../../fuzz/regressions/deb/gnu-name-index-past-the-name-table"),
+        )
+        .unwrap();
+        let e = unpack(&mut Tree::new(), &found, &Excludes::default()).unwrap_err();
+        assert!(format!("{e:#}").contains("ar name extension"), "{e:#}");
+        // A BSD long name, and a GNU name table asking for 9 GB.
+        for name in [&b"#1/20           "[..], b"//              "] {
+            let mut bytes = b"!<arch>\n".to_vec();
+            bytes.extend_from_slice(name);
+            bytes.extend_from_slice(b"0           0     0     100644  9999999999`\n");
+            let path = dir.path().join("long.deb");
+            std::fs::write(&path, &bytes).unwrap();
+            let e = unpack(&mut Tree::new(), &path, &Excludes::default()).unwrap_err();
+            assert!(format!("{e:#}").contains("ar name extension"), "{e:#}");
         }
     }
 

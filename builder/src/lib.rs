@@ -23,6 +23,7 @@ pub mod esp;
 pub mod fat;
 pub mod fetch;
 pub mod formats;
+pub mod fuzz;
 pub mod initramfs;
 pub mod kernel;
 pub mod lock;

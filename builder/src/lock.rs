@@ -221,7 +221,12 @@ impl Lock {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
         };
-        let lock: Lock = toml::from_str(&text).with_context(|| {
+        Self::from_text(path, &text).map(Some)
+    }
+
+    /// Parses and checks the lock file `path` holds as `text` (`path` names it in errors).
+    pub fn from_text(path: &Path, text: &str) -> Result<Lock> {
+        let lock: Lock = toml::from_str(text).with_context(|| {
             format!(
                 "{} is not a valid lock file; delete it and run `cargo xtask lock`",
                 path.display()
@@ -237,7 +242,7 @@ impl Lock {
         for p in &lock.packages {
             p.digest().with_context(|| path.display().to_string())?;
         }
-        Ok(Some(lock))
+        Ok(lock)
     }
 
     /// Writes the lock file atomically (a reader never sees half a file).

@@ -267,14 +267,34 @@ pub struct Profile {
 impl Profile {
     /// Reads the profile at `path`, following its includes.
     pub fn load(path: &Path) -> Result<Self, ProfileError> {
+        Self::load_with(path, None)
+    }
+
+    /// Reads a profile whose file `path` holds `text` (the file itself need not exist; its
+    /// folder is where includes and relative paths are found), following its includes
+    /// from disk.
+    pub fn from_text(path: &Path, text: &str) -> Result<Self, ProfileError> {
+        Self::load_with(path, Some(text))
+    }
+
+    fn load_with(path: &Path, text: Option<&str>) -> Result<Self, ProfileError> {
         let mut chain = Vec::new();
         let mut seen = BTreeSet::new();
         let mut next = Some((path.to_path_buf(), None::<Origin>));
         while let Some((file, included_at)) = next.take() {
-            let canonical = file.canonicalize().map_err(|source| ProfileError::Read {
-                path: file.clone(),
-                source,
-            })?;
+            let canonical = match (text, &included_at) {
+                // The profile given as text: its name, as it may not exist.
+                (Some(_), None) => {
+                    std::path::absolute(&file).map_err(|source| ProfileError::Read {
+                        path: file.clone(),
+                        source,
+                    })?
+                }
+                _ => file.canonicalize().map_err(|source| ProfileError::Read {
+                    path: file.clone(),
+                    source,
+                })?,
+            };
             if let Some(at) = &included_at {
                 if !seen.insert(canonical.clone()) {
                     return Err(ProfileError::Include {
@@ -291,7 +311,10 @@ impl Profile {
             } else {
                 seen.insert(canonical);
             }
-            let layer = Layer::read(&file)?;
+            let layer = match (text, &included_at) {
+                (Some(text), None) => Layer::parse(&file, text)?,
+                _ => Layer::read(&file)?,
+            };
             if let Some(include) = &layer.include {
                 let base_dir = file.parent().unwrap_or(Path::new("."));
                 next = Some((base_dir.join(&include.value), Some(include.at.clone())));
@@ -669,12 +692,17 @@ impl Layer {
             path: path.to_path_buf(),
             source,
         })?;
-        let raw: raw::File = toml::from_str(&text).map_err(|e| ProfileError::Syntax {
+        Self::parse(path, &text)
+    }
+
+    /// The layer `text` describes, as the file `path` (for messages and relative paths).
+    fn parse(path: &Path, text: &str) -> Result<Self, ProfileError> {
+        let raw: raw::File = toml::from_str(text).map_err(|e| ProfileError::Syntax {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_owned(),
         })?;
         let file: Arc<Path> = Arc::from(path);
-        let loc = Locator::new(file.clone(), &text);
+        let loc = Locator::new(file.clone(), text);
         let base_dir = path.parent().unwrap_or(Path::new("."));
 
         let size = |field: &str, s: Option<Spanned<raw::Size>>| -> Result<Opt<u64>, ProfileError> {

@@ -248,8 +248,19 @@ impl Manifest {
         if data_blocks == 0 {
             return Err(bad("root-data-blocks", "must not be 0".into()));
         }
+        // The root and its tree must have sizes in bytes (stage 1 gives device-mapper the
+        // root's size; a count whose bytes overflow would wrap there).
+        let block = u64::from(verity::BLOCK_SIZE);
+        let min_hash_size = data_blocks
+            .checked_mul(block)
+            .and_then(|_| (verity::hash_blocks(data_blocks) + 1).checked_mul(block))
+            .ok_or_else(|| {
+                bad(
+                    "root-data-blocks",
+                    format!("{data_blocks} blocks is too many"),
+                )
+            })?;
         let hash_size = number("verity-size")?;
-        let min_hash_size = (verity::hash_blocks(data_blocks) + 1) * u64::from(verity::BLOCK_SIZE);
         if hash_size != min_hash_size {
             return Err(bad(
                 "verity-size",
@@ -321,6 +332,25 @@ mod tests {
             kernel_release: "6.1.0-56-cloud-amd64".into(),
             kernel_sha256: Digest::of(b"kernel"),
         }
+    }
+
+    #[test]
+    fn a_block_count_whose_bytes_overflow_is_refused() {
+        // Found by reading the manifest fuzz target's path: the tree size overflowed (a
+        // panic with overflow checks, a wrapped size without).
+        for blocks in [u64::MAX, u64::MAX / 4096 + 1, 1 << 60] {
+            let text = sample().to_text().replace(
+                "root-data-blocks=1000\n",
+                &format!("root-data-blocks={blocks}\n"),
+            );
+            let e = Manifest::parse(text.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("too many"), "{blocks}: {e}");
+        }
+        let most = u64::MAX / 4096;
+        let mut m = sample();
+        m.verity.data_blocks = most;
+        m.verity.hash_size = (verity::hash_blocks(most) + 1) * 4096;
+        assert_eq!(Manifest::parse(m.to_text().as_bytes()), Ok(m));
     }
 
     #[test]

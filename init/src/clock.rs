@@ -245,19 +245,14 @@ pub fn sync(
         for addr in addrs {
             match query(addr, TRIES, deadline) {
                 Ok(result) => {
-                    let offset_us = result.offset();
-                    let claimed = now_unix().saturating_add(offset_us.div_euclid(1_000_000));
-                    if let Some(f) = floor.filter(|f| f.refuses(claimed)) {
-                        failures.push(format!(
-                            "refused {server}'s time {}: it is before {} ({})",
-                            format_utc(claimed),
-                            f.what,
-                            format_utc(f.at)
-                        ));
-                        continue;
-                    }
-                    let slewed = correction == Correction::SlewOrStep
-                        && offset_us.unsigned_abs() <= SLEW_LIMIT.as_micros() as u64;
+                    let (offset_us, slewed) =
+                        match judge(&result, server, now_unix(), floor, correction) {
+                            Ok(taken) => taken,
+                            Err(refused) => {
+                                failures.push(refused);
+                                continue;
+                            }
+                        };
                     let moved = if slewed {
                         slew_clock(offset_us)
                     } else {
@@ -281,6 +276,31 @@ pub fn sync(
         "no time server gave a usable answer ({})",
         failures.join("; ")
     ))
+}
+
+/// What to do with `server`'s answer when the clock says `now` (Unix seconds): refuse it
+/// (it would take the clock below the floor), or move the clock by the offset (in
+/// microseconds), slewed (`true`) or stepped.
+pub(crate) fn judge(
+    result: &NtpResult,
+    server: &ServerName,
+    now: i64,
+    floor: Option<Floor>,
+    correction: Correction,
+) -> Result<(i64, bool), String> {
+    let offset_us = result.offset();
+    let claimed = now.saturating_add(offset_us.div_euclid(1_000_000));
+    if let Some(f) = floor.filter(|f| f.refuses(claimed)) {
+        return Err(format!(
+            "refused {server}'s time {}: it is before {} ({})",
+            format_utc(claimed),
+            f.what,
+            format_utc(f.at)
+        ));
+    }
+    let slewed = correction == Correction::SlewOrStep
+        && offset_us.unsigned_abs() <= SLEW_LIMIT.as_micros() as u64;
+    Ok((offset_us, slewed))
 }
 
 /// The task that keeps the clock right after boot.
@@ -436,14 +456,26 @@ pub fn query(addr: SocketAddr, tries: u32, deadline: Instant) -> Result<NtpResul
         socket
             .set_read_timeout(Some(left.min(REQUEST_TIMEOUT)))
             .map_err(|e| e.to_string())?;
-        let context = NtpContext::new(RealtimeClock::default());
-        match sntpc::sync::get_time(addr, &Socket(&socket), context) {
+        match ask(addr, &Socket(&socket), RealtimeClock::default()) {
             Ok(result) => return Ok(result),
-            Err(sntpc::Error::Network) => last = "no answer".into(),
-            Err(e) => last = format!("bad answer ({e:?})"),
+            Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// One SNTP request to `addr` over `socket` and its answer, checked by sntpc, with times
+/// from `clock`.
+pub(crate) fn ask(
+    addr: SocketAddr,
+    socket: &impl NtpUdpSocket,
+    clock: impl NtpTimestampGenerator + Copy,
+) -> Result<NtpResult, String> {
+    match sntpc::sync::get_time(addr, socket, NtpContext::new(clock)) {
+        Ok(result) => Ok(result),
+        Err(sntpc::Error::Network) => Err("no answer".into()),
+        Err(e) => Err(format!("bad answer ({e:?})")),
+    }
 }
 
 /// Moves `CLOCK_REALTIME` by `offset_us`.

@@ -11,6 +11,7 @@ mod ami;
 mod bench;
 mod flash;
 mod fleet;
+mod fuzz;
 mod host;
 mod image;
 mod keys;
@@ -287,6 +288,23 @@ enum Cmd {
         /// Use this static init binary instead of building the workspace's.
         #[arg(long, value_name = "FILE")]
         init: Option<std::path::PathBuf>,
+    },
+    /// Fuzz the parsers of untrusted bytes (cargo-fuzz on nightly, installed on first
+    /// use): each target for a while, new inputs minimised into fuzz/corpus/<target>/;
+    /// prints executions, coverage and crashes (docs/ROBUSTNESS.md).
+    Fuzz {
+        /// The target to run (default: every target in turn).
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
+        /// List the targets with what each feeds, and do nothing else.
+        #[arg(long)]
+        list: bool,
+        /// libFuzzer processes per target (above 1, fork mode: the run goes on after a
+        /// crash and collects them all).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        jobs: u32,
     },
     /// Run every test: formats checked by independent tools, and boots in QEMU.
     Test {
@@ -612,6 +630,22 @@ fn run(cli: Cli) -> Result<()> {
                 out,
                 init,
             })?;
+        }
+        Cmd::Fuzz {
+            target,
+            seconds,
+            list,
+            jobs,
+        } => {
+            if list {
+                fuzz::list()?;
+            } else {
+                fuzz::run(&fuzz::Options {
+                    target,
+                    seconds,
+                    jobs,
+                })?;
+            }
         }
         Cmd::Test { no_lint, no_ami } => test::run_all(!no_lint, !no_ami)?,
         Cmd::ImdsConnection { dir } => crust_vm::imds::Emulator::open(&dir)

@@ -103,24 +103,29 @@ pub fn user_data(addr: SocketAddr, retry: Retry) -> Result<Option<Vec<u8>>, Imds
 }
 
 /// An attempt's failure: worth another try, or not.
-enum Attempt {
+pub(crate) enum Attempt {
     Again(ImdsError),
     Final(ImdsError),
 }
 
 fn try_once(addr: SocketAddr, timeout: Duration) -> Result<Option<Vec<u8>>, Attempt> {
-    let ttl = TOKEN_TTL.to_string();
     let endpoint = http::Endpoint::address(addr);
     // Each request is over within its timeout, however the service answers.
-    let bounds = || http::Bounds::new(timeout, timeout);
-    let token = http::request(
-        &endpoint,
-        "PUT",
-        "/latest/api/token",
-        &[(TTL_HEADER, &ttl)],
-        bounds(),
-    )
-    .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
+    exchange(&mut |method, path, headers| {
+        let bounds = http::Bounds::new(timeout, timeout);
+        http::request(&endpoint, method, path, headers, bounds)
+    })
+}
+
+/// One request to IMDS: method, path, header fields.
+pub(crate) type Request<'a> =
+    dyn FnMut(&str, &str, &[(&str, &str)]) -> Result<http::Response, HttpError> + 'a;
+
+/// The two requests of an attempt, sent through `request`, and what their answers mean.
+pub(crate) fn exchange(request: &mut Request<'_>) -> Result<Option<Vec<u8>>, Attempt> {
+    let ttl = TOKEN_TTL.to_string();
+    let token = request("PUT", "/latest/api/token", &[(TTL_HEADER, &ttl)])
+        .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
     match token.status {
         200 => {}
         // Throttled or starting up: try again. Anything else will not change.
@@ -138,14 +143,8 @@ fn try_once(addr: SocketAddr, timeout: Duration) -> Result<Option<Vec<u8>>, Atte
         }
     }
     let token = String::from_utf8_lossy(&token.body).trim().to_owned();
-    let data = http::request(
-        &endpoint,
-        "GET",
-        USER_DATA,
-        &[(TOKEN_HEADER, &token)],
-        bounds(),
-    )
-    .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
+    let data = request("GET", USER_DATA, &[(TOKEN_HEADER, &token)])
+        .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
     match data.status {
         200 => Ok(Some(data.body)),
         404 => Ok(None),

@@ -131,11 +131,21 @@ fn accept(
     found: Result<Found, String>,
     policy: &Policy,
 ) -> Result<Loaded, String> {
+    accept_in(Path::new("/"), origin, found, policy)
+}
+
+/// [`accept`] with the services of the root at `root`.
+pub(crate) fn accept_in(
+    root: &Path,
+    origin: &Origin,
+    found: Result<Found, String>,
+    policy: &Policy,
+) -> Result<Loaded, String> {
     let bytes = trust::authenticate(found?, origin, policy)?;
     let text = source::to_text(bytes)?;
     // The image's own default is the profile's word: no policy applies to it.
     let limits = (*origin != Origin::Image).then_some(policy);
-    let config = parse(&text, limits).map_err(|e| e.to_string())?;
+    let config = parse_in(root, &text, limits).map_err(|e| e.to_string())?;
     Ok(Loaded {
         config,
         origin: origin.clone(),
@@ -148,9 +158,18 @@ fn accept(
 /// volume on an image that does not let user-data declare any, is refused like any other
 /// mistake).
 fn parse(text: &str, policy: Option<&Policy>) -> Result<HostConfig, schema::SchemaError> {
+    parse_in(Path::new("/"), text, policy)
+}
+
+/// [`parse`] against the services of the root at `root`.
+fn parse_in(
+    root: &Path,
+    text: &str,
+    policy: Option<&Policy>,
+) -> Result<HostConfig, schema::SchemaError> {
     let config = schema::parse(text)?;
-    crate::services::check_user_data(Path::new("/"), &config.service, policy)?;
-    crate::volumes::check_user_data(Path::new("/"), &config.volume, &config.service, policy)?;
+    crate::services::check_user_data(root, &config.service, policy)?;
+    crate::volumes::check_user_data(root, &config.volume, &config.service, policy)?;
     Ok(config)
 }
 

@@ -343,10 +343,14 @@ const MAX_HEAD: usize = 64 << 10;
 pub fn read_head(stream: &mut dyn Read) -> Result<Head, HttpError> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8 << 10];
+    // Where the search for the blank line resumes: a head sent a byte at a time is not
+    // searched again from its start after every byte.
+    let mut searched = 0;
     let end = loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break end;
+        if let Some(at) = buf[searched..].windows(4).position(|w| w == b"\r\n\r\n") {
+            break searched + at;
         }
+        searched = buf.len().saturating_sub(3);
         if buf.len() > MAX_HEAD {
             return Err(HttpError::Malformed("header too long".into()));
         }
@@ -448,7 +452,20 @@ pub fn request_with_body(
     bounds: Bounds,
 ) -> Result<Response, HttpError> {
     let mut stream = Bounded::connect(endpoint, bounds)?;
-    let mut bytes = request_bytes(&endpoint.host, method, path, headers, body.len()).into_bytes();
+    request_over(&mut stream, &endpoint.host, method, path, headers, body)
+}
+
+/// [`request_with_body`] over a connected `stream` (the socket, or bytes in a test or fuzz
+/// target): sends the request, reads the response to the end of the stream and parses it.
+pub(crate) fn request_over(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, HttpError> {
+    let mut bytes = request_bytes(host, method, path, headers, body.len()).into_bytes();
     bytes.extend_from_slice(body);
     stream.write_all(&bytes).map_err(HttpError::Io)?;
     let mut raw = Vec::new();

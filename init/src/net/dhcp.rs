@@ -403,6 +403,70 @@ impl Client {
     }
 }
 
+/// Longest hardware address a message can carry (the `chaddr` field's 16 bytes).
+const MAX_HLEN: u8 = 16;
+
+/// A DHCP message as it arrived (a UDP datagram's payload), if it decodes.
+///
+/// dhcproto trusts two things a sender chooses. `Message::chaddr()` slices the 16-byte
+/// field by the message's `hlen`, and panics (in every build) when it says more than 16:
+/// such messages are refused. And some option lengths are `debug_assert!`s instead of
+/// checks (rapid commit 0 bytes, client FQDN at least 3, client network interface 3, the
+/// bulk leasequery times 4, counted after RFC 3396 joins repeated options): a server
+/// sending another length panics any build with debug assertions (tests, fuzzing), and in
+/// others the value is misread. Messages carrying them are refused too; the client uses
+/// none of those options.
+pub fn decode(bytes: &[u8]) -> Option<Message> {
+    if bytes.get(2).is_some_and(|hlen| *hlen > MAX_HLEN) || !option_lengths_fit(bytes) {
+        return None;
+    }
+    Message::decode(&mut Decoder::new(bytes)).ok()
+}
+
+/// Whether every option dhcproto would assert the length of has that length.
+fn option_lengths_fit(bytes: &[u8]) -> bool {
+    // The fixed header and the magic cookie: 236 + 4 bytes, then the options.
+    let Some(mut options) = bytes.get(240..) else {
+        return true;
+    };
+    // The code and summed length of the run of equal options being read.
+    let mut run: Option<(u8, usize)> = None;
+    let fits = |(code, len): (u8, usize)| match code {
+        80 => len == 0,
+        81 => len >= 3,
+        94 => len == 3,
+        152..=155 => len == 4,
+        _ => true,
+    };
+    loop {
+        let (code, len, rest) = match options {
+            [] | [255, ..] => break,
+            [0, rest @ ..] => (0, 0, rest),
+            [code, len, rest @ ..] => {
+                let len = usize::from(*len);
+                (*code, len, rest.get(len..).unwrap_or_default())
+            }
+            [_] => break,
+        };
+        options = rest;
+        if code == 0 {
+            // Padding ends a run, as it does for dhcproto.
+            if let Some(done) = run.take()
+                && !fits(done)
+            {
+                return false;
+            }
+            continue;
+        }
+        run = match run {
+            Some((c, total)) if c == code => Some((c, total + len)),
+            Some(done) if !fits(done) => return false,
+            _ => Some((code, len)),
+        };
+    }
+    run.is_none_or(fits)
+}
+
 /// An empty BOOTREQUEST (RFC 2131 §2) with transaction id `xid` from the hardware address
 /// `mac`: every address zero, no flags, the magic cookie and no options yet.
 ///
@@ -760,6 +824,72 @@ mod tests {
         assert_eq!(lease.routes[1].prefix_len, 16);
         // RFC 3442: with classless routes, option 3 is ignored for the default route.
         assert_eq!(lease.default_gateway(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+    }
+
+    #[test]
+    fn options_whose_length_dhcproto_asserts_are_refused_not_panicked_on() {
+        // Found by `cargo xtask fuzz dhcp`: option 94 (client network interface) of 2
+        // bytes tripped dhcproto's `debug_assert!(len == 3)`.
+        let found =
+            include_bytes!("../../../fuzz/regressions/dhcp/client-network-interface-of-2-bytes");
+        assert!(decode(found).is_none());
+        let t0 = Instant::now();
+        let (_, actions) = Client::start(MAC, None, 5, t0);
+        let offer = reply(sent(&actions).0, MessageType::Offer, 60)
+            .to_vec()
+            .unwrap();
+        let with = |options: &[u8]| {
+            let mut bytes = offer.clone();
+            let end = bytes.iter().rposition(|b| *b == 255).unwrap();
+            bytes.splice(end..end, options.iter().copied());
+            bytes
+        };
+        for bad in [
+            &[94, 2, 1, 2][..],
+            &[80, 1, 0],
+            &[81, 2, 0, 0],
+            &[152, 3, 0, 0, 0],
+            // RFC 3396: repeated options are joined, and the joined length counts.
+            &[94, 3, 1, 2, 3, 94, 3, 1, 2, 3],
+        ] {
+            assert!(decode(&with(bad)).is_none(), "{bad:?}");
+        }
+        for good in [
+            &[94, 3, 1, 2, 3][..],
+            &[80, 0],
+            &[152, 4, 0, 0, 0, 1],
+            &[94, 3, 1, 2, 3, 0, 94, 3, 1, 2, 3],
+        ] {
+            let msg = decode(&with(good)).expect("decodes");
+            assert_eq!(msg.opts().msg_type(), Some(MessageType::Offer), "{good:?}");
+        }
+        assert!(decode(&offer).is_some());
+        assert!(decode(&offer[..100]).is_none());
+    }
+
+    #[test]
+    fn a_hardware_address_longer_than_the_field_is_refused_not_panicked_on() {
+        // Found by `cargo xtask fuzz dhcp`: a reply with this client's transaction id and
+        // hlen 255 made dhcproto's Message::chaddr() slice its 16-byte field to 255 bytes,
+        // in any build. Whoever sees the broadcast DISCOVER knows the transaction id.
+        let found =
+            include_bytes!("../../../fuzz/regressions/dhcp/hardware-address-length-over-16");
+        assert_eq!(found[2], 255);
+        assert!(decode(found).is_none());
+        let t0 = Instant::now();
+        let (mut c, actions) = Client::start(MAC, None, 5, t0);
+        let mut offer = reply(sent(&actions).0, MessageType::Offer, 60)
+            .to_vec()
+            .unwrap();
+        for hlen in [17, 255] {
+            offer[2] = hlen;
+            assert!(decode(&offer).is_none(), "hlen {hlen}");
+        }
+        // Up to the field's 16 bytes the message decodes, and is this client's if the first
+        // six are its address.
+        offer[2] = 16;
+        let msg = decode(&offer).expect("hlen 16 decodes");
+        assert_eq!(kind(sent(&c.on_message(&msg, t0)).0), MessageType::Request);
     }
 
     #[test]

@@ -562,19 +562,33 @@ fn apply_lease(nl: &mut Netlink, d: &Dhcp, lease: &Lease, now: Instant) {
         ));
         return;
     }
-    let metric = DEFAULT_ROUTE_METRIC + d.link.index;
+    for route in lease_routes(lease, d.link.index) {
+        if let Err(e) = nl.add_route(&route) {
+            warn(format!(
+                "cannot add route {}/{}: {e}",
+                route.destination, route.prefix_len
+            ));
+        }
+    }
+}
+
+/// The routes a lease asks for on link `index`: its classless static routes (option 121),
+/// else a default route through its first router (and a route to that router first when it
+/// is outside the subnet).
+pub(crate) fn lease_routes(lease: &Lease, index: u32) -> Vec<Route> {
+    let metric = DEFAULT_ROUTE_METRIC.saturating_add(index);
     let mut routes = Vec::new();
     if lease.routes.is_empty() {
         if let Some(gateway) = lease.routers.first().copied() {
             // A router outside the subnet (a /32 lease, say) needs a route to itself first.
             if !in_subnet(gateway, lease.address, lease.prefix_len) {
-                routes.push(host_route(gateway, d.link.index, metric));
+                routes.push(host_route(gateway, index, metric));
             }
             routes.push(Route {
                 destination: Ipv4Addr::UNSPECIFIED,
                 prefix_len: 0,
                 gateway: Some(gateway),
-                index: d.link.index,
+                index,
                 metric,
                 dhcp: true,
             });
@@ -585,20 +599,13 @@ fn apply_lease(nl: &mut Netlink, d: &Dhcp, lease: &Lease, now: Instant) {
                 destination: r.destination,
                 prefix_len: r.prefix_len,
                 gateway: (!r.gateway.is_unspecified()).then_some(r.gateway),
-                index: d.link.index,
+                index,
                 metric,
                 dhcp: true,
             });
         }
     }
-    for route in routes {
-        if let Err(e) = nl.add_route(&route) {
-            warn(format!(
-                "cannot add route {}/{}: {e}",
-                route.destination, route.prefix_len
-            ));
-        }
-    }
+    routes
 }
 
 fn host_route(to: Ipv4Addr, index: u32, metric: u32) -> Route {

@@ -86,13 +86,7 @@ impl Netlink {
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_DUMP,
         )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(link) => Some(to_link(&link)),
-                _ => None,
-            })
-            .collect())
+        Ok(links_of(replies))
     }
 
     /// Brings a link up.
@@ -164,19 +158,7 @@ impl Netlink {
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
             NLM_F_DUMP,
         )?;
-        Ok(replies
-            .into_iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
-                    let ip = a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })?;
-                    Some((ip, a.header.prefix_len))
-                }
-                _ => None,
-            })
-            .collect())
+        Ok(addresses_of(replies, index))
     }
 
     /// Adds or replaces a route.
@@ -234,31 +216,77 @@ impl Netlink {
         let mut replies = Vec::new();
         loop {
             let (datagram, _) = self.socket.recv_from_full()?;
-            let mut at = 0;
-            while at < datagram.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[at..])
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let length = reply.header.length as usize;
-                if reply.header.sequence_number == self.sequence {
-                    match reply.payload {
-                        NetlinkPayload::Done(_) => return Ok(replies),
-                        NetlinkPayload::Error(e) => {
-                            return match e.code {
-                                None => Ok(replies),
-                                Some(_) => Err(e.to_io()),
-                            };
-                        }
-                        NetlinkPayload::InnerMessage(m) => replies.push(m),
-                        _ => {}
-                    }
-                }
-                if length == 0 {
-                    break;
-                }
-                at += length.div_ceil(4) * 4;
+            if read_datagram(&datagram, self.sequence, &mut replies)? {
+                return Ok(replies);
             }
         }
     }
+}
+
+/// Reads the kernel's messages in one datagram, keeping the replies to request `sequence`
+/// in `replies`; `Ok(true)` once the request is answered in full (`NLMSG_DONE` or the
+/// acknowledgement), the errno of a negative acknowledgement as an error.
+pub(crate) fn read_datagram(
+    datagram: &[u8],
+    sequence: u32,
+    replies: &mut Vec<RouteNetlinkMessage>,
+) -> io::Result<bool> {
+    let mut at = 0;
+    while at < datagram.len() {
+        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&datagram[at..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let length = reply.header.length as usize;
+        if reply.header.sequence_number == sequence {
+            match reply.payload {
+                NetlinkPayload::Done(_) => return Ok(true),
+                NetlinkPayload::Error(e) => {
+                    return match e.code {
+                        None => Ok(true),
+                        // The errno is the code negated. Not `e.to_io()`: it negates with
+                        // `abs()`, which overflows on i32::MIN.
+                        Some(code) => {
+                            Err(io::Error::from_raw_os_error(code.get().saturating_abs()))
+                        }
+                    };
+                }
+                NetlinkPayload::InnerMessage(m) => replies.push(m),
+                _ => {}
+            }
+        }
+        if length == 0 {
+            break;
+        }
+        at += length.div_ceil(4) * 4;
+    }
+    Ok(false)
+}
+
+/// The links in a dump's replies.
+pub(crate) fn links_of(replies: Vec<RouteNetlinkMessage>) -> Vec<Link> {
+    replies
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => Some(to_link(&link)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The addresses of link `index` in a dump's replies, with prefix lengths.
+pub(crate) fn addresses_of(replies: Vec<RouteNetlinkMessage>, index: u32) -> Vec<(IpAddr, u8)> {
+    replies
+        .into_iter()
+        .filter_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                let ip = a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Address(ip) => Some(*ip),
+                    _ => None,
+                })?;
+                Some((ip, a.header.prefix_len))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 fn address_message(index: u32, address: Ipv4Addr, prefix_len: u8) -> AddressMessage {
@@ -301,6 +329,21 @@ mod tests {
 
     /// The loopback device exists in every network namespace, test machines included: the
     /// dump must find it, with its name and flags decoded.
+    #[test]
+    fn an_error_code_of_i32_min_is_an_error_not_a_panic() {
+        // Found by `cargo xtask fuzz netlink`: NLMSG_ERROR with code -2^31 overflowed the
+        // negation in netlink-packet-core's ErrorMessage::to_io.
+        let found = include_bytes!("../../../fuzz/regressions/netlink/error-code-i32-min");
+        let sequence = u32::from_ne_bytes(found[8..12].try_into().unwrap());
+        let err = read_datagram(found, sequence, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(i32::MAX));
+        // An ordinary refusal keeps its errno.
+        let mut nack = found.to_vec();
+        nack[16..20].copy_from_slice(&(-nix::libc::ENODEV).to_ne_bytes());
+        let err = read_datagram(&nack, sequence, &mut Vec::new()).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::ENODEV));
+    }
+
     #[test]
     fn lists_the_loopback_link() {
         let mut nl = Netlink::open().unwrap();

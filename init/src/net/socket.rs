@@ -11,8 +11,8 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsFd, BorrowedFd};
 
+use dhcproto::Encodable;
 use dhcproto::v4::Message;
-use dhcproto::{Decodable, Decoder, Encodable};
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
 };
@@ -70,7 +70,7 @@ impl DhcpSocket {
         let mut messages = Vec::new();
         let mut buf = [0u8; 1500];
         while let Ok((n, _)) = self.socket.recv_from(&mut buf) {
-            if let Ok(msg) = Message::decode(&mut Decoder::new(&buf[..n])) {
+            if let Some(msg) = super::dhcp::decode(&buf[..n]) {
                 messages.push(msg);
             }
         }

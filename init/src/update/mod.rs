@@ -20,11 +20,11 @@
 //! window. Each check runs on a thread of its own ([`check`]), so the main loop goes on
 //! supervising while it downloads and writes.
 
-mod bundle;
+pub(crate) mod bundle;
 mod check;
 pub mod corruption;
 mod esp;
-mod index;
+pub(crate) mod index;
 mod install;
 pub mod record;
 

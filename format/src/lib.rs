@@ -5,7 +5,7 @@
 //! derive from the root hash, the dm-verity parameters and superblock, the names of unified
 //! kernel images (with boot counters), the paths inside the initramfs, what user-data may
 //! be and do (`user_data`), the console line
-//! format the init prints, and the calendar dates formats and logs carry (`utc`). `docs/FORMAT.md` is the prose version of the same contract; the
+//! format the init prints, what the init and its observability agent exchange (`observe`), and the calendar dates formats and logs carry (`utc`). `docs/FORMAT.md` is the prose version of the same contract; the
 //! two change together.
 //!
 //! The crate is deliberately small (no I/O, no allocation-heavy dependencies) so that the
@@ -17,6 +17,7 @@ pub mod digest;
 pub mod initrd;
 pub mod layout;
 pub mod manifest;
+pub mod observe;
 pub mod phase;
 pub mod repo;
 pub mod service;

@@ -34,6 +34,7 @@ mod memory;
 mod modules;
 mod mounts;
 mod net;
+mod observe;
 mod power;
 mod random;
 mod services;

@@ -44,6 +44,12 @@ pub struct HostConfig {
     /// Services added, changed or turned off ([`super::services`]).
     #[serde(default)]
     pub service: Vec<super::services::Service>,
+    /// The Prometheus endpoint, off without the table ([`super::observe`]).
+    #[serde(default)]
+    pub metrics: Option<super::observe::Metrics>,
+    /// The syslog collector, off without the table ([`super::observe`]).
+    #[serde(default)]
+    pub logs: Option<super::observe::Logs>,
 }
 
 impl Default for HostConfig {
@@ -57,6 +63,8 @@ impl Default for HostConfig {
             kernel: Kernel::default(),
             update: None,
             service: Vec::new(),
+            metrics: None,
+            logs: None,
         }
     }
 }
@@ -543,6 +551,12 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
             .map_err(|m| SchemaError::new("update.channel", m))?;
     }
     super::services::validate(&c.service)?;
+    if let Some(metrics) = &c.metrics {
+        metrics.validate()?;
+    }
+    if let Some(logs) = &c.logs {
+        logs.validate()?;
+    }
     Ok(())
 }
 

@@ -41,6 +41,8 @@ use crate::{esp, initramfs, output, release, report, rootfs, uki, verity};
 pub const CLOCK_EPOCH: &str = "usr/lib/clock-epoch";
 /// The image's default user-data (`[config] default`).
 pub const DEFAULT_CONFIG: &str = "usr/lib/crust/config.toml";
+/// The observability agent in the root.
+pub const OBSERVE: &str = crust_format::observe::AGENT_PATH;
 
 /// What to build and where.
 #[derive(Debug, Clone)]
@@ -62,6 +64,19 @@ pub struct BuildRequest {
     /// The crates compiled into the init ([`sbom::cargo::init_crates`]), for the SBOM;
     /// `None` lists the init without them (and says so in the SBOM).
     pub init_crates: Option<Vec<sbom::Crate>>,
+    /// The observability agent (the `crust-observe` crate, static), installed at
+    /// `/usr/libexec/crust/observe`; `None` leaves it out (the host's `[metrics]` and
+    /// `[logs]` then do nothing, and the init says so).
+    pub observe: Option<Program>,
+}
+
+/// A static program of Crust's installed in the root besides the init.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// The binary.
+    pub path: PathBuf,
+    /// The crates compiled into it (its own first), for the SBOM; `None` lists it alone.
+    pub crates: Option<Vec<sbom::Crate>>,
 }
 
 /// File names in the output folder.
@@ -153,11 +168,23 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let init = std::fs::read(&req.init)
         .with_context(|| format!("cannot read the init binary {}", req.init.display()))?;
     check_static(&init).with_context(|| format!("{} cannot be PID 1", req.init.display()))?;
+    let observe = match &req.observe {
+        Some(p) => {
+            let bytes = std::fs::read(&p.path).with_context(|| {
+                format!("cannot read the observability agent {}", p.path.display())
+            })?;
+            check_static(&bytes)
+                .with_context(|| format!("{} cannot run in the root", p.path.display()))?;
+            Some((bytes, p.crates.as_deref()))
+        }
+        None => None,
+    };
     let build_id = build_id(
         &profile,
         &lock,
         &init,
         req.init_crates.as_deref(),
+        observe.as_ref().map(|(b, c)| (b.as_slice(), *c)),
         &key,
         secure_boot.as_ref(),
         epoch,
@@ -211,6 +238,9 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let os_release = os_release(&profile, &build_id);
     let policy = user_data_policy(&profile, &key)?;
     let mut root_tree = root_tree(&profile, &debs, &init, &os_release, &policy)?;
+    if let Some((bytes, _)) = &observe {
+        root_tree.insert(OBSERVE, Entry::file(bytes.clone(), 0o755))?;
+    }
     let (bundles, services) =
         service_bundles(&profile, &lock, &debs, &root_tree, req.cache.root())?;
     service::install(&mut root_tree, &bundles)?;
@@ -229,6 +259,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         cache: &req.cache,
         init: Digest::of(&init),
         init_crates: req.init_crates.as_deref(),
+        observe: observe.as_ref().map(|(b, c)| (Digest::of(b), *c)),
         services: &services,
     })?;
     root_tree.insert(sbom::ROOT_PATH, Entry::file(sbom.spdx(None), 0o644))?;
@@ -668,11 +699,13 @@ pub fn secure_boot_keys(
 /// Everything that determines the image, hashed: profile files, lock, init (and its crates,
 /// which the SBOM lists), public key, the Secure Boot certificate and enrolment files, epoch,
 /// and this builder's version.
+#[allow(clippy::too_many_arguments)]
 fn build_id(
     profile: &Profile,
     lock: &Lock,
     init: &[u8],
     init_crates: Option<&[sbom::Crate]>,
+    observe: Option<(&[u8], Option<&[sbom::Crate]>)>,
     key: &SigningKey,
     secure_boot: Option<&(KeySet, secureboot::Enroll)>,
     epoch: u64,
@@ -689,6 +722,13 @@ fn build_id(
         // The SBOM in the root lists them.
         parts.push(b"init crates".to_vec());
         parts.push(serde_json::to_vec(crates)?);
+    }
+    if let Some((binary, crates)) = observe {
+        parts.push(b"observe".to_vec());
+        parts.push(Digest::of(binary).0.to_vec());
+        if let Some(crates) = crates {
+            parts.push(serde_json::to_vec(crates)?);
+        }
     }
     if let Some((keys, mode)) = secure_boot {
         // The certificate names the db key that signs; the enrolment files go on the ESP.

@@ -83,6 +83,23 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     let init = work.join("init");
     std::fs::copy(&built, &init)
         .with_context(|| format!("cannot copy the init {}", built.display()))?;
+    // The observability agent beside it, copied likewise (with its crates when it is the
+    // workspace's).
+    let observe = match image::observe_binary(&built) {
+        agent if agent.is_file() => {
+            let copy = image::observe_binary(&init);
+            std::fs::copy(&agent, &copy)
+                .with_context(|| format!("cannot copy {}", agent.display()))?;
+            Some(crust_builder::build::Program {
+                path: copy,
+                crates: match &opts.init {
+                    Some(_) => None,
+                    None => image::observe_program(&built)?.crates,
+                },
+            })
+        }
+        _ => None,
+    };
     let floor_init = if opts.boot {
         Some(floor::build_init()?)
     } else {
@@ -102,6 +119,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
                 Some(_) => None,
                 None => Some(image::init_crates()?),
             },
+            observe,
         },
         &profile,
     )?;

@@ -16,6 +16,7 @@ use crust_builder::build::outputs;
 use crust_format::Manifest;
 use crust_vm::{Accel, Config, Vm, firmware::Firmware};
 
+pub mod observe;
 pub mod registry;
 pub mod repo;
 

@@ -99,6 +99,7 @@ pub const TEST: &[Need] = &[
     need("prometheus", "prometheus"),
     need("promtool", "prometheus"),
     need("rsyslogd", "rsyslog"),
+    need("curl", "curl"),
     need(
         "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
         "rsyslog-gnutls",

@@ -145,6 +145,11 @@ impl Buffer {
         self.bytes
     }
 
+    /// Bytes it may hold.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
     /// Records dropped in all.
     pub fn dropped_total(&self) -> u64 {
         self.dropped_total

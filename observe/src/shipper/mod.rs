@@ -240,7 +240,16 @@ struct Shipper {
 impl Shipper {
     fn take_line(&mut self, line: &[u8]) {
         if let Some(r) = std::str::from_utf8(line).ok().and_then(Record::parse) {
-            self.buffer.push(r);
+            self.keep(r);
+        }
+    }
+
+    /// Buffers a record; with a connection, a buffer half full is sent at once, so a burst
+    /// (the boot's kernel messages) never overflows it while the collector is there.
+    fn keep(&mut self, r: Record) {
+        self.buffer.push(r);
+        if self.conn.is_some() && self.buffer.bytes() * 2 > self.buffer.limit() {
+            self.send(Instant::now());
         }
     }
 
@@ -281,7 +290,7 @@ impl Shipper {
                         && k.sequence > last + 1
                     {
                         let lost = k.sequence - last - 1;
-                        self.buffer.push(own(
+                        self.keep(own(
                             Severity::Warning,
                             format!(
                                 "logs: {lost} kernel messages were overwritten in the kernel's \
@@ -290,7 +299,7 @@ impl Shipper {
                         ));
                     }
                     self.kmsg_sequence = Some(k.sequence);
-                    self.buffer.push(k.record);
+                    self.keep(k.record);
                 }
                 // The reader fell behind the ring buffer: the next read resumes at the
                 // oldest record still there, and the sequence gap is counted then.

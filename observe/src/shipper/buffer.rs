@@ -28,6 +28,8 @@ pub struct Buffer {
     dropped: u64,
     /// Dropped in all.
     dropped_total: u64,
+    /// The count most recently queued, until the shipper says it.
+    noted: Option<u64>,
 }
 
 /// The bytes a record is counted as.
@@ -45,12 +47,25 @@ impl Buffer {
             limit,
             dropped: 0,
             dropped_total: 0,
+            noted: None,
+        }
+    }
+
+    /// Makes room for `need` bytes by letting go of recently sent records, oldest first (a
+    /// resend is worth less than a line not sent yet).
+    fn make_room(&mut self, need: usize) {
+        while self.bytes + need > self.limit {
+            let Some((_, r)) = self.recent.pop_front() else {
+                return;
+            };
+            self.bytes -= cost(&r);
         }
     }
 
     /// Queues a record; false if it did not fit (it is counted).
     pub fn push(&mut self, record: Record) -> bool {
         self.note_drops(record.monotonic_us);
+        self.make_room(cost(&record));
         if self.dropped > 0 || self.bytes + cost(&record) > self.limit {
             self.dropped += 1;
             self.dropped_total += 1;
@@ -80,13 +95,20 @@ impl Buffer {
                 self.limit
             ),
         };
+        self.make_room(cost(&note));
         if self.bytes + cost(&note) > self.limit {
             return None;
         }
         self.dropped = 0;
         self.bytes += cost(&note);
         self.queue.push_back(note);
+        self.noted = Some(n);
         Some(n)
+    }
+
+    /// The count of dropped records queued since the last call, if one was.
+    pub fn take_noted(&mut self) -> Option<u64> {
+        self.noted.take()
     }
 
     /// The next record to send.
@@ -200,6 +222,20 @@ mod tests {
         );
         assert_eq!(got[1], "tick 6");
         assert_eq!(b.bytes(), 0);
+    }
+
+    #[test]
+    fn recently_sent_records_make_room_for_new_ones() {
+        let one = cost(&rec(10));
+        let mut b = Buffer::new(one * 3);
+        let now = Instant::now();
+        for i in 1..=10 {
+            assert!(b.push(rec(i)), "tick {i}");
+            b.sent(now, true);
+        }
+        assert_eq!(b.dropped_total(), 0);
+        assert_eq!(b.resend_recent(), 3, "the last three are kept for a resend");
+        assert_eq!(drain(&mut b), ["tick 8", "tick 9", "tick 10"]);
     }
 
     #[test]

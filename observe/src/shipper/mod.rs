@@ -41,7 +41,7 @@ use buffer::Buffer;
 /// Bound on connecting (each address) and on each write.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between tries to reach the collector.
-pub const RETRY_MAX: Duration = Duration::from_secs(10);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
 /// How long a stopping shipper keeps sending what it holds.
 pub const STOP_BUDGET: Duration = Duration::from_secs(3);
 /// Kernel records read per wake-up (a flood is taken a batch at a time).
@@ -248,6 +248,7 @@ impl Shipper {
     /// (the boot's kernel messages) never overflows it while the collector is there.
     fn keep(&mut self, r: Record) {
         self.buffer.push(r);
+        self.say_drops();
         if self.conn.is_some() && self.buffer.bytes() * 2 > self.buffer.limit() {
             self.send(Instant::now());
         }
@@ -329,6 +330,18 @@ impl Shipper {
         self.next_try = now + self.retry;
     }
 
+    /// Says on the console (and so, later, to the collector) that a count of dropped lines
+    /// was queued.
+    fn say_drops(&mut self) {
+        if let Some(n) = self.buffer.take_noted() {
+            say(&format!(
+                "{n} lines did not fit in the {}-byte buffer while the collector was \
+                 unreachable and were dropped",
+                self.buffer_limit()
+            ));
+        }
+    }
+
     fn buffer_limit(&self) -> u64 {
         self.target.settings.buffer
     }
@@ -390,13 +403,8 @@ impl Shipper {
             match conn.send(&message) {
                 Ok(()) => {
                     self.buffer.sent(now, keep);
-                    if let Some(n) = self.buffer.note_drops(monotonic_us()) {
-                        say(&format!(
-                            "{n} lines did not fit in the {}-byte buffer while the collector \
-                             was unreachable and were dropped",
-                            self.buffer_limit()
-                        ));
-                    }
+                    self.buffer.note_drops(monotonic_us());
+                    self.say_drops();
                 }
                 Err(e) => {
                     self.disconnect(&e.to_string(), now);
@@ -547,14 +555,15 @@ pub fn run(settings: &Path, kmsg_from_end: bool) -> Result<(), String> {
         {
             s.disconnect(&why, now);
         }
+        // Connecting first: a connection takes a burst as it comes.
+        if s.conn.is_none() && now >= s.next_try && stop_by.is_none() {
+            s.try_connect(now);
+        }
         if pipe {
             pipe_open = s.read_pipe(stdin_fd);
         }
         if kern && let Some(k) = &kmsg {
             s.read_kmsg(k.as_fd());
-        }
-        if s.conn.is_none() && now >= s.next_try && stop_by.is_none() {
-            s.try_connect(now);
         }
         s.send(Instant::now());
     }

@@ -14,6 +14,7 @@ mod build_time;
 mod chart;
 mod extents;
 mod floor;
+mod observe;
 mod report;
 mod size;
 mod stats;
@@ -163,6 +164,23 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         None => None,
     };
 
+    let observe = match &boot {
+        Some(b) => {
+            say::status("Bench", "the exporter at run time");
+            let accel = match b.accelerator.as_str() {
+                "kvm" => crust_vm::Accel::Kvm,
+                _ => crust_vm::Accel::Tcg,
+            };
+            Some(observe::measure(
+                &measured.out_dir.join(crust_builder::build::outputs::IMAGE),
+                &work.join("observe"),
+                accel,
+                if opts.quick { 20 } else { 100 },
+            )?)
+        }
+        None => None,
+    };
+
     let mut report = Report {
         schema: SCHEMA,
         started_at,
@@ -178,6 +196,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         build: measured.times,
         image: image_size,
         boot,
+        observe,
         goals: Vec::new(),
     };
     report.goals = report.evaluate_goals();

@@ -227,11 +227,13 @@ fn summarize_sbom(outcome: &BuildOutcome) {
         }
     };
     let mut debs = std::collections::BTreeMap::<&str, usize>::new();
-    let (mut crates, mut images) = (0, 0);
+    let (mut crates, mut agent, mut images) = (0, 0, 0);
     for e in &doc.entries {
+        let places: Vec<&str> = e.place.split(',').collect();
         match e.kind.as_str() {
             "deb" => *debs.entry(&e.place).or_default() += 1,
-            "cargo" if e.place == "init" => crates += 1,
+            "cargo" if places.contains(&"init") => crates += 1,
+            "cargo" if places.contains(&"observe") => agent += 1,
             "oci" => images += 1,
             _ => {}
         }
@@ -240,7 +242,8 @@ fn summarize_sbom(outcome: &BuildOutcome) {
     report::status(
         "SBOM",
         format!(
-            "{}: {} Debian packages ({}), the init and its {crates} crates, {images} OCI images",
+            "{}: {} Debian packages ({}), the init and its {crates} crates, the observability \
+             agent and {agent} more, {images} OCI images",
             crust_builder::build::outputs::SBOM_SPDX,
             debs.values().sum::<usize>(),
             places.join(", "),

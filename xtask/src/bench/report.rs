@@ -43,6 +43,10 @@ pub struct Report {
     pub image: ImageSize,
     /// Boot times; `null` with `--no-boot`.
     pub boot: Option<BootTimes>,
+    /// What the observability agent costs at run time; `null` with `--no-boot` (and in
+    /// reports from before it).
+    #[serde(default)]
+    pub observe: Option<ObserveCost>,
     /// The goals of issue 8 and where each stands.
     pub goals: Vec<Goal>,
 }
@@ -119,6 +123,24 @@ pub struct Component {
     pub stored: u64,
     /// Bytes before compression, where that differs.
     pub uncompressed: Option<u64>,
+}
+
+/// The exporter at run time, in one boot with `[metrics]` on (`bench/observe.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObserveCost {
+    /// The accelerator QEMU used (`tcg` or `kvm`): the CPU figure is the guest's.
+    pub accelerator: String,
+    /// Scrapes measured.
+    pub scrapes: usize,
+    /// The exporter's CPU time per scrape (user and system, its own `process_` metric),
+    /// milliseconds.
+    pub cpu_per_scrape_ms: f64,
+    /// Median time of a scrape seen from this machine (through the port forward), ms.
+    pub scrape_ms: f64,
+    /// The exporter's resident memory after the scrapes, bytes.
+    pub exporter_resident_bytes: u64,
+    /// The size of one scrape's text, bytes.
+    pub scrape_bytes: u64,
 }
 
 /// Boot times.
@@ -341,6 +363,14 @@ pub(crate) mod tests {
                     },
                 ],
                 chart: "20261128T225007Z.svg".into(),
+            }),
+            observe: Some(ObserveCost {
+                accelerator: "tcg".into(),
+                scrapes: 20,
+                cpu_per_scrape_ms: 30.5,
+                scrape_ms: 80.0,
+                exporter_resident_bytes: 1 << 20,
+                scrape_bytes: 12_000,
             }),
             goals: Vec::new(),
         };

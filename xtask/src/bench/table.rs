@@ -205,6 +205,19 @@ pub fn render(r: &Report) -> String {
     } else {
         out.push_str("\nBOOT not measured (--no-boot)\n");
     }
+    if let Some(o) = &r.observe {
+        let _ = writeln!(
+            out,
+            "\nOBSERVABILITY ({}, {} scrapes of {}): exporter CPU {:.1} ms per scrape, resident \
+             {}, a scrape {:.0} ms end to end",
+            o.accelerator,
+            o.scrapes,
+            size(o.scrape_bytes),
+            o.cpu_per_scrape_ms,
+            size(o.exporter_resident_bytes),
+            o.scrape_ms
+        );
+    }
 
     let mut rows = vec![vec![
         "GOALS".into(),

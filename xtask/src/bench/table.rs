@@ -208,11 +208,11 @@ pub fn render(r: &Report) -> String {
     if let Some(o) = &r.observe {
         let _ = writeln!(
             out,
-            "\nOBSERVABILITY ({}, {} scrapes of {}): exporter CPU {:.1} ms per scrape, resident \
-             {}, a scrape {:.0} ms end to end",
+            "\nOBSERVABILITY ({}, {} scrapes of {:.1} KiB): exporter CPU {:.1} ms per scrape, \
+             resident {}, a scrape {:.0} ms end to end",
             o.accelerator,
             o.scrapes,
-            size(o.scrape_bytes),
+            o.scrape_bytes as f64 / 1024.0,
             o.cpu_per_scrape_ms,
             size(o.exporter_resident_bytes),
             o.scrape_ms
@@ -266,6 +266,8 @@ mod tests {
             "1.25",
             "reference floor: init",
             "8.00 s",
+            "OBSERVABILITY (tcg, 20 scrapes of 11.7 KiB): exporter CPU 30.5 ms per scrape, \
+             resident 1.0 MiB, a scrape 80 ms end to end",
             "NOT MET",
         ] {
             if want == "NOT MET" {

@@ -501,10 +501,15 @@ pub fn run(settings: &Path, kmsg_from_end: bool) -> Result<(), String> {
     let mut stop_by: Option<Instant> = None;
     loop {
         let now = Instant::now();
-        if let Some(by) = stop_by
-            && (now >= by || (s.buffer.is_empty() && s.conn.is_some()) || s.conn.is_none())
-        {
-            return Ok(());
+        if let Some(by) = stop_by {
+            // What is still in the pipe (the services' last lines) goes too.
+            if pipe_open && s.conn.is_some() && s.buffer.is_empty() {
+                pipe_open = s.read_pipe(stdin_fd);
+                s.send(now);
+            }
+            if now >= by || s.buffer.is_empty() || s.conn.is_none() {
+                return Ok(());
+            }
         }
         // Wake for the next connection try or the end of a resend window.
         let mut wake = s.buffer.expire(now);

@@ -2,18 +2,17 @@
 //! away; what does not fit is dropped and counted, and the count itself becomes a message
 //! in the place where the dropped ones would have been, once there is room again.
 //!
-//! Messages written to a TCP or TLS connection in the last [`RESEND_WINDOW`] stay here too
-//! (`recent`): plain syslog over TCP has no acknowledgements, and a collector that goes
-//! away loses what was in flight. When the connection breaks they are sent again, first:
-//! at least once for those, so a message near a break may arrive twice, never out of order.
+//! Messages written to a TCP or TLS connection stay here too (`recent`) until the collector's
+//! kernel has acknowledged their bytes: plain syslog over TCP has no acknowledgements of
+//! its own, and a collector that goes away loses what was in flight. When the connection
+//! ends with a FIN, the collector read everything that reached it, so only what was still
+//! unacknowledged then is sent again; after a reset (a collector that closed with unread
+//! data) or a failed write, every record still here is. A record near a reset may arrive
+//! twice; none arrives out of order.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
 
 use crust_format::observe::{Facility, Record, Severity};
-
-/// How long a written message is kept for a resend after a broken connection.
-pub const RESEND_WINDOW: Duration = Duration::from_millis(250);
 /// What a message is counted as beyond its text (timestamp, host, names, structured data).
 pub const OVERHEAD: usize = 160;
 
@@ -21,7 +20,10 @@ pub const OVERHEAD: usize = 160;
 #[derive(Debug)]
 pub struct Buffer {
     queue: VecDeque<Record>,
-    recent: VecDeque<(Instant, Record)>,
+    /// Written, not known to be acknowledged: each with its bytes on the wire.
+    recent: VecDeque<(usize, Record)>,
+    /// The wire bytes of `recent`.
+    recent_wire: usize,
     bytes: usize,
     limit: usize,
     /// Dropped since the last count was queued.
@@ -43,6 +45,7 @@ impl Buffer {
         Self {
             queue: VecDeque::new(),
             recent: VecDeque::new(),
+            recent_wire: 0,
             bytes: 0,
             limit,
             dropped: 0,
@@ -55,11 +58,19 @@ impl Buffer {
     /// resend is worth less than a line not sent yet).
     fn make_room(&mut self, need: usize) {
         while self.bytes + need > self.limit {
-            let Some((_, r)) = self.recent.pop_front() else {
+            if !self.forget_oldest_recent() {
                 return;
-            };
-            self.bytes -= cost(&r);
+            }
         }
+    }
+
+    fn forget_oldest_recent(&mut self) -> bool {
+        let Some((wire, r)) = self.recent.pop_front() else {
+            return false;
+        };
+        self.recent_wire -= wire;
+        self.bytes -= cost(&r);
+        true
     }
 
     /// Queues a record; false if it did not fit (it is counted).
@@ -116,39 +127,44 @@ impl Buffer {
         self.queue.front()
     }
 
-    /// The next record was sent at `now`: it is kept for [`RESEND_WINDOW`] (`keep`) or
-    /// let go (UDP, where a resend cannot know better).
-    pub fn sent(&mut self, now: Instant, keep: bool) {
+    /// The next record was written, `wire` bytes of it on a connection that may lose it
+    /// (TCP, TLS: kept until acknowledged), `None` where a resend could not know better
+    /// (UDP: let go).
+    pub fn sent(&mut self, wire: Option<usize>) {
         if let Some(r) = self.queue.pop_front() {
-            if keep {
-                self.recent.push_back((now, r));
-            } else {
-                self.bytes -= cost(&r);
+            match wire {
+                Some(wire) => {
+                    self.recent_wire += wire;
+                    self.recent.push_back((wire, r));
+                }
+                None => self.bytes -= cost(&r),
             }
         }
     }
 
-    /// Lets go of records sent before `now - RESEND_WINDOW`; returns when the next one
-    /// expires.
-    pub fn expire(&mut self, now: Instant) -> Option<Instant> {
-        while let Some((at, _)) = self.recent.front() {
-            if now.saturating_duration_since(*at) < RESEND_WINDOW {
-                return Some(*at + RESEND_WINDOW);
+    /// The collector's kernel has acknowledged all but the last `unacked` bytes written:
+    /// records wholly before those are let go.
+    pub fn acked(&mut self, unacked: usize) {
+        while let Some((wire, _)) = self.recent.front() {
+            if self.recent_wire - wire < unacked {
+                return;
             }
-            if let Some((_, r)) = self.recent.pop_front() {
-                self.bytes -= cost(&r);
-            }
+            self.forget_oldest_recent();
         }
-        None
     }
 
-    /// The connection broke: the recently sent records go back to the front, in order;
-    /// returns how many.
-    pub fn resend_recent(&mut self) -> usize {
+    /// The connection ended: the records that may not have reached the collector (those
+    /// within the last `unacked` bytes when it is known, else all still held) go back to
+    /// the front, in order; returns how many.
+    pub fn resend_recent(&mut self, unacked: Option<usize>) -> usize {
+        if let Some(u) = unacked {
+            self.acked(u);
+        }
         let n = self.recent.len();
         while let Some((_, r)) = self.recent.pop_back() {
             self.queue.push_front(r);
         }
+        self.recent_wire = 0;
         n
     }
 
@@ -197,7 +213,7 @@ mod tests {
         let mut out = Vec::new();
         while let Some(r) = b.next() {
             out.push(r.msg.clone());
-            b.sent(Instant::now(), false);
+            b.sent(None);
         }
         out
     }
@@ -228,34 +244,38 @@ mod tests {
     fn recently_sent_records_make_room_for_new_ones() {
         let one = cost(&rec(10));
         let mut b = Buffer::new(one * 3);
-        let now = Instant::now();
         for i in 1..=10 {
             assert!(b.push(rec(i)), "tick {i}");
-            b.sent(now, true);
+            b.sent(Some(100));
         }
         assert_eq!(b.dropped_total(), 0);
-        assert_eq!(b.resend_recent(), 3, "the last three are kept for a resend");
+        assert_eq!(
+            b.resend_recent(None),
+            3,
+            "the last three are kept for a resend"
+        );
         assert_eq!(drain(&mut b), ["tick 8", "tick 9", "tick 10"]);
     }
 
     #[test]
-    fn recent_records_are_sent_again_in_order_after_a_break() {
+    fn only_what_was_not_acknowledged_is_sent_again() {
         let mut b = Buffer::new(1 << 20);
-        for i in 1..=4 {
+        for i in 1..=5 {
             b.push(rec(i));
         }
-        let t0 = Instant::now();
-        b.sent(t0, true);
-        b.sent(t0, true);
-        assert_eq!(
-            b.expire(t0 + Duration::from_millis(10)),
-            Some(t0 + RESEND_WINDOW)
-        );
-        b.sent(t0 + RESEND_WINDOW, true);
-        // tick 1 and 2 are old by now; tick 3 is recent.
-        b.expire(t0 + RESEND_WINDOW + Duration::from_millis(1));
-        assert_eq!(b.resend_recent(), 1);
-        assert_eq!(drain(&mut b), ["tick 3", "tick 4"]);
+        for _ in 1..=4 {
+            b.sent(Some(100));
+        }
+        // All but the last 150 bytes acknowledged: ticks 1 and 2 are let go.
+        b.acked(150);
+        // At the FIN, 80 bytes were still unacknowledged: tick 4 alone goes again.
+        assert_eq!(b.resend_recent(Some(80)), 1);
+        assert_eq!(drain(&mut b), ["tick 4", "tick 5"]);
         assert_eq!(b.bytes(), 0);
+        // A clean close with nothing in flight sends nothing twice.
+        b.push(rec(6));
+        b.sent(Some(100));
+        assert_eq!(b.resend_recent(Some(0)), 0);
+        assert!(b.is_empty() && b.bytes() == 0);
     }
 }

@@ -21,7 +21,7 @@ pub mod syslog;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,57 +62,89 @@ impl Connection {
         }
     }
 
-    /// Whether a written message can be lost after `write` returned (TCP and TLS: the
-    /// collector may go away before reading it).
-    fn keeps_recent(&self) -> bool {
-        !matches!(self, Connection::Udp(_))
+    /// Bytes written but not yet acknowledged by the collector's kernel (`SIOCOUTQ`), for
+    /// TCP and TLS; `None` for UDP (or if the kernel does not say).
+    fn unacked(&self) -> Option<usize> {
+        let fd = match self {
+            Connection::Tcp(s) | Connection::Tls(_, s) => s.as_raw_fd(),
+            Connection::Udp(_) => return None,
+        };
+        let mut n: nix::libc::c_int = 0;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ for sockets) writes one int through the pointer, which
+        // points at `n`, alive for the call; `fd` is this connection's open socket.
+        let rc = unsafe { nix::libc::ioctl(fd, nix::libc::TIOCOUTQ, &mut n) };
+        (rc == 0).then(|| usize::try_from(n).unwrap_or(0))
     }
 
-    fn send(&mut self, message: &str) -> std::io::Result<()> {
+    /// Writes one message; the bytes it took on the wire.
+    fn send(&mut self, message: &str) -> std::io::Result<usize> {
         match self {
-            Connection::Tcp(s) => s.write_all(&syslog::octet_counted(message)),
-            Connection::Udp(s) => s.send(syslog::datagram(message).as_bytes()).map(drop),
+            Connection::Tcp(s) => {
+                let frame = syslog::octet_counted(message);
+                s.write_all(&frame)?;
+                Ok(frame.len())
+            }
+            Connection::Udp(s) => s.send(syslog::datagram(message).as_bytes()),
             Connection::Tls(conn, s) => {
                 conn.writer().write_all(&syslog::octet_counted(message))?;
+                let mut wire = 0;
                 while conn.wants_write() {
-                    conn.write_tls(s)?;
+                    wire += conn.write_tls(s)?;
                 }
-                Ok(())
+                Ok(wire)
             }
         }
     }
 
     /// The socket turned readable: `Err` if the collector closed or broke the connection.
     /// (Collectors send nothing; whatever they do send is read and dropped.)
-    fn readable(&mut self) -> Result<(), String> {
+    fn readable(&mut self) -> Result<(), Broken> {
         let mut buf = [0u8; 4096];
+        let closed = |what: &str| Broken {
+            why: what.into(),
+            clean: true,
+        };
+        let broken = |e: std::io::Error| Broken {
+            why: e.to_string(),
+            clean: false,
+        };
         match self {
             Connection::Tcp(s) => match s.read(&mut buf) {
-                Ok(0) => Err("the collector closed the connection".into()),
+                Ok(0) => Err(closed("the collector closed the connection")),
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(broken(e)),
             },
             Connection::Udp(s) => match s.recv(&mut buf) {
                 // A refused datagram comes back as an error here (ICMP port unreachable).
-                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Err(e.to_string()),
+                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Err(broken(e)),
                 _ => Ok(()),
             },
             Connection::Tls(conn, s) => match conn.read_tls(s) {
-                Ok(0) => Err("the collector closed the connection".into()),
+                Ok(0) => Err(closed("the collector closed the connection")),
                 Ok(_) => {
-                    let state = conn.process_new_packets().map_err(|e| e.to_string())?;
+                    let state = conn.process_new_packets().map_err(|e| Broken {
+                        why: e.to_string(),
+                        clean: false,
+                    })?;
                     if state.peer_has_closed() {
-                        return Err("the collector closed the TLS session".into());
+                        return Err(closed("the collector closed the TLS session"));
                     }
                     let _ = conn.reader().read(&mut buf);
                     Ok(())
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(broken(e)),
             },
         }
     }
+}
+
+/// Why a connection ended: `clean` when the collector closed it (a FIN: it read what had
+/// reached it), not when it was reset or a write failed.
+struct Broken {
+    why: String,
+    clean: bool,
 }
 
 /// What the shipper needs to reach the collector.
@@ -250,7 +282,7 @@ impl Shipper {
         self.buffer.push(r);
         self.say_drops();
         if self.conn.is_some() && self.buffer.bytes() * 2 > self.buffer.limit() {
-            self.send(Instant::now());
+            self.send();
         }
     }
 
@@ -310,11 +342,15 @@ impl Shipper {
         }
     }
 
-    fn disconnect(&mut self, why: &str, now: Instant) {
-        let Some((_, addr)) = self.conn.take() else {
+    fn disconnect(&mut self, why: &str, clean: bool, now: Instant) {
+        let Some((conn, addr)) = self.conn.take() else {
             return;
         };
-        let again = self.buffer.resend_recent();
+        // After a FIN, what the collector's kernel acknowledged was read; after a reset
+        // or a failed write nothing held is known to be.
+        let unacked = if clean { conn.unacked() } else { None };
+        drop(conn);
+        let again = self.buffer.resend_recent(unacked);
         say(&format!(
             "lost the collector {addr} ({why}); keeping lines (up to {} bytes) until it is \
              back{}",
@@ -388,7 +424,8 @@ impl Shipper {
     }
 
     /// Sends what waits while the connection holds.
-    fn send(&mut self, now: Instant) {
+    fn send(&mut self) {
+        let now = Instant::now();
         let offset = clock_us(ClockId::CLOCK_REALTIME) - clock_us(ClockId::CLOCK_MONOTONIC);
         loop {
             let Some((conn, _)) = self.conn.as_mut() else {
@@ -399,15 +436,15 @@ impl Shipper {
             };
             let unix_us = offset + i64::try_from(record.monotonic_us).unwrap_or(0);
             let message = syslog::message(record, unix_us, &self.hostname, &self.boot_id);
-            let keep = conn.keeps_recent();
+            let keep = !matches!(conn, Connection::Udp(_));
             match conn.send(&message) {
-                Ok(()) => {
-                    self.buffer.sent(now, keep);
+                Ok(wire) => {
+                    self.buffer.sent(keep.then_some(wire));
                     self.buffer.note_drops(monotonic_us());
                     self.say_drops();
                 }
                 Err(e) => {
-                    self.disconnect(&e.to_string(), now);
+                    self.disconnect(&e.to_string(), false, now);
                     return;
                 }
             }
@@ -505,17 +542,18 @@ pub fn run(settings: &Path, kmsg_from_end: bool) -> Result<(), String> {
             // What is still in the pipe (the services' last lines) goes too.
             if pipe_open && s.conn.is_some() && s.buffer.is_empty() {
                 pipe_open = s.read_pipe(stdin_fd);
-                s.send(now);
+                s.send();
             }
             if now >= by || s.buffer.is_empty() || s.conn.is_none() {
                 return Ok(());
             }
         }
-        // Wake for the next connection try or the end of a resend window.
-        let mut wake = s.buffer.expire(now);
-        if s.conn.is_none() {
-            wake = Some(wake.map_or(s.next_try, |w| w.min(s.next_try)));
+        // What the collector acknowledged needs no resend any more.
+        if let Some(u) = s.conn.as_ref().and_then(|(c, _)| c.unacked()) {
+            s.buffer.acked(u);
         }
+        // Wake for the next connection try (and at least every second).
+        let wake = s.conn.is_none().then_some(s.next_try);
         let timeout = wake.map_or(PollTimeout::from(1000u16), |w| {
             PollTimeout::from(w.saturating_duration_since(now).as_millis().clamp(1, 1000) as u16)
         });
@@ -556,9 +594,9 @@ pub fn run(settings: &Path, kmsg_from_end: bool) -> Result<(), String> {
         }
         if sock
             && let Some((conn, _)) = s.conn.as_mut()
-            && let Err(why) = conn.readable()
+            && let Err(b) = conn.readable()
         {
-            s.disconnect(&why, now);
+            s.disconnect(&b.why, b.clean, now);
         }
         // Connecting first: a connection takes a burst as it comes.
         if s.conn.is_none() && now >= s.next_try && stop_by.is_none() {
@@ -570,7 +608,7 @@ pub fn run(settings: &Path, kmsg_from_end: bool) -> Result<(), String> {
         if kern && let Some(k) = &kmsg {
             s.read_kmsg(k.as_fd());
         }
-        s.send(Instant::now());
+        s.send();
     }
 }
 

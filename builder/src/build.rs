@@ -42,6 +42,8 @@ use crate::{esp, initramfs, measure, output, release, report, rootfs, sealed, uk
 pub const CLOCK_EPOCH: &str = "usr/lib/clock-epoch";
 /// The image's default user-data (`[config] default`).
 pub const DEFAULT_CONFIG: &str = "usr/lib/crust/config.toml";
+/// The observability agent in the root.
+pub const OBSERVE: &str = crust_format::observe::AGENT_PATH;
 
 /// What to build and where.
 #[derive(Debug, Clone)]
@@ -63,6 +65,19 @@ pub struct BuildRequest {
     /// The crates compiled into the init ([`sbom::cargo::init_crates`]), for the SBOM;
     /// `None` lists the init without them (and says so in the SBOM).
     pub init_crates: Option<Vec<sbom::Crate>>,
+    /// The observability agent (the `crust-observe` crate, static), installed at
+    /// `/usr/libexec/crust/observe`; `None` leaves it out (the host's `[metrics]` and
+    /// `[logs]` then do nothing, and the init says so).
+    pub observe: Option<Program>,
+}
+
+/// A static program of Crust's installed in the root besides the init.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// The binary.
+    pub path: PathBuf,
+    /// The crates compiled into it (its own first), for the SBOM; `None` lists it alone.
+    pub crates: Option<Vec<sbom::Crate>>,
 }
 
 /// File names in the output folder.
@@ -159,11 +174,23 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let init = std::fs::read(&req.init)
         .with_context(|| format!("cannot read the init binary {}", req.init.display()))?;
     check_static(&init).with_context(|| format!("{} cannot be PID 1", req.init.display()))?;
+    let observe = match &req.observe {
+        Some(p) => {
+            let bytes = std::fs::read(&p.path).with_context(|| {
+                format!("cannot read the observability agent {}", p.path.display())
+            })?;
+            check_static(&bytes)
+                .with_context(|| format!("{} cannot run in the root", p.path.display()))?;
+            Some((bytes, p.crates.as_deref()))
+        }
+        None => None,
+    };
     let build_id = build_id(
         &profile,
         &lock,
         &init,
         req.init_crates.as_deref(),
+        observe.as_ref().map(|(b, c)| (b.as_slice(), *c)),
         &key,
         secure_boot.as_ref(),
         pcr_signer.as_ref(),
@@ -227,6 +254,9 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         crust_format::sealed::POLICY_PATH,
         Entry::file(state_policy.to_text().into_bytes(), 0o644),
     )?;
+    if let Some((bytes, _)) = &observe {
+        root_tree.insert(OBSERVE, Entry::file(bytes.clone(), 0o755))?;
+    }
     let (bundles, services) =
         service_bundles(&profile, &lock, &debs, &root_tree, req.cache.root())?;
     service::install(&mut root_tree, &bundles)?;
@@ -245,6 +275,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         cache: &req.cache,
         init: Digest::of(&init),
         init_crates: req.init_crates.as_deref(),
+        observe: observe.as_ref().map(|(b, c)| (Digest::of(b), *c)),
         services: &services,
     })?;
     root_tree.insert(sbom::ROOT_PATH, Entry::file(sbom.spdx(None), 0o644))?;
@@ -739,6 +770,7 @@ fn build_id(
     lock: &Lock,
     init: &[u8],
     init_crates: Option<&[sbom::Crate]>,
+    observe: Option<(&[u8], Option<&[sbom::Crate]>)>,
     key: &SigningKey,
     secure_boot: Option<&(KeySet, secureboot::Enroll)>,
     pcr_signer: Option<&measure::PcrSigner>,
@@ -756,6 +788,13 @@ fn build_id(
         // The SBOM in the root lists them.
         parts.push(b"init crates".to_vec());
         parts.push(serde_json::to_vec(crates)?);
+    }
+    if let Some((binary, crates)) = observe {
+        parts.push(b"observe".to_vec());
+        parts.push(Digest::of(binary).0.to_vec());
+        if let Some(crates) = crates {
+            parts.push(serde_json::to_vec(crates)?);
+        }
     }
     if let Some((keys, mode)) = secure_boot {
         // The certificate names the db key that signs; the enrolment files go on the ESP.

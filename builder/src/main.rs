@@ -49,6 +49,11 @@ enum Command {
         /// The target the init was built for.
         #[arg(long, default_value = "x86_64-unknown-linux-musl")]
         init_target: String,
+        /// The static observability agent (crust-observe, built for the init's target) to
+        /// install at /usr/libexec/crust/observe; its crates go into the SBOM with
+        /// --init-cargo. Without it the image's [metrics] and [logs] do nothing.
+        #[arg(long, value_name = "BINARY")]
+        observe: Option<PathBuf>,
     },
     /// Re-resolves a profile's packages against the archive and rewrites its lock file.
     Lock {
@@ -90,6 +95,7 @@ fn run(cli: Cli) -> Result<()> {
             formats,
             init_cargo,
             init_target,
+            observe,
         } => {
             let init_crates = match &init_cargo {
                 Some(manifest) => Some(crust_builder::sbom::cargo::init_crates(
@@ -97,6 +103,20 @@ fn run(cli: Cli) -> Result<()> {
                     "crust-init",
                     &init_target,
                 )?),
+                None => None,
+            };
+            let observe = match observe {
+                Some(path) => Some(crust_builder::build::Program {
+                    path,
+                    crates: match &init_cargo {
+                        Some(manifest) => Some(crust_builder::sbom::cargo::init_crates(
+                            manifest,
+                            "crust-observe",
+                            &init_target,
+                        )?),
+                        None => None,
+                    },
+                }),
                 None => None,
             };
             let outcome = build_with(
@@ -109,6 +129,7 @@ fn run(cli: Cli) -> Result<()> {
                     locked,
                     source_date_epoch: source_date_epoch()?,
                     init_crates,
+                    observe,
                 },
                 &formats,
             )?;

@@ -5,9 +5,10 @@
 //! derive from the root hash, the dm-verity parameters and superblock, the names of unified
 //! kernel images (with boot counters), the paths inside the initramfs, what user-data may
 //! be and do (`user_data`), data volumes and what a disk holds (`volume`), the console line
-//! format the init prints, and the calendar dates formats and logs carry (`utc`); for the
-//! sealed `/var`, the PCRs and policy digests (`pcr`) and the state partition's header and
-//! policy (`sealed`). `docs/FORMAT.md` is the prose version of the same contract; the
+//! format the init prints, what the init and its observability agent exchange (`observe`),
+//! and the calendar dates formats and logs carry (`utc`); for the sealed `/var`, the PCRs
+//! and policy digests (`pcr`) and the state partition's header and policy (`sealed`).
+//! `docs/FORMAT.md` is the prose version of the same contract; the
 //! two change together.
 //!
 //! The crate is deliberately small (no I/O, no allocation-heavy dependencies) so that the
@@ -19,6 +20,7 @@ pub mod digest;
 pub mod initrd;
 pub mod layout;
 pub mod manifest;
+pub mod observe;
 pub mod pcr;
 pub mod phase;
 pub mod repo;

@@ -36,6 +36,7 @@ use sntpc::{NtpContext, NtpResult, NtpTimestampGenerator, NtpUdpSocket};
 use crate::config::HostConfig;
 use crate::config::schema::{self, NTP_PORT, ServerName};
 use crate::event::{Control, Task, Worker};
+use crate::observe::status::ClockStatus;
 use crate::services::output::{LOG_DIR, Log};
 use crate::{console, net};
 
@@ -160,6 +161,7 @@ pub fn phase(config: &HostConfig, network: &net::Network) -> Keeper {
     if let Some(raised) = raise_to_floor(Floor::read()) {
         console::note("clock", &raised);
     }
+    let mut status = ClockStatus::new(servers.len());
     let (detail, synced) = if servers.is_empty() {
         let detail = format!(
             "no time server (none configured, none from DHCP); the clock stays at {} from \
@@ -169,19 +171,22 @@ pub fn phase(config: &HostConfig, network: &net::Network) -> Keeper {
         (detail, false)
     } else {
         match sync(&servers, BUDGET, Correction::Step) {
-            Ok(s) => (
-                format!(
-                    "set from {} (stratum {}, delay {} ms): {}, moved {:+.3} s; checked again \
+            Ok(s) => {
+                status.answered(s.offset_us, &s.server);
+                (
+                    format!(
+                        "set from {} (stratum {}, delay {} ms): {}, moved {:+.3} s; checked again \
                      every {} s",
-                    s.server,
-                    s.stratum,
-                    s.delay_us / 1000,
-                    format_utc(s.now),
-                    s.offset_us as f64 / 1e6,
-                    interval.as_secs()
-                ),
-                true,
-            ),
+                        s.server,
+                        s.stratum,
+                        s.delay_us / 1000,
+                        format_utc(s.now),
+                        s.offset_us as f64 / 1e6,
+                        interval.as_secs()
+                    ),
+                    true,
+                )
+            }
             Err(why) => (
                 format!(
                     "{why}; the clock stays at {} from the RTC; asking again in {} s",
@@ -193,13 +198,18 @@ pub fn phase(config: &HostConfig, network: &net::Network) -> Keeper {
         }
     };
     console::phase(Phase::Clock, &detail);
-    Keeper::new(
+    if !synced {
+        status.unanswered();
+    }
+    let mut keeper = Keeper::new(
         servers,
         interval,
         synced,
         Instant::now(),
         Path::new(LOG_DIR),
-    )
+    );
+    keeper.status = status;
+    keeper
 }
 
 /// The servers to try, configured ones first, without repeats.
@@ -316,6 +326,8 @@ pub struct Keeper {
     answering: bool,
     worker: Option<Worker<Result<Synced, String>>>,
     log: Log,
+    /// What the exporter is told ([`crate::observe::status`]).
+    status: ClockStatus,
 }
 
 impl Keeper {
@@ -335,6 +347,7 @@ impl Keeper {
         } else {
             Some(now + RETRY)
         };
+        let status = ClockStatus::new(servers.len());
         Self {
             servers,
             interval,
@@ -345,6 +358,7 @@ impl Keeper {
                 (RETRY * 2).min(interval)
             },
             answering: synced,
+            status,
             worker: None,
             log: Log::new(log_dir, "clock"),
         }
@@ -364,6 +378,7 @@ impl Keeper {
                     s.offset_us as f64 / 1e6
                 );
                 self.log.write(&line);
+                self.status.answered(s.offset_us, &s.server);
                 if !s.slewed {
                     console::note(
                         "clock",
@@ -385,6 +400,7 @@ impl Keeper {
                 let wait = self.retry.min(self.interval);
                 let line = format!("{why}; asking again in {} s", wait.as_secs());
                 self.log.write(&line);
+                self.status.unanswered();
                 if self.answering {
                     console::note("clock", &line);
                 }

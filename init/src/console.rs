@@ -3,13 +3,18 @@
 //!
 //! The kernel hands PID 1 `/dev/console` on fds 0-2; every line goes to stdout and is
 //! flushed at once (a line stuck in a buffer is lost when the machine reboots). Write
-//! errors are ignored: PID 1 has nowhere else to report them.
+//! errors are ignored: PID 1 has nowhere else to report them. Every line also goes to the
+//! log shipper when `[logs]` is on ([`crate::observe::sink`], which never waits), and
+//! phase times to the exporter's status files ([`crate::observe::status`]).
 
 use std::io::Write;
 use std::time::Duration;
 
+use crust_format::observe::Severity;
 use crust_format::phase::{Phase, format_line};
 use nix::time::{ClockId, clock_gettime};
+
+use crate::observe;
 
 /// The monotonic clock, the one the kernel stamps its own console lines with.
 pub fn now() -> Duration {
@@ -34,9 +39,21 @@ pub fn phase(phase: Phase, detail: &str) -> Duration {
 /// Prints the line of a phase with a timestamp taken earlier.
 pub fn phase_at(at: Duration, phase: Phase, detail: &str) {
     print_line(&format_line(at, phase, detail));
+    let severity = match phase {
+        Phase::Error => Severity::Error,
+        Phase::Warning => Severity::Warning,
+        _ => Severity::Info,
+    };
+    observe::status::phase(phase, at);
+    observe::sink::record(&observe::sink::own(
+        at,
+        severity,
+        phase.as_str(),
+        &format!("{phase}: {detail}"),
+    ));
 }
 
-/// Prints a line on behalf of `who` (a service, the update agent): `[time] <who>: <line>`.
+/// Prints a line on behalf of `who` (the update agent, the clock): `[time] <who>: <line>`.
 /// Not a phase line: these may appear any number of times.
 pub fn note(who: &str, line: &str) {
     let at = now();
@@ -45,12 +62,30 @@ pub fn note(who: &str, line: &str) {
         at.as_secs(),
         at.subsec_micros()
     ));
+    observe::sink::record(&observe::sink::own(
+        at,
+        Severity::Info,
+        who,
+        &format!("{who}: {line}"),
+    ));
+}
+
+/// Prints a line of service `name` (its output, or what its supervisor says of it):
+/// `[time] <name>: <line>`; the log collector gets it under the service's name.
+pub fn service(name: &str, line: &str) {
+    let at = now();
+    print_line(&format!(
+        "[{:5}.{:06}] {name}: {line}",
+        at.as_secs(),
+        at.subsec_micros()
+    ));
+    observe::sink::record(&observe::sink::service(at, name, line));
 }
 
 /// Prints a warning: something is off but the boot goes on. Unlike a phase, a warning
 /// may appear any number of times.
 pub fn warning(detail: &str) {
-    print_line(&format_line(now(), Phase::Warning, detail));
+    phase_at(now(), Phase::Warning, detail);
 }
 
 fn print_line(line: &str) {

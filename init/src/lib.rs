@@ -46,6 +46,7 @@ mod memory;
 mod modules;
 mod mounts;
 mod net;
+mod observe;
 mod power;
 mod random;
 mod sealed;

@@ -43,6 +43,7 @@ const SIGNALS: [Signal; 7] = [
 pub fn run() -> Result<Infallible> {
     let options = cmdline::Options::read();
     crate::set_reboot_delay(options.reboot_delay);
+    crate::observe::sink::take_over();
     let boot = std::fs::read_to_string(initrd::RUN_BOOT)
         .map(|text| BootInfo::parse(&text))
         .context("stage2", || format!("cannot read {}", initrd::RUN_BOOT))
@@ -79,6 +80,7 @@ pub fn run() -> Result<Infallible> {
     let verity_watch = crate::update::corruption::Watch::new();
     let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
     console::phase(Phase::State, &state::setup(&disk)?);
+    crate::observe::status::enable();
 
     let mut network = net::Network::start();
     let host = config::phase(&mut network, &disk);
@@ -88,6 +90,7 @@ pub fn run() -> Result<Infallible> {
 
     services::mount_cgroups();
     prepare_etc();
+    let agents = crate::observe::Agents::start(&host);
     let mut services = Services::load(Path::new("/"), &host.service, volumes.board());
     console::phase(Phase::Services, &services.start());
 
@@ -115,11 +118,13 @@ pub fn run() -> Result<Infallible> {
     );
 
     // Stopped in reverse: the updater first, then the services, the volume helper, the
-    // clock, the network.
+    // clock, the observability agents (the shipper sends the services' last lines), the
+    // network.
     let mut tasks: Vec<Box<dyn Task>> = vec![
         Box::new(verity_watch),
         Box::new(buttons),
         Box::new(network),
+        Box::new(agents),
         Box::new(clock),
         Box::new(volumes),
         Box::new(services),

@@ -69,6 +69,7 @@ pub fn run(new_root: &Path, mut boot: BootInfo) -> Result<Infallible> {
             NEXT_INIT.to_string_lossy()
         ),
     );
+    crate::observe::sink::hand_over();
     let errno = match execv(NEXT_INIT, &[NEXT_INIT]) {
         Err(errno) => errno,
         Ok(never) => match never {},

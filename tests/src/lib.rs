@@ -17,6 +17,7 @@ use crust_format::Manifest;
 use crust_vm::{Accel, Config, Vm, firmware::Firmware};
 
 pub mod etcd;
+pub mod observe;
 pub mod registry;
 pub mod repo;
 
@@ -52,6 +53,33 @@ pub fn built_image() -> BuiltImage {
 /// The static init the image was built with.
 pub fn init_binary() -> PathBuf {
     env_path("CRUST_TEST_INIT")
+}
+
+/// The observability agent built beside the test init (`cargo xtask build` builds both),
+/// with its crates for the SBOM, as `cargo xtask build` gives it to the builder.
+pub fn observe_program() -> Option<crust_builder::build::Program> {
+    static CRATES: std::sync::OnceLock<Vec<crust_builder::sbom::Crate>> =
+        std::sync::OnceLock::new();
+    let path = init_binary().with_file_name("crust-observe");
+    assert!(
+        path.is_file(),
+        "{} is missing: `cargo xtask build` builds it beside the init",
+        path.display()
+    );
+    let crates = CRATES
+        .get_or_init(|| {
+            crust_builder::sbom::cargo::init_crates(
+                &Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml"),
+                "crust-observe",
+                &init_target(),
+            )
+            .unwrap_or_else(|e| panic!("the observability agent's crates: {e:#}"))
+        })
+        .clone();
+    Some(crust_builder::build::Program {
+        path,
+        crates: Some(crates),
+    })
 }
 
 /// The target the test init was built for: the folder above its profile folder
@@ -597,6 +625,7 @@ pub fn build_profile(dir: &Path, name: &str, locked: bool) -> crust_builder::bui
         locked,
         source_date_epoch: None,
         init_crates: Some(init_crates()),
+        observe: observe_program(),
     })
     .unwrap_or_else(|e| panic!("{name} does not build: {e:#}"))
 }

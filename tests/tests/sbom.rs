@@ -238,6 +238,7 @@ fn debian_packages_are_what_the_root_and_service_images_hold() {
         p.starts_with(services)
             || [
                 "usr/sbin/init",
+                "usr/libexec/crust/observe",
                 "usr/lib/os-release",
                 "etc/os-release",
                 "usr/share/crust/sbom.spdx.json",
@@ -329,7 +330,8 @@ fn cargo_tree(target: &str) -> BTreeSet<String> {
     let out = run_ok(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(["tree", "--locked", "-e", "normal", "--prefix", "none"])
-            .args(["--format", "{p}", "-p", "crust-init", "--target", target])
+            .args(["--format", "{p}", "-p", "crust-init", "-p", "crust-observe"])
+            .args(["--target", target])
             .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("..")),
     );
     String::from_utf8_lossy(&out.stdout)
@@ -341,7 +343,8 @@ fn cargo_tree(target: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// `cargo metadata`'s resolve walked from the init through normal dependencies.
+/// `cargo metadata`'s resolve walked from the init and the observability agent through
+/// normal dependencies.
 fn metadata_normal(target: &str) -> BTreeMap<String, Option<String>> {
     let out = run_ok(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -362,13 +365,15 @@ fn metadata_normal(target: &str) -> BTreeMap<String, Option<String>> {
         .iter()
         .map(|n| (n["id"].as_str().unwrap(), n))
         .collect();
-    let start = packages
-        .iter()
-        .find(|(_, p)| p["name"] == "crust-init")
-        .map(|(id, _)| *id)
-        .expect("crust-init");
+    let start = |name: &str| {
+        packages
+            .iter()
+            .find(|(_, p)| p["name"] == name)
+            .map(|(id, _)| *id)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
     let mut seen = BTreeSet::new();
-    let mut stack = vec![start];
+    let mut stack = vec![start("crust-init"), start("crust-observe")];
     while let Some(id) = stack.pop() {
         if !seen.insert(id) {
             continue;
@@ -437,7 +442,7 @@ fn init_crates_are_what_cargo_compiles_for_its_target() {
     for e in doc
         .entries
         .iter()
-        .filter(|e| e.kind == "cargo" && e.name != "crust-init")
+        .filter(|e| e.kind == "cargo" && e.name != "crust-init" && e.name != "crust-observe")
     {
         let key = format!("{} {}", e.name, e.version);
         let from_registry = resolve.get(&key).cloned().flatten().is_some();
@@ -470,6 +475,28 @@ fn init_crates_are_what_cargo_compiles_for_its_target() {
             .any(|e| e.name == "serde_derive" && e.place == "init"),
         "macro crates are build dependencies of the init"
     );
+    // The observability agent is the root's, with its own crates (rustls) and those it
+    // shares with the init once.
+    let observe = doc
+        .entries
+        .iter()
+        .find(|e| e.kind == "cargo" && e.name == "crust-observe")
+        .expect("the observability agent");
+    assert_eq!(observe.place, "root");
+    let agent = crust_tests::observe_program().expect("the agent").path;
+    let binary = std::fs::read(agent).expect("the agent's binary");
+    assert_eq!(
+        observe.sha256.as_deref(),
+        Some(crust_format::Digest::of(&binary).to_hex().as_str())
+    );
+    assert!(
+        doc.entries
+            .iter()
+            .any(|e| e.name == "rustls" && e.place == "observe"),
+        "rustls is the agent's"
+    );
+    let nix: Vec<_> = doc.entries.iter().filter(|e| e.name == "nix").collect();
+    assert_eq!(nix.len(), 1, "a crate both use is one component: {nix:?}");
 }
 
 /// `Cargo.lock`'s checksums by `name version`, read with a plain TOML scan.
@@ -540,6 +567,7 @@ fn same_inputs_same_sbom_and_one_more_package_is_the_only_difference() {
         locked: true,
         source_date_epoch: None,
         init_crates: Some(crust_tests::init_crates()),
+        observe: crust_tests::observe_program(),
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("steps: {:?}", again.steps);

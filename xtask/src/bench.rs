@@ -15,6 +15,7 @@ mod build_time;
 mod chart;
 mod extents;
 mod floor;
+mod observe;
 mod report;
 mod sealed;
 mod size;
@@ -85,6 +86,23 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     let init = work.join("init");
     std::fs::copy(&built, &init)
         .with_context(|| format!("cannot copy the init {}", built.display()))?;
+    // The observability agent beside it, copied likewise (with its crates when it is the
+    // workspace's).
+    let observe = match image::observe_binary(&built) {
+        agent if agent.is_file() => {
+            let copy = image::observe_binary(&init);
+            std::fs::copy(&agent, &copy)
+                .with_context(|| format!("cannot copy {}", agent.display()))?;
+            Some(crust_builder::build::Program {
+                path: copy,
+                crates: match &opts.init {
+                    Some(_) => None,
+                    None => image::observe_program(&built)?.crates,
+                },
+            })
+        }
+        _ => None,
+    };
     let floor_init = if opts.boot {
         Some(floor::build_init()?)
     } else {
@@ -104,6 +122,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
                 Some(_) => None,
                 None => Some(image::init_crates()?),
             },
+            observe,
         },
         &profile,
     )?;
@@ -160,6 +179,23 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         None
     };
 
+    let observe = match &boot {
+        Some(b) => {
+            say::status("Bench", "the exporter at run time");
+            let accel = match b.accelerator.as_str() {
+                "kvm" => crust_vm::Accel::Kvm,
+                _ => crust_vm::Accel::Tcg,
+            };
+            Some(observe::measure(
+                &measured.out_dir.join(crust_builder::build::outputs::IMAGE),
+                &work.join("observe"),
+                accel,
+                if opts.quick { 20 } else { 100 },
+            )?)
+        }
+        None => None,
+    };
+
     let mut report = Report {
         schema: SCHEMA,
         started_at,
@@ -176,6 +212,7 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
         image: image_size,
         boot,
         sealed,
+        observe,
         goals: Vec::new(),
     };
     report.goals = report.evaluate_goals();

@@ -39,6 +39,8 @@ pub const BUILD: &[Need] = &[
     need("openssl", "openssl"),
     need("sign-efi-sig-list", "efitools"),
     need("osslsigncode", "osslsigncode"),
+    // The observability agent's TLS (ring) has C, compiled for the static musl target.
+    need("musl-gcc", "musl-tools"),
 ];
 
 /// A Python virtual environment with Debian's Python (for moto in the AMI test).
@@ -119,6 +121,16 @@ pub const TEST: &[Need] = &[
     need(
         "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
         "systemd-boot-efi",
+    ),
+    // Observability: Prometheus scrapes a guest and lints the exposition format
+    // (`promtool`); rsyslog receives its logs (and over TLS, with its GnuTLS driver).
+    need("prometheus", "prometheus"),
+    need("promtool", "prometheus"),
+    need("rsyslogd", "rsyslog"),
+    need("curl", "curl"),
+    need(
+        "/usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so",
+        "rsyslog-gnutls",
     ),
 ];
 

@@ -66,7 +66,8 @@ pub fn profile_of_output(dir: &Path) -> Result<Option<(PathBuf, Profile)>> {
     Ok(Some((profile_path, profile)))
 }
 
-/// Builds the init as a static executable and returns its path.
+/// Builds the init as a static executable and returns its path; the observability agent
+/// (`crust-observe`) is built beside it by the same cargo run ([`observe_binary`]).
 pub fn build_init() -> Result<PathBuf> {
     let target = host::init_target();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -76,13 +77,22 @@ pub fn build_init() -> Result<PathBuf> {
             "--quiet",
             "--package",
             "crust-init",
+            "--package",
+            "crust-observe",
             "--profile",
             "init",
             "--target",
         ])
         .arg(target.triple());
-    if target == InitTarget::GlibcStatic {
-        cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
+    match target {
+        InitTarget::GlibcStatic => {
+            cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
+        }
+        // ring (the agent's TLS primitives) has C and assembly, compiled for musl by
+        // Debian's musl-gcc (host::BUILD installs musl-tools).
+        InitTarget::Musl => {
+            cmd.env("CC_x86_64_unknown_linux_musl", "musl-gcc");
+        }
     }
     let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {
@@ -94,16 +104,35 @@ pub fn build_init() -> Result<PathBuf> {
     Ok(target_dir.join(target.triple()).join("init").join("init"))
 }
 
+/// The observability agent [`build_init`] builds beside the init at `init`.
+pub fn observe_binary(init: &Path) -> PathBuf {
+    init.with_file_name("crust-observe")
+}
+
+/// The observability agent beside the init at `init`, with its crates for the SBOM.
+pub fn observe_program(init: &Path) -> Result<crust_builder::build::Program> {
+    Ok(crust_builder::build::Program {
+        path: observe_binary(init),
+        crates: Some(crates_of("crust-observe")?),
+    })
+}
+
 /// The crates compiled into the init [`build_init`] builds, as cargo resolves them for its
 /// target (the SBOM lists them). Asking cargo takes a quarter of a second, so the answer is
 /// kept in `target/crust/init-crates/`, by the digest of what decides it: the target,
 /// `Cargo.lock` and every `Cargo.toml` of the workspace.
 pub fn init_crates() -> Result<Vec<crust_builder::sbom::Crate>> {
+    crates_of("crust-init")
+}
+
+/// The crates of the workspace's `package`, as [`init_crates`] finds them.
+fn crates_of(package: &str) -> Result<Vec<crust_builder::sbom::Crate>> {
     let target = host::init_target().triple();
     let ws = workspace();
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()));
     let mut parts = vec![
         target.as_bytes().to_vec(),
+        package.as_bytes().to_vec(),
         read(&ws.join("Cargo.lock"))?,
         read(&ws.join("Cargo.toml"))?,
     ];
@@ -128,8 +157,7 @@ pub fn init_crates() -> Result<Vec<crust_builder::sbom::Crate>> {
     {
         return Ok(crates);
     }
-    let crates =
-        crust_builder::sbom::cargo::init_crates(&ws.join("Cargo.toml"), "crust-init", target)?;
+    let crates = crust_builder::sbom::cargo::init_crates(&ws.join("Cargo.toml"), package, target)?;
     if let Some(dir) = kept.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -161,6 +189,7 @@ pub fn build_with(
     host::ensure(&[host::BUILD])?;
     let started = Instant::now();
     let init = build_init()?;
+    let observe = observe_program(&init)?;
     let profile = profile_path(profile);
     let out_dir = out
         .map(Path::to_path_buf)
@@ -175,6 +204,7 @@ pub fn build_with(
             locked,
             source_date_epoch: source_date_epoch()?,
             init_crates: Some(init_crates()?),
+            observe: Some(observe),
         },
         formats,
     )?;
@@ -197,11 +227,13 @@ fn summarize_sbom(outcome: &BuildOutcome) {
         }
     };
     let mut debs = std::collections::BTreeMap::<&str, usize>::new();
-    let (mut crates, mut images) = (0, 0);
+    let (mut crates, mut agent, mut images) = (0, 0, 0);
     for e in &doc.entries {
+        let places: Vec<&str> = e.place.split(',').collect();
         match e.kind.as_str() {
             "deb" => *debs.entry(&e.place).or_default() += 1,
-            "cargo" if e.place == "init" => crates += 1,
+            "cargo" if places.contains(&"init") => crates += 1,
+            "cargo" if places.contains(&"observe") => agent += 1,
             "oci" => images += 1,
             _ => {}
         }
@@ -210,7 +242,8 @@ fn summarize_sbom(outcome: &BuildOutcome) {
     report::status(
         "SBOM",
         format!(
-            "{}: {} Debian packages ({}), the init and its {crates} crates, {images} OCI images",
+            "{}: {} Debian packages ({}), the init and its {crates} crates, the observability \
+             agent and {agent} more, {images} OCI images",
             crust_builder::build::outputs::SBOM_SPDX,
             debs.values().sum::<usize>(),
             places.join(", "),

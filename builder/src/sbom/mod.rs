@@ -76,6 +76,9 @@ pub struct Inputs<'a> {
     /// The crates compiled into the init ([`cargo::init_crates`]), the init's own first;
     /// `None` when the build was not told.
     pub init_crates: Option<&'a [Crate]>,
+    /// The observability agent in the root, if the image has it: its SHA-256 and its
+    /// crates (its own first), when known.
+    pub observe: Option<(Digest, Option<&'a [Crate]>)>,
     /// The services whose images are baked into the root, in start order.
     pub services: &'a [Service],
 }
@@ -210,6 +213,7 @@ mod ids {
     pub const ROOT: &str = "root";
     pub const BOOT: &str = "boot";
     pub const INIT: &str = "init";
+    pub const OBSERVE: &str = "observe";
 }
 
 /// An SPDX id part: letters, digits, `.` and `-` only.
@@ -323,6 +327,22 @@ impl Sbom {
         b.edge(boot, Rel::Contains, init);
         if let Some(crates) = inputs.init_crates {
             add_crates(&mut b, init, crates)?;
+        }
+        // The observability agent and its crates (those it shares with the init are the
+        // same components).
+        if let Some((digest, crates)) = inputs.observe {
+            let observe = b.add(program_node(
+                ids::OBSERVE,
+                "observe",
+                digest,
+                crates,
+                "the observability agent (Prometheus exporter, syslog shipper): \
+                 /usr/libexec/crust/observe in the root",
+            ))?;
+            b.edge(root, Rel::Contains, observe);
+            if let Some(crates) = crates {
+                add_crates(&mut b, observe, crates)?;
+            }
         }
 
         // Debian packages, by role: root, kernel, boot, then services.
@@ -506,23 +526,31 @@ impl Builder {
 
 /// The init: the crate `crust-init` when its crates are known.
 fn init_node(inputs: &Inputs<'_>) -> Node {
-    let (name, version) = match inputs.init_crates.and_then(|c| c.first()) {
+    program_node(
+        ids::INIT,
+        "init",
+        inputs.init,
+        inputs.init_crates,
+        "PID 1: /usr/sbin/init in the root and /init in the initramfs",
+    )
+}
+
+/// A program of Crust's: its crate when its crates are known, else its `name` and digest.
+fn program_node(
+    id: &str,
+    name: &str,
+    digest: Digest,
+    crates: Option<&[Crate]>,
+    summary: &str,
+) -> Node {
+    let (name, version) = match crates.and_then(|c| c.first()) {
         Some(c) => (c.name.clone(), c.version.clone()),
-        None => (
-            "init".to_owned(),
-            format!("sha256:{}", inputs.init.short(12)),
-        ),
+        None => (name.to_owned(), format!("sha256:{}", digest.short(12))),
     };
-    let mut node = Node::new(
-        ids::INIT.into(),
-        &name,
-        &version,
-        Purpose::Application,
-        CRUST,
-    );
-    node.sha256 = Some(inputs.init.to_hex());
-    node.summary = Some("PID 1: /usr/sbin/init in the root and /init in the initramfs".into());
-    if let Some(c) = inputs.init_crates.and_then(|c| c.first()) {
+    let mut node = Node::new(id.into(), &name, &version, Purpose::Application, CRUST);
+    node.sha256 = Some(digest.to_hex());
+    node.summary = Some(summary.into());
+    if let Some(c) = crates.and_then(|c| c.first()) {
         node.license = c.license.as_deref().and_then(license::cargo_expression);
         node.purl = Some(format!(
             "pkg:cargo/{}@{}",
@@ -530,25 +558,36 @@ fn init_node(inputs: &Inputs<'_>) -> Node {
             purl_encode(&c.version)
         ));
     } else {
-        node.comment = Some(
-            "The crates compiled into this init were not given to the builder \
-             (crust-builder --init-cargo), so none are listed."
-                .into(),
-        );
+        node.comment = Some(format!(
+            "The crates compiled into this {} were not given to the builder \
+             (crust-builder --init-cargo), so none are listed.",
+            if id == ids::INIT { "init" } else { "program" }
+        ));
     }
     node
 }
 
-/// The init's crates: linked ones CONTAINed, macro-only ones its build dependencies, and the
-/// dependency edges between them.
+/// A program's crates: linked ones CONTAINed, macro-only ones its build dependencies, and
+/// the dependency edges between them. A crate another program already brought in is the
+/// same component, with one more edge.
 fn add_crates(b: &mut Builder, init: usize, crates: &[Crate]) -> Result<()> {
     let mut by_key = BTreeMap::new();
     if let Some(own) = crates.first() {
         by_key.insert(own.key(), init);
     }
     for c in crates.iter().skip(1) {
+        let crate_id = format!("crate-{}-{}", id_part(&c.name), id_part(&c.version));
+        if let Some(&id) = b.index.get(&crate_id) {
+            by_key.insert(c.key(), id);
+            if c.linked {
+                b.edge(init, Rel::Contains, id);
+            } else {
+                b.edge(id, Rel::BuildDependencyOf, init);
+            }
+            continue;
+        }
         let mut node = Node::new(
-            format!("crate-{}-{}", id_part(&c.name), id_part(&c.version)),
+            crate_id,
             &c.name,
             &c.version,
             Purpose::Library,
@@ -716,6 +755,7 @@ mod tests {
             cache,
             init: Digest::of(b"init"),
             init_crates: None,
+            observe: None,
             services,
         }
     }

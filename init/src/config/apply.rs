@@ -210,9 +210,19 @@ pub fn hosts(names: &std::collections::BTreeMap<String, std::net::IpAddr>) -> Re
     fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))
 }
 
-/// Records the configuration in effect under `/run/crust`.
+/// Records the configuration in effect under `/run/crust` (readable by root only: it may
+/// hold `[metrics]` and `[logs]` keys and tokens).
 pub fn record(text: &str, origin: &str) -> Result<(), String> {
-    fs::write(RUN_CONFIG, text).map_err(|e| format!("cannot write {RUN_CONFIG}: {e}"))?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(RUN_CONFIG);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(RUN_CONFIG)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(|e| format!("cannot write {RUN_CONFIG}: {e}"))?;
     fs::write(RUN_CONFIG_SOURCE, format!("{origin}\n"))
         .map_err(|e| format!("cannot write {RUN_CONFIG_SOURCE}: {e}"))
 }
@@ -251,6 +261,16 @@ pub fn summary(c: &HostConfig, sysctls: &[(String, String)]) -> String {
             f.max_rebooting,
             f.etcd.join(" ")
         ));
+    }
+    if let Some(m) = &c.metrics {
+        let scheme = if m.tls.is_some() { "https" } else { "http" };
+        parts.push(format!(
+            "metrics on {scheme} {}",
+            std::net::SocketAddr::new(m.address, m.port)
+        ));
+    }
+    if let Some(l) = &c.logs {
+        parts.push(format!("logs to {} {}", l.protocol, l.address));
     }
     parts.join(", ")
 }

@@ -18,6 +18,7 @@
 pub mod apply;
 pub mod imds;
 pub mod nocloud;
+pub mod observe;
 pub mod schema;
 pub mod services;
 pub mod source;

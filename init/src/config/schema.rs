@@ -51,6 +51,12 @@ pub struct HostConfig {
     /// Data volumes ([`super::volumes`]).
     #[serde(default)]
     pub volume: Vec<super::volumes::Volume>,
+    /// The Prometheus endpoint, off without the table ([`super::observe`]).
+    #[serde(default)]
+    pub metrics: Option<super::observe::Metrics>,
+    /// The syslog collector, off without the table ([`super::observe`]).
+    #[serde(default)]
+    pub logs: Option<super::observe::Logs>,
 }
 
 impl Default for HostConfig {
@@ -66,6 +72,8 @@ impl Default for HostConfig {
             fleet: None,
             service: Vec::new(),
             volume: Vec::new(),
+            metrics: None,
+            logs: None,
         }
     }
 }
@@ -725,6 +733,11 @@ fn validate_fleet(fleet: &Fleet, updates: bool) -> Result<(), SchemaError> {
 fn check_pem(pem: &str) -> Result<(), String> {
     if pem.len() > 64 << 10 || !pem.trim_start().starts_with("-----BEGIN ") {
         return Err("not PEM (it starts with -----BEGIN …; at most 64 KiB)".into());
+    if let Some(metrics) = &c.metrics {
+        metrics.validate()?;
+    }
+    if let Some(logs) = &c.logs {
+        logs.validate()?;
     }
     Ok(())
 }

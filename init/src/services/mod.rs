@@ -95,6 +95,8 @@ struct Service {
     /// The last word printed on why it waits for a volume (said again only when it
     /// changes).
     held: Option<String>,
+    /// How its last run ended (`code:N` or `signal:N`) and when (Unix seconds).
+    last_exit: Option<(String, i64)>,
 }
 
 /// The services task.
@@ -108,6 +110,8 @@ pub struct Services {
     volumes: volumes::Shared,
     /// When the services were loaded: a deadline that is always due.
     loaded_at: Instant,
+    /// The status file's text as last written (it is written when it changes).
+    published: String,
 }
 
 /// Mounts cgroup2 and turns on the controllers services' limits need.
@@ -187,6 +191,7 @@ impl Services {
                 check_pid: None,
                 probe: None,
                 held: None,
+                last_exit: None,
             })
             .collect();
         Self {
@@ -196,6 +201,9 @@ impl Services {
             healthy: Rc::new(Cell::new(false)),
             volumes,
             loaded_at: Instant::now(),
+    }
+
+            published: String::new(),
         }
     }
 
@@ -238,6 +246,7 @@ impl Services {
             }
         }
         self.start_ready(Instant::now());
+        self.publish();
         let names: Vec<&str> = self.services.iter().map(|s| s.spec.name.as_str()).collect();
         let checks = self
             .services
@@ -328,6 +337,80 @@ impl Services {
                     && board.blocking(&s.spec.volumes).is_some_and(|b| b.lasting)
             })
             .collect()
+    }
+
+    /// Publishes each service's state for the exporter ([`crate::observe::status`]) if it
+    /// changed since the last time.
+    fn publish(&mut self) {
+        let mut kv = crust_format::observe::KeyValues::default();
+        for s in &self.services {
+            let name = &s.spec.name;
+            let state = match s.state {
+                State::Waiting => "waiting",
+                State::Preparing { .. } => "preparing",
+                State::Running { .. } => "running",
+                State::Backoff { .. } => "backoff",
+                State::Done => "done",
+            };
+            kv.set(&format!("{name}.state"), state)
+                .set(
+                    &format!("{name}.up"),
+                    u8::from(matches!(s.state, State::Running { .. })),
+                )
+                .set(&format!("{name}.starts"), s.starts)
+                .set(&format!("{name}.restarts"), s.starts.saturating_sub(1));
+            if let Some((how, at)) = &s.last_exit {
+                kv.set(&format!("{name}.last-exit"), how)
+                    .set(&format!("{name}.last-exit-time"), at);
+            }
+            if s.spec.health.is_some() {
+                let health = match s.health_ok {
+                    Some(true) => "pass",
+                    Some(false) => "fail",
+                    None => "unknown",
+                };
+                kv.set(&format!("{name}.health"), health);
+            }
+        }
+        let text = kv.to_text();
+        if text != self.published {
+            crate::observe::status::publish(crust_format::observe::status::SERVICES, &kv);
+            self.published = text;
+        }
+    }
+
+    /// A child exited: the service (or step, or check) it was, if any, takes note.
+    fn exited(&mut self, pid: Pid, status: WaitStatus) -> bool {
+        let now = Instant::now();
+        for s in &mut self.services {
+            if s.check_pid == Some(pid) {
+                s.check_pid = None;
+                s.record(matches!(status, WaitStatus::Exited(_, 0)));
+                return true;
+            }
+            if let State::Preparing {
+                pid: p,
+                must_succeed,
+            } = s.state
+                && p == pid
+            {
+                s.step_ended(now, must_succeed, status);
+                return true;
+            }
+            if matches!(s.state, State::Running { pid: p, .. } if p == pid) {
+                s.pump();
+                s.say(&format!("exited ({})", describe(status)));
+                s.last_exit = match status {
+                    WaitStatus::Exited(_, code) => Some(format!("code:{code}")),
+                    WaitStatus::Signaled(_, sig, _) => Some(format!("signal:{}", sig as i32)),
+                    _ => None,
+                }
+                .map(|how| (how, crate::clock::now_unix()));
+                s.ended(now, matches!(status, WaitStatus::Exited(_, 0)));
+                return true;
+            }
+        }
+        false
     }
 
     fn all_healthy(&self) -> Option<String> {
@@ -742,34 +825,16 @@ impl Task for Services {
         }
         self.start_ready(now);
         self.report_healthy();
+        self.publish();
         Control::Continue
     }
 
     fn child_exited(&mut self, pid: Pid, status: WaitStatus) -> bool {
-        let now = Instant::now();
-        for s in &mut self.services {
-            if s.check_pid == Some(pid) {
-                s.check_pid = None;
-                s.record(matches!(status, WaitStatus::Exited(_, 0)));
-                return true;
-            }
-            if let State::Preparing {
-                pid: p,
-                must_succeed,
-            } = s.state
-                && p == pid
-            {
-                s.step_ended(now, must_succeed, status);
-                return true;
-            }
-            if matches!(s.state, State::Running { pid: p, .. } if p == pid) {
-                s.pump();
-                s.say(&format!("exited ({})", describe(status)));
-                s.ended(now, matches!(status, WaitStatus::Exited(_, 0)));
-                return true;
-            }
+        let handled = self.exited(pid, status);
+        if handled {
+            self.publish();
         }
-        false
+        handled
     }
 
     fn stop(&mut self, budget: Duration) {

@@ -148,9 +148,10 @@ pub fn append_bounded(path: &Path, text: &str) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// Prints a service's line on the console: `[time] <name>: <line>`.
+/// Prints a service's line on the console: `[time] <name>: <line>` (and hands it to the
+/// log shipper under the service's name).
 pub fn to_console(name: &str, line: &str) {
-    console::note(name, line);
+    console::service(name, line);
 }
 
 /// Reads a pipe's pending output to the console and the log; returns whether it closed.

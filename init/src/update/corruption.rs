@@ -252,6 +252,9 @@ impl Task for Watch {
             return Control::Continue;
         }
         let heard = self.drain();
+        if heard.is_some() {
+            crate::observe::status::verity_report(root_corrupted());
+        }
         let polled = now >= self.next_poll;
         if polled {
             self.next_poll = now + POLL;

@@ -201,6 +201,8 @@ pub struct Updater {
     event: Option<(String, String)>,
     /// How servers are reached (proxies, extra authorities), once per boot.
     client: Client,
+    /// What the exporter is told ([`crate::observe::status`]).
+    status: crate::observe::status::UpdateStatus,
 }
 
 fn say(line: &str) {
@@ -288,6 +290,7 @@ impl Updater {
                 timeout.as_secs()
             ));
         }
+        let rollbacks = records.failed().len();
         Self {
             booted,
             key,
@@ -307,6 +310,7 @@ impl Updater {
             fleet,
             event,
             client: Client::from_run(),
+            status: crate::observe::status::UpdateStatus::new(rollbacks),
         }
     }
 
@@ -408,6 +412,11 @@ impl Updater {
     /// Acts on a trial boot's index check: blessed once it passed; retried until the health
     /// deadline otherwise (and the deadline's reboot counts the try as failed).
     fn probed(&mut self, outcome: Result<Checked>, deadline: Option<Instant>, now: Instant) {
+        self.status.checked(if outcome.is_ok() {
+            "index-verified"
+        } else {
+            "error"
+        });
         match outcome {
             Ok(Checked::IndexVerified(line)) => {
                 say(&line);
@@ -469,6 +478,13 @@ impl Updater {
             .settings
             .as_ref()
             .map_or(Duration::from_secs(3600), |s| s.interval);
+        self.status.checked(match &outcome {
+            Ok(Checked::Installed) => "installed",
+            Ok(Checked::Nothing(_)) => "up-to-date",
+            Ok(Checked::Refused(_)) => "refused",
+            Ok(Checked::IndexVerified(_)) => "index-verified",
+            Err(_) => "error",
+        });
         match outcome {
             Ok(Checked::Installed) => {
                 self.stage = Stage::RebootPending { next: now };
@@ -524,6 +540,24 @@ fn running_entry(booted: &Booted) -> (Option<BootEntryName>, Option<corruption::
     (entry, corruption::take_note(&esp))
 }
 
+impl Updater {
+    /// Publishes the agent's state for the exporter when it changed.
+    fn publish_status(&mut self) {
+        let state = match self.stage {
+            Stage::AwaitHealthy { .. } => "awaiting-health",
+            Stage::Probing { .. } => "probing",
+            Stage::Idle { .. } => "idle",
+            Stage::Checking => "checking",
+            Stage::RebootPending { .. } => "reboot-pending",
+            Stage::Coordinating => "coordinating",
+            Stage::Done if self.settings.is_none() => "off",
+            Stage::Done => "done",
+        };
+        let (configured, trial) = (self.settings.is_some(), self.trial.is_some());
+        self.status.publish(configured, state, trial);
+    }
+}
+
 impl Task for Updater {
     fn fds(&self) -> Vec<BorrowedFd<'_>> {
         match self.stage {
@@ -547,6 +581,19 @@ impl Task for Updater {
     }
 
     fn run(&mut self, ready: &[bool], now: Instant) -> Control {
+        let control = self.step(ready, now);
+        self.publish_status();
+        control
+    }
+
+    fn stop(&mut self, budget: Duration) {
+        self.stop_check(budget);
+    }
+}
+
+impl Updater {
+    /// What [`Task::run`] does, before the state is published.
+    fn step(&mut self, ready: &[bool], now: Instant) -> Control {
         match self.stage {
             Stage::AwaitHealthy { deadline, .. } => {
                 // The health flag is looked at once a second until it is up.
@@ -655,7 +702,7 @@ impl Task for Updater {
         Control::Continue
     }
 
-    fn stop(&mut self, budget: Duration) {
+    fn stop_check(&mut self, budget: Duration) {
         let Some(job) = self.job.take() else {
             return;
         };

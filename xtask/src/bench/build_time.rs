@@ -50,6 +50,8 @@ pub struct Plan {
     pub command: bool,
     /// The init's crates for the SBOM (`None` for an init from elsewhere).
     pub init_crates: Option<Vec<crust_builder::sbom::Crate>>,
+    /// The observability agent to put into the root.
+    pub observe: Option<crust_builder::build::Program>,
 }
 
 /// The build times and the last warm build (whose image the rest of the benchmark uses).
@@ -81,6 +83,7 @@ fn request(plan: &Plan, out_dir: &Path, cache: Cache) -> Result<BuildRequest> {
         locked: true,
         source_date_epoch,
         init_crates: plan.init_crates.clone(),
+        observe: plan.observe.clone(),
     })
 }
 

@@ -47,6 +47,10 @@ pub struct Report {
     /// before it was measured).
     #[serde(default)]
     pub sealed: Option<super::sealed::SealedTimes>,
+    /// What the observability agent costs at run time; `null` with `--no-boot` (and in
+    /// reports from before it).
+    #[serde(default)]
+    pub observe: Option<ObserveCost>,
     /// The goals of issue 8 and where each stands.
     pub goals: Vec<Goal>,
 }
@@ -123,6 +127,24 @@ pub struct Component {
     pub stored: u64,
     /// Bytes before compression, where that differs.
     pub uncompressed: Option<u64>,
+}
+
+/// The exporter at run time, in one boot with `[metrics]` on (`bench/observe.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObserveCost {
+    /// The accelerator QEMU used (`tcg` or `kvm`): the CPU figure is the guest's.
+    pub accelerator: String,
+    /// Scrapes measured.
+    pub scrapes: usize,
+    /// The exporter's CPU time per scrape (user and system, its own `process_` metric),
+    /// milliseconds.
+    pub cpu_per_scrape_ms: f64,
+    /// Median time of a scrape seen from this machine (through the port forward), ms.
+    pub scrape_ms: f64,
+    /// The exporter's resident memory after the scrapes, bytes.
+    pub exporter_resident_bytes: u64,
+    /// The size of one scrape's text, bytes.
+    pub scrape_bytes: u64,
 }
 
 /// Boot times.
@@ -359,6 +381,14 @@ pub(crate) mod tests {
                 mkfs_ms: Some(series(&[200.0, 220.0, 210.0])),
                 unseal_ms: Some(series(&[30.0, 34.0, 32.0])),
                 dm_crypt_ms: Some(series(&[15.0, 17.0, 16.0])),
+            }),
+            observe: Some(ObserveCost {
+                accelerator: "tcg".into(),
+                scrapes: 20,
+                cpu_per_scrape_ms: 30.5,
+                scrape_ms: 80.0,
+                exporter_resident_bytes: 1 << 20,
+                scrape_bytes: 12_000,
             }),
             goals: Vec::new(),
         };

@@ -303,6 +303,9 @@ fn root_components(listing: &RootListing, services: &[String], root_bytes: u64) 
         if path == "usr/sbin/init" {
             return "init".into();
         }
+        if path == crust_format::observe::AGENT_PATH {
+            return "observability agent".into();
+        }
         if let Some(rest) = path.strip_prefix(SERVICES_DIR) {
             let name = rest.split('/').next().unwrap_or(rest);
             if services.iter().any(|s| s == name) {
@@ -324,6 +327,7 @@ fn root_components(listing: &RootListing, services: &[String], root_bytes: u64) 
     }
     let mut order: Vec<String> = vec![
         "init".into(),
+        "observability agent".into(),
         "crun and its libraries".into(),
         "e2fsck and its libraries".into(),
         "libraries crun and e2fsck share (libc, ...)".into(),

@@ -401,7 +401,7 @@ pub fn index(data: &[u8]) {
     });
     let _ = index::judge(data, &signature, &key, CHANNEL, later, 0);
     let _ = index::judge(data, &signature, &key, CHANNEL, again, u64::MAX);
-    let _ = index.target(RUNNING, &["0.3.0".to_owned()]);
+    let _ = index.choose(RUNNING, &["0.3.0".to_owned()], b"fuzz-machine-id", NOW);
     let _ = clock::format_utc(i64::try_from(index.issued).unwrap_or(i64::MAX));
     assert_eq!(
         Index::parse(&index.to_text()).as_ref(),

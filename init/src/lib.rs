@@ -18,7 +18,8 @@
 //! TPM 2.0 (both stages measure into it; stage 2 unseals the key of the encrypted `/var`,
 //! [`sealed`]). `unsafe` is kept to the system
 //! calls nix does not wrap: the device-mapper ioctl in [`dm`], `BLKPG` and the ext4 resize
-//! in [`grow`], `getrandom` in [`random`] and `adjtime` in [`clock`].
+//! in [`grow`], `getrandom` in [`random`] (and its blocking form in [`sealed`]) and `adjtime` in
+//! [`clock`].
 //!
 //! The library exists so that the parsers of untrusted bytes can be fuzzed without
 //! exposing the init: every module is private but [`fuzz`], whose functions each feed one

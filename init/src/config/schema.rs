@@ -668,6 +668,12 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
     }
     super::services::validate(&c.service)?;
     super::volumes::validate(&c.volume)?;
+    if let Some(metrics) = &c.metrics {
+        metrics.validate()?;
+    }
+    if let Some(logs) = &c.logs {
+        logs.validate()?;
+    }
     Ok(())
 }
 
@@ -733,11 +739,6 @@ fn validate_fleet(fleet: &Fleet, updates: bool) -> Result<(), SchemaError> {
 fn check_pem(pem: &str) -> Result<(), String> {
     if pem.len() > 64 << 10 || !pem.trim_start().starts_with("-----BEGIN ") {
         return Err("not PEM (it starts with -----BEGIN …; at most 64 KiB)".into());
-    if let Some(metrics) = &c.metrics {
-        metrics.validate()?;
-    }
-    if let Some(logs) = &c.logs {
-        logs.validate()?;
     }
     Ok(())
 }

@@ -201,8 +201,6 @@ impl Services {
             healthy: Rc::new(Cell::new(false)),
             volumes,
             loaded_at: Instant::now(),
-    }
-
             published: String::new(),
         }
     }

@@ -483,6 +483,7 @@ impl Updater {
             Ok(Checked::Nothing(_)) => "up-to-date",
             Ok(Checked::Refused(_)) => "refused",
             Ok(Checked::IndexVerified(_)) => "index-verified",
+            Ok(Checked::Waiting(..)) => "waiting",
             Err(_) => "error",
         });
         match outcome {

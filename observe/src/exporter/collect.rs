@@ -157,13 +157,14 @@ fn boot(e: &mut Exposition, s: &Sources) {
 }
 
 /// The update agent's states, as the status file names them.
-pub const UPDATE_STATES: [&str; 7] = [
+pub const UPDATE_STATES: [&str; 8] = [
     "off",
     "awaiting-health",
     "probing",
     "idle",
     "checking",
     "reboot-pending",
+    "coordinating",
     "done",
 ];
 
@@ -227,7 +228,8 @@ fn update(e: &mut Exposition, s: &Sources) {
     if let Some(result) = u.get("last-result") {
         e.add(
             "crust_update_last_result",
-            "What the last check found: up-to-date, installed, refused, index-verified or error; \
+            "What the last check found: up-to-date, installed, refused, index-verified, waiting \
+             (for a staged rollout) or error; \
              always 1.",
             Kind::Gauge,
             &[("result", result)],

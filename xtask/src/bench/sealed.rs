@@ -121,6 +121,7 @@ pub fn measure(
             locked: true,
             source_date_epoch: None,
             init_crates: Some(image::init_crates()?),
+            observe: Some(image::observe_program(init)?),
         })?;
         Ok(out.join(outputs::IMAGE))
     };

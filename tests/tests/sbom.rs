@@ -242,9 +242,11 @@ fn debian_packages_are_what_the_root_and_service_images_hold() {
                 "usr/lib/os-release",
                 "etc/os-release",
                 "usr/share/crust/sbom.spdx.json",
-                // What the init needs from the build: its clock floor, the user-data policy.
+                // What the init needs from the build: its clock floor, the user-data and
+                // state policies.
                 "usr/lib/clock-epoch",
                 "usr/lib/crust/config-policy",
+                "usr/lib/crust/state-policy",
                 // The merged-/usr links.
                 "bin",
                 "sbin",

@@ -27,8 +27,10 @@ pub struct Accepted {
     pub sha256: Digest,
 }
 
-/// The room kept for the update agent on `/var`.
-pub const RESERVE: u64 = 64 << 20;
+/// The room kept for the update agent on `/var`: a bundle (kernel, initramfs and root; 38
+/// MiB for the qemu profile, about 58 MiB for containerd's) and the 16 MiB spare a download
+/// leaves, with room to grow.
+pub const RESERVE: u64 = 128 << 20;
 
 /// Free bytes on the file system holding `path` (or its nearest existing parent), as root
 /// may use them.

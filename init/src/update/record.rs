@@ -32,6 +32,10 @@ pub struct Accepted {
 /// leaves, with room to grow.
 pub const RESERVE: u64 = 128 << 20;
 
+/// What `/var` must still have free once the reserve is made (a small state partition
+/// keeps room for its services before the agent takes any).
+const HEADROOM: u64 = 64 << 20;
+
 /// Free bytes on the file system holding `path` (or its nearest existing parent), as root
 /// may use them.
 pub fn free_bytes(path: &Path) -> Option<u64> {
@@ -92,14 +96,14 @@ impl Records {
         self.dir.join("reserve")
     }
 
-    /// Allocates the reserve if it is missing and `/var` has room for it and a spare.
+    /// Allocates the reserve if it is missing and `/var` has room for it and [`HEADROOM`].
     /// Returns whether the reserve is in place.
     pub fn keep_reserve(&self) -> bool {
         let path = self.reserve_path();
         if fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE) {
             return true;
         }
-        if free_bytes(&self.dir).is_none_or(|free| free < 2 * RESERVE) {
+        if free_bytes(&self.dir).is_none_or(|free| free < RESERVE + HEADROOM) {
             return false;
         }
         let made = fs::create_dir_all(&self.dir)

@@ -143,6 +143,15 @@ pub(crate) fn exchange(request: &mut Request<'_>) -> Result<Option<Vec<u8>>, Att
         }
     }
     let token = String::from_utf8_lossy(&token.body).trim().to_owned();
+    // The token goes back as a header value: a line break in it would add header lines
+    // of the answerer's choosing to the next request.
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Attempt::Final(ImdsError::Unreachable(
+            HttpError::Malformed(
+                "the session token is not a header value (empty, or not visible ASCII)".into(),
+            ),
+        )));
+    }
     let data = request("GET", USER_DATA, &[(TOKEN_HEADER, &token)])
         .map_err(|e| Attempt::Again(ImdsError::Unreachable(e)))?;
     match data.status {
@@ -203,6 +212,20 @@ mod tests {
         assert_eq!((log[0].method.as_str(), log[0].status), ("PUT", 200));
         assert_eq!(log[1].path, USER_DATA);
         assert_eq!((log[1].token, log[1].status), (TokenUse::Valid, 200));
+    }
+
+    #[test]
+    fn a_token_that_would_inject_header_lines_is_refused() {
+        let mut sent = Vec::new();
+        let got = exchange(&mut |method, path, headers| {
+            sent.push((method.to_owned(), path.to_owned()));
+            assert!(headers.iter().all(|(_, v)| !v.contains(['\r', '\n'])));
+            http::parse_response(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 22\r\n\r\nabc\r\nX-Injected: yes\r\n",
+            )
+        });
+        assert!(matches!(got, Err(Attempt::Final(_))));
+        assert_eq!(sent.len(), 1, "no second request: {sent:?}");
     }
 
     #[test]

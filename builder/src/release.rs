@@ -286,6 +286,7 @@ pub fn publish(
     wanted: &[OutputFormat],
     key: &SigningKey,
     stamp: &Stamp,
+    extras: &crate::build::Extras,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let image = out_dir.join(outputs::IMAGE);
     let mut names: Vec<&str> = vec![
@@ -295,12 +296,16 @@ pub fn publish(
         outputs::SBOM_SPDX,
         outputs::SBOM_CYCLONEDX,
     ];
-    names.extend(wanted.iter().map(|f| f.file_name()));
+    names.extend(wanted.iter().flat_map(|f| f.file_names()));
     let old = signed_sums(out_dir, &key.public_key()).unwrap_or_default();
     // Formats made earlier for this same image stay in the release.
     for format in OutputFormat::ALL {
-        if old.get(format.file_name()).is_some() && out_dir.join(format.file_name()).is_file() {
-            names.push(format.file_name());
+        let made = format.file_names();
+        if made
+            .iter()
+            .all(|n| old.get(n).is_some() && out_dir.join(n).is_file())
+        {
+            names.extend(made);
         }
     }
     names.sort_unstable();
@@ -315,13 +320,15 @@ pub fn publish(
 
     let mut sums = Sums::default();
     for format in wanted {
-        let path = out_dir.join(format.file_name());
-        if *format == OutputFormat::Raw || (old.get(format.file_name()).is_some() && path.is_file())
-        {
+        let listed = format
+            .file_names()
+            .iter()
+            .all(|n| old.get(n).is_some() && out_dir.join(n).is_file());
+        if *format == OutputFormat::Raw || listed {
             continue;
         }
         let spinner = report::spinner(format!("Converting to {format}"));
-        let made = formats::make(&image, out_dir, *format, stamp);
+        let made = formats::make(&image, out_dir, *format, stamp, key, extras);
         spinner.finish_and_clear();
         let made = made.with_context(|| format!("cannot make the {format} output"))?;
         let len = std::fs::metadata(&made).map(|m| m.len()).unwrap_or(0);

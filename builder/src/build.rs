@@ -177,9 +177,11 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let stamp = Stamp { build_id, epoch };
     let wanted = wanted_formats(&profile, formats);
     let variants: Vec<(&str, &str)> = wanted.iter().filter_map(|f| f.boot_variant()).collect();
-    if let Some(manifest) = fresh_output(&req.out_dir, &build_id)
-        .filter(|_| variants.iter().all(|(_, file)| req.out_dir.join(file).is_file()))
-    {
+    if let Some(manifest) = fresh_output(&req.out_dir, &build_id).filter(|_| {
+        variants
+            .iter()
+            .all(|(_, file)| req.out_dir.join(file).is_file())
+    }) {
         // Formats asked for since the image was built are made now.
         let release = release::publish(&req.out_dir, &wanted, &key, &stamp, &req.extras)?;
         return Ok(BuildOutcome {
@@ -308,7 +310,13 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let mut boot_variants = Vec::new();
     for (option, file) in &variants {
         let line = format!("{cmdline} {option}");
-        let variant = uki::assemble(&stub, &uki::Parts { cmdline: &line, ..parts })?;
+        let variant = uki::assemble(
+            &stub,
+            &uki::Parts {
+                cmdline: &line,
+                ..parts
+            },
+        )?;
         let variant = match &secure_boot {
             Some((keys, _)) => keys
                 .signer(epoch)?

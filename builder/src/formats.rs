@@ -147,7 +147,13 @@ pub fn make(
             if !zst.is_file() {
                 raw_zst(image, &zst)?;
             }
-            installer::iso(out_dir, &dest, key, stamp, extras.installer_user_data.as_deref())?;
+            installer::iso(
+                out_dir,
+                &dest,
+                key,
+                stamp,
+                extras.installer_user_data.as_deref(),
+            )?;
         }
         OutputFormat::Netboot => installer::netboot(image, out_dir)?,
         OutputFormat::Raw => return Ok(image.to_path_buf()),
@@ -204,7 +210,7 @@ fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
 
 /// zstd level 19 over the whole image, holes included (they compress to almost nothing);
 /// the frame records the content size, so `zstd -l` shows it.
-fn raw_zst(image: &Path, dest: &Path) -> Result<()> {
+pub fn raw_zst(image: &Path, dest: &Path) -> Result<()> {
     let mut src = File::open(image).with_context(|| format!("cannot read {}", image.display()))?;
     let len = src.metadata()?.len();
     let tmp = temporary(dest)?;

@@ -22,6 +22,7 @@ pub mod fat;
 pub mod fetch;
 pub mod formats;
 pub mod initramfs;
+pub mod installer;
 pub mod kernel;
 pub mod lock;
 pub mod oci;

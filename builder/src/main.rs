@@ -109,6 +109,7 @@ fn run(cli: Cli) -> Result<()> {
                     locked,
                     source_date_epoch: source_date_epoch()?,
                     init_crates,
+                    extras: Default::default(),
                 },
                 &formats,
             )?;

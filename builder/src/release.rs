@@ -271,7 +271,11 @@ pub fn clear(dir: &Path) -> anyhow::Result<()> {
     remove(&dir.join(outputs::SBOM_CYCLONEDX))?;
     for format in OutputFormat::ALL {
         if format != OutputFormat::Raw {
-            remove(&dir.join(format.file_name()))?;
+            for name in format.file_names() {
+                if *name != outputs::IMAGE {
+                    remove(&dir.join(name))?;
+                }
+            }
         }
     }
     Ok(())
@@ -314,19 +318,24 @@ pub fn publish(
         .iter()
         .all(|n| old.get(n).is_some() && out_dir.join(n).is_file());
     let files = names.iter().map(|n| out_dir.join(n)).collect();
-    if complete && old.len() == names.len() {
+    // The ISO carries the installer's user-data, which is no input of the image: an ISO
+    // asked for is made again (xorriso takes seconds), so it never holds stale user-data.
+    let iso_wanted = wanted.contains(&OutputFormat::Iso);
+    if complete && old.len() == names.len() && !iso_wanted {
         return Ok(files);
     }
 
     let mut sums = Sums::default();
+    let mut remade: Vec<&str> = Vec::new();
     for format in wanted {
         let listed = format
             .file_names()
             .iter()
             .all(|n| old.get(n).is_some() && out_dir.join(n).is_file());
-        if *format == OutputFormat::Raw || listed {
+        if *format == OutputFormat::Raw || (listed && *format != OutputFormat::Iso) {
             continue;
         }
+        remade.push(format.file_name());
         let spinner = report::spinner(format!("Converting to {format}"));
         let made = formats::make(&image, out_dir, *format, stamp, key, extras);
         spinner.finish_and_clear();
@@ -338,7 +347,7 @@ pub fn publish(
         );
     }
     for name in &names {
-        let digest = match old.get(name) {
+        let digest = match old.get(name).filter(|_| !remade.contains(name)) {
             Some(digest) => *digest,
             None => hash_file(&out_dir.join(name))?,
         };

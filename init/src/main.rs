@@ -30,6 +30,7 @@ mod event;
 mod fleet;
 mod grow;
 mod http;
+mod install;
 mod manifest;
 mod memory;
 mod modules;

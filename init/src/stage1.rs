@@ -90,6 +90,11 @@ pub fn run() -> Result<Infallible> {
         ));
     }
 
+    // The installer UKI writes this image onto a disk instead of booting it.
+    if options.install {
+        return crate::install::run(&verified, &options);
+    }
+
     // disk
     let esp = boot_loader_facts(&mut boot);
     let wanted = Wanted {

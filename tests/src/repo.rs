@@ -54,6 +54,7 @@ pub fn variant(
         locked: false,
         source_date_epoch: None,
         init_crates: Some(crate::init_crates()),
+        extras: Default::default(),
     })
     .unwrap_or_else(|e| panic!("building {version}: {e:#}"));
     out

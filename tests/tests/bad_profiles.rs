@@ -29,6 +29,7 @@ fn try_build(profile: &Path, out: &Path) -> String {
         locked: false,
         source_date_epoch: None,
         init_crates: None,
+        extras: Default::default(),
     })
     .expect_err("the build must fail");
     format!("{err:#}")
@@ -115,6 +116,7 @@ fn a_failed_build_keeps_the_previous_image() {
         locked: false,
         source_date_epoch: None,
         init_crates: None,
+        extras: Default::default(),
     };
     let first = build(&request).expect("the variant builds");
     let before = std::fs::read(&first.image).unwrap();

@@ -85,6 +85,7 @@ fn build_into(profile: &Path, out: &Path) -> BuildOutcome {
         locked: true,
         source_date_epoch: None,
         init_crates: Some(crust_tests::init_crates()),
+        extras: Default::default(),
     })
     .unwrap_or_else(|e| panic!("the Secure Boot profile does not build: {e:#}"));
     assert!(!outcome.fresh, "{} was not a clean folder", out.display());

@@ -149,6 +149,7 @@ fn a_failing_service_is_restarted_with_growing_delays() {
         locked: false,
         source_date_epoch: None,
         init_crates: Some(crust_tests::init_crates()),
+        extras: Default::default(),
     })
     .expect("the variant builds");
 

@@ -39,6 +39,8 @@ pub const BUILD: &[Need] = &[
     need("openssl", "openssl"),
     need("sign-efi-sig-list", "efitools"),
     need("osslsigncode", "osslsigncode"),
+    // The installer ISO (`--format iso`): hybrid El Torito + GPT, made by xorriso.
+    need("xorriso", "xorriso"),
 ];
 
 /// A Python virtual environment with Debian's Python (for moto in the AMI test).

@@ -92,9 +92,13 @@ enum Cmd {
         #[arg(long)]
         locked: bool,
         /// Also make this output format, besides the profile's: raw, raw.zst, qcow2, vmdk,
-        /// vhd, gce (repeatable, or comma-separated).
+        /// vhd, gce, iso, netboot (repeatable, or comma-separated).
         #[arg(long = "format", value_delimiter = ',')]
         formats: Vec<crust_builder::profile::OutputFormat>,
+        /// User-data for the installer ISO (`--format iso`): put on the ISO under its signed
+        /// list; its `[install]` table chooses the disk (docs/METAL.md).
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<std::path::PathBuf>,
     },
     /// Read releases' software bills of materials (sbom.spdx.json; docs/FORMAT.md §13).
     Sbom {
@@ -354,8 +358,12 @@ fn run(cli: Cli) -> Result<()> {
             out,
             locked,
             formats,
+            user_data,
         } => {
-            image::build_with(&profile, out.as_deref(), locked, &formats)?;
+            let extras = crust_builder::build::Extras {
+                installer_user_data: user_data,
+            };
+            image::build_extras(&profile, out.as_deref(), locked, &formats, extras)?;
         }
         Cmd::Sbom {
             command: SbomCmd::Diff { old, new },

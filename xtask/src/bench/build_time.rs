@@ -81,6 +81,7 @@ fn request(plan: &Plan, out_dir: &Path, cache: Cache) -> Result<BuildRequest> {
         locked: true,
         source_date_epoch,
         init_crates: plan.init_crates.clone(),
+        extras: Default::default(),
     })
 }
 

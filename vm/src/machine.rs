@@ -66,6 +66,12 @@ pub struct Config {
     /// Let [`Vm::type_text`] type on the serial console (QEMU's standard input becomes a
     /// pipe instead of nothing).
     pub console_input: bool,
+    /// An ISO attached as a CD-ROM (virtio-scsi), first in the firmware's boot order; the
+    /// boot disk then comes second (the installer ISO, docs/METAL.md).
+    pub cdrom: Option<PathBuf>,
+    /// Further raw disk images attached writable as virtio disks after the boot disk, with
+    /// the serial numbers `crust-disk1`, `crust-disk2`, ... (installation targets).
+    pub data_disks: Vec<PathBuf>,
 }
 
 impl Config {
@@ -87,6 +93,8 @@ impl Config {
             smbios: Vec::new(),
             user_network: None,
             console_input: false,
+            cdrom: None,
+            data_disks: Vec::new(),
         }
     }
 
@@ -136,10 +144,38 @@ impl Config {
             "if=none,id=disk0,format={format},file={}{throttle}",
             self.disk.display()
         ));
-        match self.bus {
-            DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]),
-            DiskBus::Nvme => cmd.args(["-device", "nvme,serial=crust0,drive=disk0,bootindex=0"]),
+        let disk_index = if let Some(iso) = &self.cdrom {
+            let path = iso.display().to_string().replace(',', ",,");
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=cd0,format=raw,media=cdrom,readonly=on,file={path}"
+            ));
+            cmd.args([
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-cd,bus=scsi0.0,drive=cd0,bootindex=0",
+            ]);
+            1
+        } else {
+            0
         };
+        match self.bus {
+            DiskBus::Virtio => cmd
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=disk0,bootindex={disk_index}")),
+            DiskBus::Nvme => cmd.arg("-device").arg(format!(
+                "nvme,serial=crust0,drive=disk0,bootindex={disk_index}"
+            )),
+        };
+        for (i, drive) in self.data_disks.iter().enumerate() {
+            let path = drive.display().to_string().replace(',', ",,");
+            cmd.arg("-drive")
+                .arg(format!("if=none,id=data{i},format=raw,file={path}"));
+            cmd.arg("-device").arg(format!(
+                "virtio-blk-pci,drive=data{i},serial=crust-disk{}",
+                i + 1
+            ));
+        }
         for (i, drive) in self.extra_drives.iter().enumerate() {
             let path = drive.display().to_string().replace(',', ",,");
             cmd.arg("-drive").arg(format!(

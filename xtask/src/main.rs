@@ -170,6 +170,13 @@ enum Cmd {
         /// Profile name or path [default: qemu, or qemu-secure-boot with --secure-boot].
         #[arg(long)]
         profile: Option<String>,
+        /// Boot the installer ISO (`cargo xtask build --format iso`) as a CD-ROM, with
+        /// empty disks to install onto.
+        #[arg(long)]
+        iso: bool,
+        /// How many empty disks the installer sees (with --iso).
+        #[arg(long, default_value_t = 1, requires = "iso")]
+        disks: usize,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -423,11 +430,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Qemu {
             profile,
+            iso,
+            disks,
             boot: args,
         } => {
             let profile = boot_profile(profile, &args);
             let out = image::out_dir(&image::profile_path(&profile));
-            qemu::interactive(&out, &qemu_options(&args, &profile)?)?;
+            if iso {
+                qemu::interactive_iso(&out, &qemu_options(&args, &profile)?, disks)?;
+            } else {
+                qemu::interactive(&out, &qemu_options(&args, &profile)?)?;
+            }
         }
         Cmd::Lock { profile, all } => {
             host::ensure(&[host::BUILD])?;

@@ -170,6 +170,64 @@ pub fn interactive(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
     Ok(())
 }
 
+/// Boots the installer ISO in `out_dir` as a CD-ROM with `disks` empty disks (kept in
+/// `install-disk<N>.raw` with their own firmware variables until `--reset`, so a machine
+/// that installed boots its disk the next time), the console on this terminal.
+pub fn interactive_iso(out_dir: &Path, opts: &QemuOptions, disks: usize) -> Result<()> {
+    host::ensure(&[host::QEMU])?;
+    let iso = out_dir.join(crust_builder::profile::OutputFormat::Iso.file_name());
+    if !iso.is_file() {
+        bail!(
+            "{} does not exist; build it with `cargo xtask build --format iso`",
+            iso.display()
+        );
+    }
+    if disks == 0 {
+        bail!("--disks must be at least 1: the installer needs a disk to write");
+    }
+    let image_len = std::fs::metadata(out_dir.join(outputs::IMAGE))
+        .with_context(|| format!("cannot read {}", out_dir.join(outputs::IMAGE).display()))?
+        .len();
+    let vars = out_dir.join("efivars-install.fd");
+    let mut paths = Vec::new();
+    for i in 0..disks {
+        let path = out_dir.join(format!("install-disk{i}.raw"));
+        if opts.reset || !path.exists() {
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            // Sparse: room for the image and 1 GiB of /var growth.
+            file.set_len(image_len + (1 << 30))?;
+            let _ = std::fs::remove_file(&vars);
+        }
+        paths.push(path);
+    }
+    if opts.reset {
+        let _ = std::fs::remove_file(&vars);
+    }
+    let accel = crust_vm::accel::detect(&out_dir.join("vmlinuz"), &image::crust_target())?;
+    let mut config = Config::new(&paths[0], accel, Firmware::with_vars(&vars)?);
+    config.memory_mib = opts.memory_mib;
+    config.forwards = opts.forwards.clone();
+    config.cdrom = Some(iso);
+    config.data_disks = paths[1..].to_vec();
+    eprintln!(
+        "crust: booting the installer {} under QEMU ({}) with {disks} disk(s) ({}); Ctrl-A X \
+         quits",
+        out_dir.join("installer.iso").display(),
+        config.accel,
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let status = config.run_interactive()?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
+
 /// GETs `/` from the host side of a port forward; returns the body (or the status line).
 fn fetch_page(port: u16) -> Result<String> {
     use std::io::{Read, Write};

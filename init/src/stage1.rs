@@ -94,6 +94,14 @@ pub fn run() -> Result<Infallible> {
     if options.install {
         return crate::install::run(&verified, &options);
     }
+    if options.netboot {
+        return Err(crate::error::Error::new(
+            "netboot",
+            "this init cannot boot diskless yet: the netboot UKI's live mode (root and verity \
+             images fetched over the network) is not implemented",
+        )
+        .advice("boot the installer ISO, or a disk image, instead (docs/METAL.md)"));
+    }
 
     // disk
     let esp = boot_loader_facts(&mut boot);

@@ -102,7 +102,12 @@ fn the_iso_is_hybrid_with_an_efi_el_torito_image() {
         "-report_system_area",
         "plain",
     ]));
-    let report = String::from_utf8_lossy(&out.stdout);
+    // xorriso prints its reports among its messages, on standard error.
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         report.contains("Volume id    : 'CRUST-INSTALL'"),
         "{report}"

@@ -47,6 +47,10 @@ pub struct HostConfig {
     /// Services added, changed or turned off ([`super::services`]).
     #[serde(default)]
     pub service: Vec<super::services::Service>,
+    /// `[install]`: the installer's choice of disk (docs/METAL.md). Checked here too, so
+    /// one file can serve the installer and the host it installs; the host ignores it.
+    #[serde(default)]
+    pub install: Option<crate::install::InstallConfig>,
 }
 
 impl Default for HostConfig {
@@ -61,6 +65,7 @@ impl Default for HostConfig {
             update: None,
             fleet: None,
             service: Vec::new(),
+            install: None,
         }
     }
 }

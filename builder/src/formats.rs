@@ -148,6 +148,7 @@ pub fn make(
                 raw_zst(image, &zst)?;
             }
             installer::iso(
+                image,
                 out_dir,
                 &dest,
                 key,

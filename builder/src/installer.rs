@@ -42,9 +42,10 @@ const REMOVABLE_BOOT_PATH: &str = "EFI/BOOT/BOOTX64.EFI";
 /// Room for the FAT structures besides the UKI.
 const FAT_SLACK: u64 = 2 << 20;
 
-/// Makes the installer ISO `dest` from `out_dir`'s `image.raw`, `image.raw.zst` and
+/// Makes the installer ISO `dest` from the raw `image` and `out_dir`'s `image.raw.zst` and
 /// `installer.efi`; `user_data`, when given, goes onto the ISO under the signed list.
 pub fn iso(
+    image: &Path,
     out_dir: &Path,
     dest: &Path,
     key: &SigningKey,
@@ -64,14 +65,15 @@ pub fn iso(
 
     // The medium's release: the image (linked, not copied), user-data, the signed list.
     let mut sums = Sums::default();
-    let raw = out_dir.join(outputs::IMAGE);
-    let raw_digest = match release::signed_sums(out_dir, &key.public_key()) {
-        Ok(old) if old.get(outputs::IMAGE).is_some() => old.get(outputs::IMAGE).copied(),
-        _ => None,
-    };
-    let raw_digest = match raw_digest {
+    // The release's signed digest of the image when it has one (hashing 3 GiB takes
+    // seconds), else the image's own.
+    let listed = (image == out_dir.join(outputs::IMAGE))
+        .then(|| release::signed_sums(out_dir, &key.public_key()).ok())
+        .flatten()
+        .and_then(|old| old.get(outputs::IMAGE).copied());
+    let raw_digest = match listed {
         Some(d) => d,
-        None => hash_file(&raw)?,
+        None => hash_file(image)?,
     };
     sums.insert(install::RAW_IMAGE, raw_digest);
     let zst = out_dir.join(install::IMAGE);

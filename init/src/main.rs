@@ -36,6 +36,7 @@ mod memory;
 mod modules;
 mod mounts;
 mod net;
+mod netboot;
 mod power;
 mod random;
 mod services;

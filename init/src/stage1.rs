@@ -94,25 +94,29 @@ pub fn run() -> Result<Infallible> {
     if options.install {
         return crate::install::run(&verified, &options);
     }
-    if options.netboot {
-        return Err(crate::error::Error::new(
-            "netboot",
-            "this init cannot boot diskless yet: the netboot UKI's live mode (root and verity \
-             images fetched over the network) is not implemented",
-        )
-        .advice("boot the installer ISO, or a disk image, instead (docs/METAL.md)"));
-    }
-
-    // disk
-    let esp = boot_loader_facts(&mut boot);
-    let wanted = Wanted {
-        esp,
-        root: root_partition_uuid(&m.verity.root_hash),
-        verity: verity_partition_uuid(&m.verity.root_hash),
+    // disk: the boot disk's slot, or (network boot) the slot's images fetched into memory.
+    let (found, esp) = if options.netboot {
+        (crate::netboot::fetch(m)?, None)
+    } else {
+        let esp = boot_loader_facts(&mut boot);
+        let wanted = Wanted {
+            esp,
+            root: root_partition_uuid(&m.verity.root_hash),
+            verity: verity_partition_uuid(&m.verity.root_hash),
+        };
+        (disk::find(&wanted, options.disk_timeout)?, esp)
     };
-    let found = disk::find(&wanted, options.disk_timeout)?;
     disk::check_slot(&found, &m.verity)?;
-    let at = console::phase(Phase::Disk, &disk_detail(&found, esp));
+    let detail = if options.netboot {
+        format!(
+            "network boot: root-a={} verity-a={} (images fetched into memory, checked by \
+             dm-verity against the signed root hash)",
+            found.root.name, found.verity.name
+        )
+    } else {
+        disk_detail(&found, esp)
+    };
+    let at = console::phase(Phase::Disk, &detail);
     boot.set_phase(Phase::Disk.as_str(), at);
     boot.set(keys::SLOT, found.slot.as_str());
     boot.set(keys::DISK, found.disk.as_str());

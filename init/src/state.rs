@@ -74,24 +74,29 @@ pub fn setup(disk: &str) -> String {
             console::warning(&format!(
                 "{e}; /var is a tmpfs this boot: nothing written to it will be kept"
             ));
-            let fallback = mount(
-                Some("tmpfs"),
-                VAR,
-                Some("tmpfs"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some("mode=0755"),
-            );
-            let id = fallback.ok().and_then(|_| identity(Path::new(VAR)).ok());
-            if let Some((id, _)) = &id {
-                install_machine_id(id);
-            }
-            format!(
-                "NOT persistent ({}); machine-id {}",
-                e.check,
-                id.map_or("none".into(), |(id, _)| id)
-            )
+            volatile(e.check)
         }
     }
+}
+
+/// Mounts a tmpfs on `/var` with a machine id in it; returns the console detail, which
+/// says `/var` is `NOT persistent` and `why`.
+pub fn volatile(why: &str) -> String {
+    let fallback = mount(
+        Some("tmpfs"),
+        VAR,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=0755"),
+    );
+    let id = fallback.ok().and_then(|_| identity(Path::new(VAR)).ok());
+    if let Some((id, _)) = &id {
+        install_machine_id(id);
+    }
+    format!(
+        "tmpfs on /var, NOT persistent ({why}); machine-id {}",
+        id.map_or("none".into(), |(id, _)| id)
+    )
 }
 
 fn describe(s: &State) -> String {

@@ -69,6 +69,10 @@ pub struct Config {
     /// An ISO attached as a CD-ROM (virtio-scsi), first in the firmware's boot order; the
     /// boot disk then comes second (the installer ISO, docs/METAL.md).
     pub cdrom: Option<PathBuf>,
+    /// A network boot: QEMU's user network serves this folder by TFTP and names the file
+    /// (relative to it) as the DHCP boot file, for the firmware's UEFI PXE. With an empty
+    /// [`Config::disk`] path the machine has no disk at all.
+    pub tftp: Option<(PathBuf, String)>,
     /// Further raw disk images attached writable as virtio disks after the boot disk, with
     /// the serial numbers `crust-disk1`, `crust-disk2`, ... (installation targets).
     pub data_disks: Vec<PathBuf>,
@@ -94,6 +98,7 @@ impl Config {
             user_network: None,
             console_input: false,
             cdrom: None,
+            tftp: None,
             data_disks: Vec::new(),
         }
     }
@@ -140,10 +145,13 @@ impl Config {
             .write_limit
             .map(|bps| format!(",throttling.bps-write={bps}"))
             .unwrap_or_default();
-        cmd.arg("-drive").arg(format!(
-            "if=none,id=disk0,format={format},file={}{throttle}",
-            self.disk.display()
-        ));
+        let diskless = self.disk.as_os_str().is_empty();
+        if !diskless {
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=disk0,format={format},file={}{throttle}",
+                self.disk.display()
+            ));
+        }
         let disk_index = if let Some(iso) = &self.cdrom {
             let path = iso.display().to_string().replace(',', ",,");
             cmd.arg("-drive").arg(format!(
@@ -160,6 +168,7 @@ impl Config {
             0
         };
         match self.bus {
+            _ if diskless => &mut cmd,
             DiskBus::Virtio => cmd
                 .arg("-device")
                 .arg(format!("virtio-blk-pci,drive=disk0,bootindex={disk_index}")),
@@ -196,6 +205,10 @@ impl Config {
         }
         for rule in &self.guestfwds {
             netdev.push_str(&format!(",guestfwd={rule}"));
+        }
+        if let Some((dir, file)) = &self.tftp {
+            let dir = dir.display().to_string().replace(',', ",,");
+            netdev.push_str(&format!(",tftp={dir},bootfile={file}"));
         }
         cmd.args([
             "-netdev",

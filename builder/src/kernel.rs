@@ -392,7 +392,8 @@ mod tests {
              kernel/fs/nls/nls_cp437.ko:\n\
              kernel/fs/nls/nls_ascii.ko:\n\
              kernel/fs/isofs/isofs.ko: kernel/drivers/cdrom/cdrom.ko\n\
-             kernel/drivers/cdrom/cdrom.ko:\n",
+             kernel/drivers/cdrom/cdrom.ko:\n\
+             kernel/drivers/block/loop.ko:\n",
         )
         .unwrap();
         std::fs::write(
@@ -430,6 +431,7 @@ mod tests {
                 "nls_ascii",
                 "cdrom",
                 "isofs",
+                "loop",
                 "virtio_ring",
                 "virtio",
                 "virtio_blk"

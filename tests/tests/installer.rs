@@ -232,6 +232,7 @@ fn the_iso_installs_onto_the_empty_disk_which_then_boots() {
     let installed = vm
         .wait_for_text(&format!("{WHO} installed on"), timeout())
         .unwrap_or_else(|e| panic!("{e}"));
+    let installed_at = vm.elapsed();
     assert!(installed.contains("/dev/vda"), "{installed}");
     let history = vm.console().history().join("\n");
     assert!(history.contains("read back and compared"), "{history}");
@@ -250,6 +251,12 @@ fn the_iso_installs_onto_the_empty_disk_which_then_boots() {
     assert!(state.detail.contains("grown"), "{}", state.detail);
     vm.wait_for_phase(Phase::Ready, timeout())
         .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "installer: from power-on to ready on the installed disk in {:.1} s ({:.1} s to \
+         installed)",
+        vm.elapsed().as_secs_f64(),
+        installed_at.as_secs_f64()
+    );
     vm.qmp().unwrap().system_powerdown().unwrap();
     vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -308,7 +315,10 @@ fn a_disk_with_a_file_system_is_refused_and_kept() {
     let line = refused(&mut vm);
     assert!(line.contains("disk = \"auto\""), "{line}");
     let history = vm.console().history().join("\n");
-    assert!(history.contains("holds a ext2/3/4 signature"), "{history}");
+    assert!(
+        history.contains("holds ext2/3/4 (found by its signature)"),
+        "{history}"
+    );
     assert_eq!(sha256(&disk), before, "the ext4 disk changed");
     run_ok(Command::new("e2fsck").arg("-fn").arg(&disk));
 }
@@ -358,4 +368,161 @@ fn find(file: &Path, needle: &[u8]) -> Option<u64> {
         at += 2048;
     }
     None
+}
+
+/// A TFTP folder holding the build's netboot files (copies, so a test may change them).
+fn netboot_folder(dir: &Path) -> PathBuf {
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    for name in ["netboot.efi", "root.img", "verity.img"] {
+        std::fs::copy(built_image().dir.join(name), tftp.join(name)).unwrap();
+    }
+    tftp
+}
+
+/// A diskless machine that boots `netboot.efi` by UEFI PXE from QEMU's TFTP server.
+fn start_diskless(dir: &Path, tftp: &Path, forward: Option<u16>, log: &str) -> Vm {
+    let img = built_image();
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.join("efivars.fd")).unwrap();
+    let mut config = Config::new(Path::new(""), accel, firmware);
+    config.tftp = Some((tftp.to_path_buf(), "netboot.efi".into()));
+    config.no_reboot = true;
+    config.qmp_socket = Some(dir.join("qmp.sock"));
+    config.forwards = forward.map(|p| vec![(p, 80)]).unwrap_or_default();
+    Vm::start(&config, Some(&dir.join(log)), true).expect("start QEMU")
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_diskless_machine_boots_over_the_network_to_ready() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = netboot_folder(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut vm = start_diskless(dir.path(), &tftp, Some(port), "netboot.log");
+    let fetched = vm
+        .wait_for_text("crust-netboot: fetched", timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(fetched.contains("from 10.0.2.2 by TFTP"), "{fetched}");
+    let disk = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk.detail.starts_with("network boot:"), "{}", disk.detail);
+    let state = vm
+        .wait_for_phase(Phase::State, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        state
+            .detail
+            .contains("tmpfs on /var, NOT persistent (network boot"),
+        "{}",
+        state.detail
+    );
+    let ready = vm
+        .wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ready.detail.contains("dm-verity root"), "{}", ready.detail);
+    eprintln!(
+        "netboot: ready {:.1} s after power-on; the firmware fetched netboot.efi ({} bytes), \
+         the init {}",
+        vm.elapsed().as_secs_f64(),
+        std::fs::metadata(tftp.join("netboot.efi")).unwrap().len(),
+        fetched.split("crust-netboot: ").nth(1).unwrap_or(&fetched)
+    );
+    vm.wait_for_phase(Phase::Healthy, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The demo page, through the port forward.
+    let mut page = String::new();
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: crust\r\n\r\n")
+            .unwrap();
+        s.read_to_string(&mut page).unwrap();
+    }
+    assert!(
+        page.starts_with("HTTP/1.") && page.contains(" 200 "),
+        "{page}"
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_changed_root_byte_on_the_boot_server_is_refused() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = netboot_folder(dir.path());
+    // The squashfs superblock: the first read of the root goes through it.
+    flip_byte(&tftp.join("root.img"), 40);
+    let mut vm = start_diskless(dir.path(), &tftp, None, "tampered-netboot.log");
+    vm.console().allow("crust: error:");
+    let line = vm
+        .console()
+        .wait_for("verity refusal", timeout(), |l| {
+            (l.contains("device-mapper: verity") && l.contains("is corrupted"))
+                || l.contains("crust: ready")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !line.contains("crust: ready"),
+        "a tampered root booted: {line}"
+    );
+    let error = vm
+        .wait_for_phase(Phase::Error, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(error.detail.contains("root"), "{}", error.detail);
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn the_media_user_data_names_the_disk_and_wipe_is_needed_for_data() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let img = built_image();
+    let dir = tempfile::tempdir().unwrap();
+    // An ISO carrying user-data that names the second disk by its serial number.
+    let user_data = dir.path().join("install.toml");
+    std::fs::write(
+        &user_data,
+        "version = 1\n\n[install]\ndisk = \"crust-disk1\"\n",
+    )
+    .unwrap();
+    let key = crust_builder::sign::SigningKey::development(&img.dir.parent().unwrap().join("keys"))
+        .unwrap();
+    let iso = dir.path().join("user-data.iso");
+    let stamp = crust_builder::formats::Stamp {
+        build_id: img.manifest.build_id,
+        epoch: 0,
+    };
+    crust_builder::installer::iso(&img.image, &img.dir, &iso, &key, &stamp, Some(&user_data))
+        .expect("the ISO with user-data");
+    // The named disk holds ext4; the other is empty (and would be "auto"'s choice).
+    let disks = [
+        empty_disk(dir.path(), "empty.raw", 0),
+        empty_disk(dir.path(), "data.raw", 0),
+    ];
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disks[1]));
+    let before = sha256(&disks[1]);
+    let mut vm = start(dir.path(), &iso, &disks, false, "user-data.log");
+    let line = refused(&mut vm);
+    assert!(
+        line.contains("disk = \"crust-disk1\" is /dev/vdb") && line.contains("wipe = true"),
+        "{line}"
+    );
+    let history = vm.console().history().join("\n");
+    assert!(
+        history.contains("from the medium's signed user-data"),
+        "{history}"
+    );
+    untouched(&disks[0]);
+    assert_eq!(sha256(&disks[1]), before, "the named disk changed");
 }

@@ -177,6 +177,10 @@ enum Cmd {
         /// How many empty disks the installer sees (with --iso).
         #[arg(long, default_value_t = 1, requires = "iso")]
         disks: usize,
+        /// Boot the netboot UKI (`cargo xtask build --format netboot`) on a diskless machine
+        /// by UEFI PXE from QEMU's TFTP server (live mode, docs/METAL.md).
+        #[arg(long, conflicts_with = "iso")]
+        netboot: bool,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -432,11 +436,14 @@ fn run(cli: Cli) -> Result<()> {
             profile,
             iso,
             disks,
+            netboot,
             boot: args,
         } => {
             let profile = boot_profile(profile, &args);
             let out = image::out_dir(&image::profile_path(&profile));
-            if iso {
+            if netboot {
+                qemu::interactive_netboot(&out, &qemu_options(&args, &profile)?)?;
+            } else if iso {
                 qemu::interactive_iso(&out, &qemu_options(&args, &profile)?, disks)?;
             } else {
                 qemu::interactive(&out, &qemu_options(&args, &profile)?)?;

@@ -228,6 +228,43 @@ pub fn interactive_iso(out_dir: &Path, opts: &QemuOptions, disks: usize) -> Resu
     Ok(())
 }
 
+/// Boots the netboot UKI of `out_dir` on a diskless machine by UEFI PXE: QEMU's own TFTP
+/// server serves `netboot-tftp/` (hard links to `netboot.efi`, `root.img`, `verity.img`),
+/// the console on this terminal.
+pub fn interactive_netboot(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
+    host::ensure(&[host::QEMU])?;
+    let tftp = out_dir.join("netboot-tftp");
+    let _ = std::fs::remove_dir_all(&tftp);
+    std::fs::create_dir_all(&tftp).with_context(|| format!("cannot create {}", tftp.display()))?;
+    for name in crust_builder::profile::OutputFormat::Netboot.file_names() {
+        let from = out_dir.join(name);
+        if !from.is_file() {
+            bail!(
+                "{} does not exist; build it with `cargo xtask build --format netboot`",
+                from.display()
+            );
+        }
+        crust_builder::output::link_or_copy(&from, &tftp.join(name))?;
+    }
+    let accel = crust_vm::accel::detect(&out_dir.join("vmlinuz"), &image::crust_target())?;
+    let vars = out_dir.join("efivars-netboot.fd");
+    let _ = std::fs::remove_file(&vars);
+    let mut config = Config::new(Path::new(""), accel, Firmware::with_vars(&vars)?);
+    config.memory_mib = opts.memory_mib;
+    config.forwards = opts.forwards.clone();
+    config.tftp = Some((tftp.clone(), crust_format::install::NETBOOT_UKI.into()));
+    eprintln!(
+        "crust: network-booting {} under QEMU ({}), no disk; Ctrl-A X quits",
+        tftp.display(),
+        config.accel
+    );
+    let status = config.run_interactive()?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
+
 /// GETs `/` from the host side of a port forward; returns the body (or the status line).
 fn fetch_page(port: u16) -> Result<String> {
     use std::io::{Read, Write};

@@ -36,6 +36,8 @@ pub enum Holds {
     Signature(&'static str),
     /// Bytes that are not zeros but nothing recognised.
     Unrecognised,
+    /// Its first or last bytes could not be read.
+    Unreadable,
 }
 
 impl Holds {
@@ -44,8 +46,9 @@ impl Holds {
         match self {
             Holds::Nothing => "nothing (all zeros where tables and signatures go)".into(),
             Holds::Partitions(what) => what.clone(),
-            Holds::Signature(what) => format!("a {what} signature"),
+            Holds::Signature(what) => format!("{what} (found by its signature)"),
             Holds::Unrecognised => "data (not zeros, no known signature)".into(),
+            Holds::Unreadable => "nothing readable (I/O error)".into(),
         }
     }
 }
@@ -144,7 +147,7 @@ fn describe(name: &str) -> Option<Disk> {
     } else {
         match read_ends(&node, bytes) {
             Some((head, tail)) => classify(&head, &tail),
-            None => Holds::Signature("unreadable (I/O error)"),
+            None => Holds::Unreadable,
         }
     };
     Some(Disk {

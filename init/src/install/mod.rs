@@ -159,16 +159,17 @@ fn install(options: &Options) -> Result<Installed> {
     release.check_image()?;
     console::note(WHO, "image.raw.zst matches the signed list");
 
+    // One line per disk either way: what each holds is what decided.
     let found = disks::inventory(&medium.disk);
-    for d in &found {
-        console::note(WHO, &format!("disk {}", d.describe()));
-    }
     let target = disks::choose(&found, &config).map_err(|refusal| {
         for d in &found {
             console::note(WHO, &format!("refusing: {}", d.describe()));
         }
         Error::new("install-disk", format!("{refusal}; nothing was written"))
     })?;
+    for d in found.iter().filter(|d| d.name != target.name) {
+        console::note(WHO, &format!("leaving alone: {}", d.describe()));
+    }
     console::note(WHO, &format!("writing onto {}", target.describe()));
 
     let written = write::write_image(&release, target)?;

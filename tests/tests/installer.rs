@@ -526,3 +526,55 @@ fn the_media_user_data_names_the_disk_and_wipe_is_needed_for_data() {
     untouched(&disks[0]);
     assert_eq!(sha256(&disks[1]), before, "the named disk changed");
 }
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn the_installer_started_by_uefi_pxe_installs_from_the_network() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let img = built_image();
+    let dir = tempfile::tempdir().unwrap();
+    // What the boot server serves: the installer UKI and the signed release's list and
+    // compressed image.
+    let tftp = dir.path().join("tftp");
+    std::fs::create_dir(&tftp).unwrap();
+    for name in [
+        "installer.efi",
+        "image.raw.zst",
+        "SHA256SUMS",
+        "SHA256SUMS.sig",
+    ] {
+        std::fs::copy(img.dir.join(name), tftp.join(name)).unwrap();
+    }
+    let disk = empty_disk(dir.path(), "disk.raw", 1 << 30);
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.path().join("efivars.fd")).unwrap();
+    let mut config = Config::new(&disk, accel, firmware);
+    config.tftp = Some((tftp, "installer.efi".into()));
+    config.qmp_socket = Some(dir.path().join("qmp.sock"));
+    let mut vm = Vm::start(&config, Some(&dir.path().join("netinstall.log")), true).unwrap();
+    let fetched = vm
+        .wait_for_text(&format!("{WHO} fetched the release"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(fetched.contains("from 10.0.2.2 by TFTP"), "{fetched}");
+    vm.wait_for_text(&format!("{WHO} installed on /dev/vda"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let installed_at = vm.elapsed();
+    let disk_line = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk_line.detail.contains("vda"), "{}", disk_line.detail);
+    vm.wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "network install: installed {:.1} s after power-on, ready on the disk at {:.1} s",
+        installed_at.as_secs_f64(),
+        vm.elapsed().as_secs_f64()
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let out = run_ok(Command::new("sgdisk").arg("-v").arg(&disk));
+    let verify = String::from_utf8_lossy(&out.stdout);
+    assert!(verify.contains("No problems found"), "{verify}");
+}

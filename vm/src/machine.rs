@@ -210,12 +210,14 @@ impl Config {
             let dir = dir.display().to_string().replace(',', ",,");
             netdev.push_str(&format!(",tftp={dir},bootfile={file}"));
         }
-        cmd.args([
-            "-netdev",
-            &netdev,
-            "-device",
-            "virtio-net-pci,netdev=net0,romfile=",
-        ]);
+        // A network boot needs the NIC in QEMU's boot order: with one given (a disk's
+        // bootindex), OVMF connects only the devices it names.
+        let nic = if self.tftp.is_some() {
+            "virtio-net-pci,netdev=net0,romfile=,bootindex=9"
+        } else {
+            "virtio-net-pci,netdev=net0,romfile="
+        };
+        cmd.args(["-netdev", &netdev, "-device", nic]);
         cmd.args(["-serial", if interactive { "mon:stdio" } else { "stdio" }]);
         if let Some(qmp) = &self.qmp_socket {
             cmd.arg("-qmp")

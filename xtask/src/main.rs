@@ -181,6 +181,10 @@ enum Cmd {
         /// by UEFI PXE from QEMU's TFTP server (live mode, docs/METAL.md).
         #[arg(long, conflicts_with = "iso")]
         netboot: bool,
+        /// With --netboot: start the installer UKI instead, which fetches the release from
+        /// the same TFTP server and installs it onto an empty disk.
+        #[arg(long, requires = "netboot")]
+        install: bool,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -437,12 +441,13 @@ fn run(cli: Cli) -> Result<()> {
             iso,
             disks,
             netboot,
+            install,
             boot: args,
         } => {
             let profile = boot_profile(profile, &args);
             let out = image::out_dir(&image::profile_path(&profile));
             if netboot {
-                qemu::interactive_netboot(&out, &qemu_options(&args, &profile)?)?;
+                qemu::interactive_netboot(&out, &qemu_options(&args, &profile)?, install)?;
             } else if iso {
                 qemu::interactive_iso(&out, &qemu_options(&args, &profile)?, disks)?;
             } else {

@@ -228,19 +228,40 @@ pub fn interactive_iso(out_dir: &Path, opts: &QemuOptions, disks: usize) -> Resu
     Ok(())
 }
 
-/// Boots the netboot UKI of `out_dir` on a diskless machine by UEFI PXE: QEMU's own TFTP
-/// server serves `netboot-tftp/` (hard links to `netboot.efi`, `root.img`, `verity.img`),
-/// the console on this terminal.
-pub fn interactive_netboot(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
+/// Boots `out_dir` by UEFI PXE from QEMU's own TFTP server, which serves `netboot-tftp/`
+/// (hard links), the console on this terminal. Live: `netboot.efi`, `root.img` and
+/// `verity.img` on a diskless machine. `install`: `installer.efi` with the release's
+/// `SHA256SUMS`, its signature and `image.raw.zst`, and one empty disk
+/// (`install-disk0.raw`, kept until `--reset`, as for `--iso`).
+pub fn interactive_netboot(out_dir: &Path, opts: &QemuOptions, install: bool) -> Result<()> {
+    use crust_builder::profile::OutputFormat;
     host::ensure(&[host::QEMU])?;
     let tftp = out_dir.join("netboot-tftp");
     let _ = std::fs::remove_dir_all(&tftp);
     std::fs::create_dir_all(&tftp).with_context(|| format!("cannot create {}", tftp.display()))?;
-    for name in crust_builder::profile::OutputFormat::Netboot.file_names() {
+    let (files, boot, format): (&[&str], &str, &str) = if install {
+        (
+            &[
+                crust_format::install::INSTALLER_UKI,
+                crust_format::install::IMAGE,
+                crust_builder::release::SUMS,
+                crust_builder::release::SUMS_SIG,
+            ],
+            crust_format::install::INSTALLER_UKI,
+            "iso",
+        )
+    } else {
+        (
+            OutputFormat::Netboot.file_names(),
+            crust_format::install::NETBOOT_UKI,
+            "netboot",
+        )
+    };
+    for name in files {
         let from = out_dir.join(name);
         if !from.is_file() {
             bail!(
-                "{} does not exist; build it with `cargo xtask build --format netboot`",
+                "{} does not exist; build it with `cargo xtask build --format {format}`",
                 from.display()
             );
         }
@@ -248,15 +269,33 @@ pub fn interactive_netboot(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
     }
     let accel = crust_vm::accel::detect(&out_dir.join("vmlinuz"), &image::crust_target())?;
     let vars = out_dir.join("efivars-netboot.fd");
-    let _ = std::fs::remove_file(&vars);
-    let mut config = Config::new(Path::new(""), accel, Firmware::with_vars(&vars)?);
+    let disk = if install {
+        let path = out_dir.join("install-disk0.raw");
+        if opts.reset || !path.exists() {
+            let len = std::fs::metadata(out_dir.join(outputs::IMAGE))?.len();
+            std::fs::File::create(&path)
+                .and_then(|f| f.set_len(len + (1 << 30)))
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let _ = std::fs::remove_file(&vars);
+        }
+        path
+    } else {
+        let _ = std::fs::remove_file(&vars);
+        std::path::PathBuf::new()
+    };
+    let mut config = Config::new(&disk, accel, Firmware::with_vars(&vars)?);
     config.memory_mib = opts.memory_mib;
     config.forwards = opts.forwards.clone();
-    config.tftp = Some((tftp.clone(), crust_format::install::NETBOOT_UKI.into()));
+    config.tftp = Some((tftp.clone(), boot.into()));
     eprintln!(
-        "crust: network-booting {} under QEMU ({}), no disk; Ctrl-A X quits",
+        "crust: network-booting {boot} from {} under QEMU ({}), {}; Ctrl-A X quits",
         tftp.display(),
-        config.accel
+        config.accel,
+        if install {
+            format!("disk {}", disk.display())
+        } else {
+            "no disk".into()
+        }
     );
     let status = config.run_interactive()?;
     if !status.success() {

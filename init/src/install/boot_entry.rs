@@ -79,6 +79,53 @@ pub fn pick_number(existing: &[(u16, Vec<u8>)], option: &[u8]) -> Option<u16> {
     (0..=u16::MAX).find(|n| !existing.iter().any(|(t, _)| t == n))
 }
 
+/// Whether a load option's device path goes through a network node (MAC address, IPv4,
+/// IPv6 or URI: UEFI PXE and HTTP boot), as the firmware's network boot options do.
+pub fn load_option_is_network(option: &[u8]) -> bool {
+    let Some(path_len) = option
+        .get(4..6)
+        .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    else {
+        return false;
+    };
+    // The description: UTF-16, NUL-terminated, after the 6-byte header.
+    let mut at = 6;
+    while let Some(unit) = option.get(at..at + 2) {
+        at += 2;
+        if unit == [0, 0] {
+            break;
+        }
+    }
+    let Some(mut path) = option.get(at..at + path_len) else {
+        return false;
+    };
+    while path.len() >= 4 {
+        let (kind, subtype) = (path[0], path[1]);
+        let len = usize::from(u16::from_le_bytes([path[2], path[3]]));
+        if kind == 0x7F || len < 4 || len > path.len() {
+            return false;
+        }
+        // Messaging device path: MAC (11), IPv4 (12), IPv6 (13), URI (24).
+        if kind == 0x03 && matches!(subtype, 11 | 12 | 13 | 24) {
+            return true;
+        }
+        path = &path[len..];
+    }
+    false
+}
+
+/// Whether the firmware started this boot from the network (`BootCurrent`'s option).
+pub fn booted_from_network() -> bool {
+    if !booted_with_efi() || crate::efivar::mount_efivarfs().is_err() {
+        return false;
+    }
+    let Some(current) = read_var("BootCurrent").filter(|v| v.len() == 2) else {
+        return false;
+    };
+    let number = u16::from_le_bytes([current[0], current[1]]);
+    read_var(&format!("Boot{number:04X}")).is_some_and(|o| load_option_is_network(&o))
+}
+
 fn var_path(name: &str) -> String {
     format!("{EFIVARS}/{name}-{EFI_GLOBAL}")
 }
@@ -177,6 +224,32 @@ mod tests {
         assert_eq!(&path[40..42], &[2, 2]);
         assert_eq!(&path[42..44], &[4, 4]);
         assert_eq!(&path[path_len - 4..], &[0x7F, 0xFF, 4, 0]);
+    }
+
+    #[test]
+    fn network_boot_options_are_told_apart() {
+        let esp = Esp {
+            number: 1,
+            first_lba: 2048,
+            sectors: 8,
+            partuuid: Uuid::nil(),
+        };
+        assert!(!load_option_is_network(&load_option("Crust", &esp, LOADER)));
+        // OVMF's "UEFI PXEv4": PciRoot/Pci/MAC/IPv4.
+        let mut path = vec![0x02, 0x01, 12, 0, 0xD0, 0x41, 0x03, 0x0A, 0, 0, 0, 0];
+        path.extend_from_slice(&[0x01, 0x01, 6, 0, 0, 1]);
+        let mut mac = vec![0x03, 11, 37, 0];
+        mac.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        mac.resize(37, 0);
+        mac[36] = 1;
+        path.extend_from_slice(&mac);
+        path.extend_from_slice(&[0x7F, 0xFF, 4, 0]);
+        let mut option = 1u32.to_le_bytes().to_vec();
+        option.extend_from_slice(&(path.len() as u16).to_le_bytes());
+        option.extend_from_slice(&utf16z("UEFI PXEv4"));
+        option.extend_from_slice(&path);
+        assert!(load_option_is_network(&option));
+        assert!(!load_option_is_network(&option[..10]));
     }
 
     #[test]

@@ -30,8 +30,12 @@ const MAX_TEXT: u64 = 1 << 20;
 pub struct Medium {
     /// The device holding the ISO 9660 file system (`/dev/sr0`, `/dev/sda`).
     pub device: PathBuf,
-    /// The kernel name of the whole disk it is on (never a target).
+    /// The kernel name of the whole disk it is on (never a target); empty for the network.
     pub disk: String,
+    /// The folder holding [`install::DIR`]: the mount point, or the fetched copy.
+    pub root: PathBuf,
+    /// Whether `root` is a mount to undo.
+    mounted: bool,
 }
 
 /// What the medium carries, its list verified.
@@ -82,6 +86,74 @@ pub fn find(timeout: Duration) -> Result<Medium> {
     Ok(Medium {
         device: device.0,
         disk: device.1,
+        root: PathBuf::from(MOUNT_POINT),
+        mounted: true,
+    })
+}
+
+/// Where a network installation keeps what it fetched (memory).
+pub const NETWORK_DIR: &str = "/run/crust/medium-net";
+/// Largest compressed image fetched over the network.
+const MAX_NETWORK_IMAGE: u64 = 16 << 30;
+
+/// A network installation's "medium": DHCP, then the release's `SHA256SUMS`, its
+/// signature, `image.raw.zst` (and `user-data`, if the server has one) fetched by TFTP
+/// from the server that granted the lease. Checked exactly as a medium's files are.
+pub fn fetch_from_network() -> Result<Medium> {
+    let mut network = crate::net::Network::start();
+    network
+        .up_for_metadata()
+        .map_err(|e| Error::new("install-medium", format!("no network to install from: {e}")))?;
+    let server = network.dhcp_server().ok_or_else(|| {
+        Error::new(
+            "install-medium",
+            "the DHCP lease names no server to fetch from",
+        )
+    })?;
+    let dir = Path::new(NETWORK_DIR).join(install::DIR);
+    fs::create_dir_all(&dir).context("install-medium", || {
+        format!("cannot create {}", dir.display())
+    })?;
+    let started = Instant::now();
+    let mut bytes = 0;
+    for (name, limit, needed) in [
+        (SUMS, MAX_TEXT, true),
+        (SUMS_SIG, MAX_TEXT, true),
+        (install::USER_DATA, MAX_TEXT, false),
+        (install::IMAGE, MAX_NETWORK_IMAGE, true),
+    ] {
+        let path = dir.join(name);
+        let file = File::create(&path).context("install-medium", || {
+            format!("cannot create {}", path.display())
+        })?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        match crate::netboot::tftp::fetch(server, name, &mut out, limit) {
+            Ok(n) => bytes += n,
+            Err(_) if !needed => {
+                drop(out);
+                let _ = fs::remove_file(&path);
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    "install-medium",
+                    format!("cannot fetch {name} from {server} by TFTP: {e}"),
+                ));
+            }
+        }
+    }
+    crate::console::note(
+        super::WHO,
+        &format!(
+            "fetched the release ({} MiB) from {server} by TFTP in {} ms",
+            bytes >> 20,
+            started.elapsed().as_millis()
+        ),
+    );
+    Ok(Medium {
+        device: PathBuf::from(format!("tftp://{server}")),
+        disk: String::new(),
+        root: PathBuf::from(NETWORK_DIR),
+        mounted: false,
     })
 }
 
@@ -127,8 +199,8 @@ fn probe() -> Option<(PathBuf, String)> {
 }
 
 impl Medium {
-    fn path(name: &str) -> PathBuf {
-        Path::new(MOUNT_POINT).join(install::DIR).join(name)
+    fn path(&self, name: &str) -> PathBuf {
+        self.root.join(install::DIR).join(name)
     }
 
     /// Checks the list's signature with `key` (the image's public key), then reads the
@@ -137,9 +209,9 @@ impl Medium {
         let key = PublicKey::from_bytes(key).context("install-key", || {
             "the image's public key in the initramfs is unusable".into()
         })?;
-        let list_path = Self::path(SUMS);
+        let list_path = self.path(SUMS);
         let list = read_limited(&list_path)?;
-        let signature = read_limited(&Self::path(SUMS_SIG))?;
+        let signature = read_limited(&self.path(SUMS_SIG))?;
         key.verify(&list, &signature)
             .context("install-signature", || {
                 format!(
@@ -159,7 +231,7 @@ impl Medium {
                 ));
             }
         }
-        let user_path = Self::path(install::USER_DATA);
+        let user_path = self.path(install::USER_DATA);
         let user_data = match (sums.get(install::USER_DATA), user_path.exists()) {
             (Some(want), true) => {
                 let bytes = read_limited(&user_path)?;
@@ -202,13 +274,15 @@ impl Medium {
         Ok(Release {
             sums,
             user_data,
-            image: Self::path(install::IMAGE),
+            image: self.path(install::IMAGE),
         })
     }
 
     /// Unmounts the medium.
     pub fn release(self) {
-        let _ = umount2(MOUNT_POINT, MntFlags::MNT_DETACH);
+        if self.mounted {
+            let _ = umount2(&self.root, MntFlags::MNT_DETACH);
+        }
     }
 }
 

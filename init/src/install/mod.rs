@@ -120,15 +120,23 @@ struct Installed {
 fn install(options: &Options) -> Result<Installed> {
     let key = std::fs::read(std::path::Path::new("/").join(crust_format::initrd::PUBLIC_KEY))
         .map_err(|e| Error::new("install-key", format!("cannot read the image's key: {e}")))?;
-    let medium = medium::find(options.disk_timeout)?;
-    console::note(
-        WHO,
-        &format!(
-            "medium {} ({}) mounted read-only",
-            medium.device.display(),
-            crust_format::install::LABEL
-        ),
-    );
+    // Started by the firmware's network boot (UEFI PXE or HTTP boot): the release comes
+    // from the boot server; otherwise from the medium it booted from.
+    let medium = if boot_entry::booted_from_network() {
+        console::note(WHO, "started by a network boot: fetching the release");
+        medium::fetch_from_network()?
+    } else {
+        let medium = medium::find(options.disk_timeout)?;
+        console::note(
+            WHO,
+            &format!(
+                "medium {} ({}) mounted read-only",
+                medium.device.display(),
+                crust_format::install::LABEL
+            ),
+        );
+        medium
+    };
     let release = medium.verify(&key)?;
     console::note(
         WHO,

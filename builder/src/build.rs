@@ -62,6 +62,8 @@ pub struct BuildRequest {
     pub locked: bool,
     /// Overrides the lock's `source-date-epoch` (from `SOURCE_DATE_EPOCH`).
     pub source_date_epoch: Option<u64>,
+    /// What some output formats take besides the image (the installer's user-data).
+    pub extras: Extras,
     /// The crates compiled into the init ([`sbom::cargo::init_crates`]), for the SBOM;
     /// `None` lists the init without them (and says so in the SBOM).
     pub init_crates: Option<Vec<sbom::Crate>>,
@@ -78,6 +80,13 @@ pub struct Program {
     pub path: PathBuf,
     /// The crates compiled into it (its own first), for the SBOM; `None` lists it alone.
     pub crates: Option<Vec<sbom::Crate>>,
+}
+
+/// What some output formats take besides the image.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// User-data the installer ISO carries (covered by the ISO's signed list).
+    pub installer_user_data: Option<PathBuf>,
 }
 
 /// File names in the output folder.
@@ -200,14 +209,15 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
 
     let image_path = req.out_dir.join(outputs::IMAGE);
     let stamp = Stamp { build_id, epoch };
-    if let Some(manifest) = fresh_output(&req.out_dir, &build_id) {
+    let wanted = wanted_formats(&profile, formats);
+    let variants: Vec<(&str, &str)> = wanted.iter().filter_map(|f| f.boot_variant()).collect();
+    if let Some(manifest) = fresh_output(&req.out_dir, &build_id).filter(|_| {
+        variants
+            .iter()
+            .all(|(_, file)| req.out_dir.join(file).is_file())
+    }) {
         // Formats asked for since the image was built are made now.
-        let release = release::publish(
-            &req.out_dir,
-            &wanted_formats(&profile, formats),
-            &key,
-            &stamp,
-        )?;
+        let release = release::publish(&req.out_dir, &wanted, &key, &stamp, &req.extras)?;
         return Ok(BuildOutcome {
             image: image_path,
             manifest,
@@ -352,6 +362,33 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         .context("cannot sign the UKI's PCR 11 policy")?;
     parts.pcrsig = pcrsig.as_deref();
     let uki = uki::assemble(&stub, &parts)?;
+    // The installer's and the netboot UKI, when asked for: the same kernel and initramfs,
+    // one more word on the command line (so a PCR 11 policy of their own), signed like the
+    // image's.
+    let mut boot_variants = Vec::new();
+    for (option, file) in &variants {
+        let line = format!("{cmdline} {option}");
+        let mut variant_parts = uki::Parts {
+            cmdline: &line,
+            pcrsig: None,
+            ..parts
+        };
+        let variant_sig = pcr_signer
+            .as_ref()
+            .map(|signer| measure::signature(&variant_parts, signer))
+            .transpose()
+            .with_context(|| format!("cannot sign {file}'s PCR 11 policy"))?;
+        variant_parts.pcrsig = variant_sig.as_deref();
+        let variant = uki::assemble(&stub, &variant_parts)?;
+        let variant = match &secure_boot {
+            Some((keys, _)) => keys
+                .signer(epoch)?
+                .sign_pe(&variant)
+                .with_context(|| format!("cannot sign {file} for Secure Boot"))?,
+            None => variant,
+        };
+        boot_variants.push((*file, variant));
+    }
     // Secure Boot: systemd-boot and the UKI signed last, after every section is in place
     // (the update bundle below carries this signed UKI too).
     let (uki, systemd_boot, enrolment) = match &secure_boot {
@@ -464,6 +501,9 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     output::write_atomic(&req.out_dir.join(outputs::SBOM_SPDX), &sbom_spdx)?;
     output::write_atomic(&req.out_dir.join(outputs::SBOM_CYCLONEDX), &sbom_cyclonedx)?;
     output::link_or_copy(&kernel.image, &req.out_dir.join(outputs::KERNEL))?;
+    for (file, bytes) in &boot_variants {
+        output::write_atomic(&req.out_dir.join(file), bytes)?;
+    }
     output::make_public(tmp.as_file())?;
     let allocated = {
         use std::os::unix::fs::MetadataExt;
@@ -480,12 +520,7 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
         freshness_stamp(&build_id).as_bytes(),
     )?;
     steps.done("publish");
-    let release = release::publish(
-        &req.out_dir,
-        &wanted_formats(&profile, formats),
-        &key,
-        &stamp,
-    )?;
+    let release = release::publish(&req.out_dir, &wanted, &key, &stamp, &req.extras)?;
     steps.done("release");
 
     Ok(BuildOutcome {

@@ -8,6 +8,8 @@
 //! | `vmdk` | `image.vmdk` | `qemu-img convert`, streamOptimized | what VMware and AWS VM Import take |
 //! | `vhd` | `image.vhd` | `qemu-img convert`, fixed, `force_size` | what Azure takes: raw + a 512-byte footer, size a whole MiB |
 //! | `gce` | `image.tar.gz` | GNU tar (oldgnu, sparse) + `gzip -n` | GCE's import: `disk.raw`, a whole GiB, in a gzipped tar |
+//! | `iso` | `installer.iso` (+ `image.raw.zst`, `installer.efi`) | xorriso ([`crate::installer`]) | bare metal: CD, BMC virtual media, USB stick |
+//! | `netboot` | `netboot.efi`, `root.img`, `verity.img` | the build; the slot's partitions | PXE and UEFI HTTP boot, diskless hosts |
 //!
 //! qemu-img is the standard converter (Azure's and AWS's documentation name it) and it
 //! reads only the image's data, so conversions take a second or two. Two of its writers
@@ -30,8 +32,12 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 use crust_format::Digest;
 
+use crust_format::install;
+
+use crate::build::Extras;
 use crate::profile::OutputFormat;
-use crate::{backup_gpt, output, sparse};
+use crate::sign::SigningKey;
+use crate::{backup_gpt, installer, output, sparse};
 
 /// What makes a build's outputs differ from another build's of the same image bytes:
 /// chance in file formats is replaced by values derived from these.
@@ -45,14 +51,44 @@ pub struct Stamp {
 
 impl OutputFormat {
     /// Every format, in the order builds make them.
-    pub const ALL: [OutputFormat; 6] = [
+    pub const ALL: [OutputFormat; 8] = [
         OutputFormat::Raw,
         OutputFormat::RawZst,
         OutputFormat::Qcow2,
         OutputFormat::Vmdk,
         OutputFormat::Vhd,
         OutputFormat::Gce,
+        OutputFormat::Iso,
+        OutputFormat::Netboot,
     ];
+
+    /// The UKI the build makes for this format besides the image's: the command line
+    /// option and the file.
+    pub fn boot_variant(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            OutputFormat::Iso => Some((install::INSTALL_OPTION, install::INSTALLER_UKI)),
+            OutputFormat::Netboot => Some((install::NETBOOT_OPTION, install::NETBOOT_UKI)),
+            _ => None,
+        }
+    }
+
+    /// Every file of the format in the output folder (the first is [`Self::file_name`]).
+    pub fn file_names(self) -> &'static [&'static str] {
+        match self {
+            OutputFormat::Iso => &["installer.iso", "image.raw.zst", install::INSTALLER_UKI],
+            OutputFormat::Netboot => &[
+                install::NETBOOT_UKI,
+                install::NETBOOT_ROOT,
+                install::NETBOOT_VERITY,
+            ],
+            OutputFormat::Raw => &["image.raw"],
+            OutputFormat::RawZst => &["image.raw.zst"],
+            OutputFormat::Qcow2 => &["image.qcow2"],
+            OutputFormat::Vmdk => &["image.vmdk"],
+            OutputFormat::Vhd => &["image.vhd"],
+            OutputFormat::Gce => &["image.tar.gz"],
+        }
+    }
 
     /// The name used in profiles and on the command line.
     pub fn name(self) -> &'static str {
@@ -63,19 +99,14 @@ impl OutputFormat {
             OutputFormat::Vmdk => "vmdk",
             OutputFormat::Vhd => "vhd",
             OutputFormat::Gce => "gce",
+            OutputFormat::Iso => "iso",
+            OutputFormat::Netboot => "netboot",
         }
     }
 
-    /// The file it is written to in the output folder.
+    /// The (main) file it is written to in the output folder.
     pub fn file_name(self) -> &'static str {
-        match self {
-            OutputFormat::Raw => "image.raw",
-            OutputFormat::RawZst => "image.raw.zst",
-            OutputFormat::Qcow2 => "image.qcow2",
-            OutputFormat::Vmdk => "image.vmdk",
-            OutputFormat::Vhd => "image.vhd",
-            OutputFormat::Gce => "image.tar.gz",
-        }
+        self.file_names()[0]
     }
 }
 
@@ -101,9 +132,31 @@ impl std::str::FromStr for OutputFormat {
 
 /// Makes `format` from the raw image `image` in `out_dir`; returns the file written.
 /// `raw` is the image itself and needs nothing.
-pub fn make(image: &Path, out_dir: &Path, format: OutputFormat, stamp: &Stamp) -> Result<PathBuf> {
+pub fn make(
+    image: &Path,
+    out_dir: &Path,
+    format: OutputFormat,
+    stamp: &Stamp,
+    key: &SigningKey,
+    extras: &Extras,
+) -> Result<PathBuf> {
     let dest = out_dir.join(format.file_name());
     match format {
+        OutputFormat::Iso => {
+            let zst = out_dir.join(OutputFormat::RawZst.file_name());
+            if !zst.is_file() {
+                raw_zst(image, &zst)?;
+            }
+            installer::iso(
+                image,
+                out_dir,
+                &dest,
+                key,
+                stamp,
+                extras.installer_user_data.as_deref(),
+            )?;
+        }
+        OutputFormat::Netboot => installer::netboot(image, out_dir)?,
         OutputFormat::Raw => return Ok(image.to_path_buf()),
         OutputFormat::RawZst => raw_zst(image, &dest)?,
         OutputFormat::Qcow2 => qemu_img(image, &dest, "qcow2", &["compat=1.1"], |_| Ok(()))?,
@@ -158,7 +211,7 @@ fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<()> {
 
 /// zstd level 19 over the whole image, holes included (they compress to almost nothing);
 /// the frame records the content size, so `zstd -l` shows it.
-fn raw_zst(image: &Path, dest: &Path) -> Result<()> {
+pub fn raw_zst(image: &Path, dest: &Path) -> Result<()> {
     let mut src = File::open(image).with_context(|| format!("cannot read {}", image.display()))?;
     let len = src.metadata()?.len();
     let tmp = temporary(dest)?;

@@ -22,7 +22,8 @@ use crate::profile::{Located, ProfileError};
 /// Modules the init itself needs on every machine, whatever the profile says: the root
 /// file system, dm-verity, the EFI variables that name the boot disk, the `/etc` overlay,
 /// the state file system, the power button, and the file systems of NoCloud seeds (FAT
-/// with the kernel's default code page and I/O character set, ISO 9660).
+/// with the kernel's default code page and I/O character set, ISO 9660), and loop devices
+/// for a network boot's images.
 pub const INIT_MODULES: &[&str] = &[
     "squashfs",
     "dm_verity",
@@ -35,6 +36,8 @@ pub const INIT_MODULES: &[&str] = &[
     "nls_cp437",
     "nls_ascii",
     "isofs",
+    // Network boot: the fetched root and verity images become block devices.
+    "loop",
 ];
 
 /// An unpacked kernel.
@@ -389,7 +392,8 @@ mod tests {
              kernel/fs/nls/nls_cp437.ko:\n\
              kernel/fs/nls/nls_ascii.ko:\n\
              kernel/fs/isofs/isofs.ko: kernel/drivers/cdrom/cdrom.ko\n\
-             kernel/drivers/cdrom/cdrom.ko:\n",
+             kernel/drivers/cdrom/cdrom.ko:\n\
+             kernel/drivers/block/loop.ko:\n",
         )
         .unwrap();
         std::fs::write(
@@ -427,6 +431,7 @@ mod tests {
                 "nls_ascii",
                 "cdrom",
                 "isofs",
+                "loop",
                 "virtio_ring",
                 "virtio",
                 "virtio_blk"

@@ -25,6 +25,7 @@ pub mod fetch;
 pub mod formats;
 pub mod fuzz;
 pub mod initramfs;
+pub mod installer;
 pub mod kernel;
 pub mod lock;
 pub mod measure;

@@ -130,6 +130,7 @@ fn run(cli: Cli) -> Result<()> {
                     source_date_epoch: source_date_epoch()?,
                     init_crates,
                     observe,
+                    extras: Default::default(),
                 },
                 &formats,
             )?;

@@ -153,6 +153,13 @@ pub enum OutputFormat {
     /// `disk.raw` in a gzipped tar, as GCE imports, `image.tar.gz`.
     #[serde(rename = "gce")]
     Gce,
+    /// A hybrid UEFI installer ISO (CD, BMC virtual media, `dd` onto a USB stick),
+    /// `installer.iso` ([`crate::installer`]).
+    #[serde(rename = "iso")]
+    Iso,
+    /// What a network boot serves: `netboot.efi`, `root.img`, `verity.img`.
+    #[serde(rename = "netboot")]
+    Netboot,
 }
 
 /// `[secure-boot]`: sign systemd-boot and the UKIs with a db key, and put the key set's

@@ -271,7 +271,11 @@ pub fn clear(dir: &Path) -> anyhow::Result<()> {
     remove(&dir.join(outputs::SBOM_CYCLONEDX))?;
     for format in OutputFormat::ALL {
         if format != OutputFormat::Raw {
-            remove(&dir.join(format.file_name()))?;
+            for name in format.file_names() {
+                if *name != outputs::IMAGE {
+                    remove(&dir.join(name))?;
+                }
+            }
         }
     }
     Ok(())
@@ -286,6 +290,7 @@ pub fn publish(
     wanted: &[OutputFormat],
     key: &SigningKey,
     stamp: &Stamp,
+    extras: &crate::build::Extras,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let image = out_dir.join(outputs::IMAGE);
     let mut names: Vec<&str> = vec![
@@ -295,12 +300,16 @@ pub fn publish(
         outputs::SBOM_SPDX,
         outputs::SBOM_CYCLONEDX,
     ];
-    names.extend(wanted.iter().map(|f| f.file_name()));
+    names.extend(wanted.iter().flat_map(|f| f.file_names()));
     let old = signed_sums(out_dir, &key.public_key()).unwrap_or_default();
     // Formats made earlier for this same image stay in the release.
     for format in OutputFormat::ALL {
-        if old.get(format.file_name()).is_some() && out_dir.join(format.file_name()).is_file() {
-            names.push(format.file_name());
+        let made = format.file_names();
+        if made
+            .iter()
+            .all(|n| old.get(n).is_some() && out_dir.join(n).is_file())
+        {
+            names.extend(made);
         }
     }
     names.sort_unstable();
@@ -309,19 +318,26 @@ pub fn publish(
         .iter()
         .all(|n| old.get(n).is_some() && out_dir.join(n).is_file());
     let files = names.iter().map(|n| out_dir.join(n)).collect();
-    if complete && old.len() == names.len() {
+    // The ISO carries the installer's user-data, which is no input of the image: an ISO
+    // asked for is made again (xorriso takes seconds), so it never holds stale user-data.
+    let iso_wanted = wanted.contains(&OutputFormat::Iso);
+    if complete && old.len() == names.len() && !iso_wanted {
         return Ok(files);
     }
 
     let mut sums = Sums::default();
+    let mut remade: Vec<&str> = Vec::new();
     for format in wanted {
-        let path = out_dir.join(format.file_name());
-        if *format == OutputFormat::Raw || (old.get(format.file_name()).is_some() && path.is_file())
-        {
+        let listed = format
+            .file_names()
+            .iter()
+            .all(|n| old.get(n).is_some() && out_dir.join(n).is_file());
+        if *format == OutputFormat::Raw || (listed && *format != OutputFormat::Iso) {
             continue;
         }
+        remade.push(format.file_name());
         let spinner = report::spinner(format!("Converting to {format}"));
-        let made = formats::make(&image, out_dir, *format, stamp);
+        let made = formats::make(&image, out_dir, *format, stamp, key, extras);
         spinner.finish_and_clear();
         let made = made.with_context(|| format!("cannot make the {format} output"))?;
         let len = std::fs::metadata(&made).map(|m| m.len()).unwrap_or(0);
@@ -331,7 +347,7 @@ pub fn publish(
         );
     }
     for name in &names {
-        let digest = match old.get(name) {
+        let digest = match old.get(name).filter(|_| !remade.contains(name)) {
             Some(digest) => *digest,
             None => hash_file(&out_dir.join(name))?,
         };

@@ -18,6 +18,7 @@ pub mod boot_entry;
 pub mod bundle;
 pub mod digest;
 pub mod initrd;
+pub mod install;
 pub mod layout;
 pub mod manifest;
 pub mod observe;

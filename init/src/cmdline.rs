@@ -21,6 +21,10 @@ pub struct Options {
     pub reboot_delay: Duration,
     /// `crust.disk_timeout=SECS`: how long to wait for the boot disk.
     pub disk_timeout: Duration,
+    /// `crust.install`: run the installer instead of booting a root (the installer UKI).
+    pub install: bool,
+    /// `crust.netboot`: a network-booted host (the netboot UKI).
+    pub netboot: bool,
     /// One message per option that was ignored.
     pub warnings: Vec<String>,
 }
@@ -30,6 +34,8 @@ impl Default for Options {
         Self {
             reboot_delay: DEFAULT_REBOOT_DELAY,
             disk_timeout: DEFAULT_DISK_TIMEOUT,
+            install: false,
+            netboot: false,
             warnings: Vec::new(),
         }
     }
@@ -62,6 +68,15 @@ impl Options {
             let target = match name.as_str() {
                 // User-data, read by `config::source` in stage 2.
                 "config" => continue,
+                // The installer and netboot UKIs' words (crust_format::install).
+                "install" if value.is_none() => {
+                    options.install = true;
+                    continue;
+                }
+                "netboot" if value.is_none() => {
+                    options.netboot = true;
+                    continue;
+                }
                 "reboot_delay" => &mut options.reboot_delay,
                 "disk_timeout" => &mut options.disk_timeout,
                 _ => {

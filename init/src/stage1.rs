@@ -97,16 +97,33 @@ pub fn run() -> Result<Infallible> {
     );
     keep_pcr_signature();
 
-    // disk
-    let esp = boot_loader_facts(&mut boot);
-    let wanted = Wanted {
-        esp,
-        root: root_partition_uuid(&m.verity.root_hash),
-        verity: verity_partition_uuid(&m.verity.root_hash),
+    // The installer UKI writes this image onto a disk instead of booting it.
+    if options.install {
+        return crate::install::run(&verified, &options);
+    }
+    // disk: the boot disk's slot, or (network boot) the slot's images fetched into memory.
+    let (found, esp) = if options.netboot {
+        (crate::netboot::fetch(m)?, None)
+    } else {
+        let esp = boot_loader_facts(&mut boot);
+        let wanted = Wanted {
+            esp,
+            root: root_partition_uuid(&m.verity.root_hash),
+            verity: verity_partition_uuid(&m.verity.root_hash),
+        };
+        (disk::find(&wanted, options.disk_timeout)?, esp)
     };
-    let found = disk::find(&wanted, options.disk_timeout)?;
     disk::check_slot(&found, &m.verity)?;
-    let at = console::phase(Phase::Disk, &disk_detail(&found, esp));
+    let detail = if options.netboot {
+        format!(
+            "network boot: root-a={} verity-a={} (images fetched into memory, checked by \
+             dm-verity against the signed root hash)",
+            found.root.name, found.verity.name
+        )
+    } else {
+        disk_detail(&found, esp)
+    };
+    let at = console::phase(Phase::Disk, &detail);
     boot.set_phase(Phase::Disk.as_str(), at);
     boot.set(keys::SLOT, found.slot.as_str());
     boot.set(keys::DISK, found.disk.as_str());

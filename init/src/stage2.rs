@@ -79,7 +79,12 @@ pub fn run() -> Result<Infallible> {
     // Listening for dm-verity's reports before anything reads much of the root.
     let verity_watch = crate::update::corruption::Watch::new();
     let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
-    console::phase(Phase::State, &state::setup(&disk)?);
+    let state = if disk == crate::netboot::DISK {
+        state::volatile("network boot without a state disk")
+    } else {
+        state::setup(&disk)?
+    };
+    console::phase(Phase::State, &state);
     crate::observe::status::enable();
 
     let mut network = net::Network::start();

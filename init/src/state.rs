@@ -128,6 +128,12 @@ pub fn setup(disk: &str) -> Result<String> {
     console::warning(&format!(
         "{note}; /var is a tmpfs this boot: nothing written to it will be kept"
     ));
+    Ok(volatile(&why))
+}
+
+/// Mounts a tmpfs on `/var` with a machine id in it; returns the console detail, which
+/// says `/var` is `NOT persistent` and `why`.
+pub fn volatile(why: &str) -> String {
     let fallback = mount(
         Some("tmpfs"),
         VAR,
@@ -139,10 +145,10 @@ pub fn setup(disk: &str) -> Result<String> {
     if let Some((id, _)) = &id {
         install_machine_id(id);
     }
-    Ok(format!(
-        "NOT persistent ({why}); machine-id {}",
+    format!(
+        "tmpfs on /var, NOT persistent ({why}); machine-id {}",
         id.map_or("none".into(), |(id, _)| id)
-    ))
+    )
 }
 
 fn describe(s: &State) -> String {

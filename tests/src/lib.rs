@@ -626,6 +626,7 @@ pub fn build_profile(dir: &Path, name: &str, locked: bool) -> crust_builder::bui
         source_date_epoch: None,
         init_crates: Some(init_crates()),
         observe: observe_program(),
+        extras: Default::default(),
     })
     .unwrap_or_else(|e| panic!("{name} does not build: {e:#}"))
 }

@@ -55,6 +55,7 @@ pub fn variant(
         source_date_epoch: None,
         init_crates: Some(crate::init_crates()),
         observe: crate::observe_program(),
+        extras: Default::default(),
     })
     .unwrap_or_else(|e| panic!("building {version}: {e:#}"));
     out

@@ -30,6 +30,7 @@ fn try_build(profile: &Path, out: &Path) -> String {
         source_date_epoch: None,
         init_crates: None,
         observe: None,
+        extras: Default::default(),
     })
     .expect_err("the build must fail");
     format!("{err:#}")
@@ -117,6 +118,7 @@ fn a_failed_build_keeps_the_previous_image() {
         source_date_epoch: None,
         init_crates: None,
         observe: None,
+        extras: Default::default(),
     };
     let first = build(&request).expect("the variant builds");
     let before = std::fs::read(&first.image).unwrap();

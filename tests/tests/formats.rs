@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use crust_builder::formats::{self, Stamp};
 use crust_builder::profile::{OutputFormat, Profile};
 use crust_builder::release::{self, SUMS, SUMS_SIG};
+use crust_builder::sign::SigningKey;
 use crust_format::phase::Phase;
 use crust_tests::{BootOptions, BuiltImage, Disk, boot_timeout, built_image, partitions, run_ok};
 
@@ -51,11 +52,8 @@ fn the_release_is_signed_and_lists_every_format() {
             .current_dir(&img.dir),
     );
     let checked = text(&out);
-    for format in OutputFormat::ALL {
-        assert!(
-            checked.contains(&format!("{}: OK", format.file_name())),
-            "{checked}"
-        );
+    for name in OutputFormat::ALL.iter().flat_map(|f| f.file_names()) {
+        assert!(checked.contains(&format!("{name}: OK")), "{checked}");
     }
     for name in [
         "manifest: OK",
@@ -77,7 +75,14 @@ fn the_release_is_signed_and_lists_every_format() {
     let key = release::read_public_key(&public_key_file(&img)).expect("key");
     let sums = release::verify(&img.dir, &key).expect("the release verifies");
     // The formats, the manifest and its signature, and the two SBOMs.
-    assert_eq!(sums.len(), OutputFormat::ALL.len() + 4);
+    let mut files: Vec<&str> = OutputFormat::ALL
+        .iter()
+        .flat_map(|f| f.file_names())
+        .copied()
+        .collect();
+    files.sort_unstable();
+    files.dedup();
+    assert_eq!(sums.len(), files.len() + 4);
 }
 
 #[test]
@@ -251,17 +256,39 @@ fn every_format_made_again_is_the_same_bytes() {
         epoch: epoch(),
     };
     let again = tempfile::tempdir().expect("scratch");
+    // The ISO and the netboot folder take the build's boot-variant UKIs and manifest from
+    // the output folder, and the ISO's medium list is signed (Ed25519 is deterministic).
+    for name in ["installer.efi", "netboot.efi", "manifest"] {
+        std::fs::copy(img.dir.join(name), again.path().join(name)).expect("copy");
+    }
+    let signing = SigningKey::development(&img.dir.parent().unwrap().join("keys")).expect("key");
+    assert_eq!(
+        signing.public_key(),
+        key,
+        "the test build is signed by the development key"
+    );
     for format in OutputFormat::ALL {
         if format == OutputFormat::Raw {
             continue;
         }
-        let made = formats::make(&img.image, again.path(), format, &stamp).expect("convert");
-        let digest = release::hash_file(&made).expect("hash");
-        assert_eq!(
-            Some(&digest),
-            sums.get(format.file_name()),
-            "{format} differs when made again from the same image"
-        );
+        let made = formats::make(
+            &img.image,
+            again.path(),
+            format,
+            &stamp,
+            &signing,
+            &Default::default(),
+        )
+        .expect("convert");
+        for name in format.file_names() {
+            let digest = release::hash_file(&again.path().join(name)).expect("hash");
+            assert_eq!(
+                Some(&digest),
+                sums.get(name),
+                "{format}: {name} differs when made again from the same image"
+            );
+        }
+        assert!(made.ends_with(format.file_name()));
     }
 }
 

@@ -20,6 +20,7 @@ fn build_into(out: &Path, keys: &Path, epoch: Option<u64>) -> crust_format::Dige
         source_date_epoch: epoch,
         init_crates: Some(crust_tests::init_crates()),
         observe: crust_tests::observe_program(),
+        extras: Default::default(),
     })
     .expect("build");
     assert!(!outcome.fresh, "{} was not a clean folder", out.display());

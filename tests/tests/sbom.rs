@@ -588,6 +588,7 @@ fn same_inputs_same_sbom_and_one_more_package_is_the_only_difference() {
         source_date_epoch: None,
         init_crates: Some(crust_tests::init_crates()),
         observe: crust_tests::observe_program(),
+        extras: Default::default(),
     })
     .unwrap_or_else(|e| panic!("{e:#}"));
     eprintln!("steps: {:?}", again.steps);

@@ -15,6 +15,9 @@
 //!   and the image then boots with Secure Boot enforced.
 //! - `sbverify` (another implementation than the signer's) accepts systemd-boot and the UKI
 //!   with the db certificate, and a second build with the same keys gives the same image.
+//! - The installer ISO and the netboot UKI (docs/METAL.md), signed with the same db key,
+//!   start under the enforcing firmware: the ISO's installer from a CD-ROM, the netboot
+//!   UKI by UEFI PXE on a diskless machine, to `ready`.
 //!
 //! The profile encrypts `/var` with a key sealed to the TPM (the default with
 //! `[secure-boot]`), so the machines have one (swtpm); `sealed.rs` tests the sealing.
@@ -28,6 +31,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crust_builder::build::{BuildOutcome, BuildRequest, outputs};
 use crust_builder::fetch::{self, Cache};
+use crust_builder::profile::OutputFormat;
 use crust_builder::secureboot::{KeySet, Role, generate};
 use crust_format::boot_entry::BootEntryName;
 use crust_format::phase::Phase;
@@ -79,17 +83,23 @@ fn profile_with_keys(dir: &Path, keys: &Path) -> PathBuf {
 }
 
 fn build_into(profile: &Path, out: &Path) -> BuildOutcome {
-    let outcome = crust_builder::build::build(&BuildRequest {
-        profile: profile.to_path_buf(),
-        init: env_path("CRUST_TEST_INIT"),
-        out_dir: out.to_path_buf(),
-        dev_key_dir: profile.with_file_name("ed25519-keys"),
-        cache: Cache::new(Cache::default_root()),
-        locked: true,
-        source_date_epoch: None,
-        init_crates: Some(crust_tests::init_crates()),
-        observe: crust_tests::observe_program(),
-    })
+    // With the installer ISO and the netboot folder: their UKIs are signed too.
+    let formats = [OutputFormat::Iso, OutputFormat::Netboot];
+    let outcome = crust_builder::build::build_with(
+        &BuildRequest {
+            profile: profile.to_path_buf(),
+            init: env_path("CRUST_TEST_INIT"),
+            out_dir: out.to_path_buf(),
+            dev_key_dir: profile.with_file_name("ed25519-keys"),
+            cache: Cache::new(Cache::default_root()),
+            locked: true,
+            source_date_epoch: None,
+            init_crates: Some(crust_tests::init_crates()),
+            observe: crust_tests::observe_program(),
+            extras: Default::default(),
+        },
+        &formats,
+    )
     .unwrap_or_else(|e| panic!("the Secure Boot profile does not build: {e:#}"));
     assert!(!outcome.fresh, "{} was not a clean folder", out.display());
     outcome
@@ -583,4 +593,69 @@ fn the_shipped_secure_boot_profile_is_qemu_with_its_lock() {
         ours.inputs, base.inputs,
         "qemu-secure-boot.lock pins other inputs than qemu.lock: run `cargo xtask lock --profile qemu-secure-boot`"
     );
+}
+
+#[test]
+#[ignore = "needs the init from `cargo xtask test`"]
+fn the_installer_iso_and_the_netboot_uki_start_with_secure_boot_enforced() {
+    let _one = serial();
+    let signed = signed();
+    let dir = &signed.image.dir;
+    for name in ["installer.efi", "netboot.efi"] {
+        let out = Command::new("sbverify")
+            .arg("--cert")
+            .arg(signed.keys.certificate(Role::Db))
+            .arg(dir.join(name))
+            .output()
+            .expect("sbverify (sbsigntool)");
+        assert!(
+            out.status.success(),
+            "sbverify refuses {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let accel = crust_vm::accel::detect(&dir.join(outputs::KERNEL), dir).expect("accelerator");
+    let timeout = boot_timeout(accel);
+    let work = tempfile::tempdir().expect("work");
+
+    // The ISO as a CD-ROM: the firmware starts the signed installer, which begins.
+    let disk = work.path().join("disk.raw");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(std::fs::metadata(&signed.image.image)?.len() + (1 << 30)))
+        .expect("empty disk");
+    let vars = work.path().join("iso-vars.fd");
+    let firmware = Firmware::secure_boot(&vars, &signed.enrolled_store()).expect("firmware");
+    let mut config = crust_vm::Config::new(&disk, accel, firmware);
+    config.cdrom = Some(dir.join("installer.iso"));
+    config.no_reboot = true;
+    let mut vm =
+        crust_vm::Vm::start(&config, Some(&work.path().join("iso.log")), true).expect("start QEMU");
+    vm.wait_for_text(ENABLED, timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for_text(
+        "crust-install: image.raw.zst matches the signed list",
+        timeout,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(vm);
+
+    // The netboot UKI on a diskless machine.
+    let tftp = work.path().join("tftp");
+    std::fs::create_dir(&tftp).expect("tftp folder");
+    for name in ["netboot.efi", "root.img", "verity.img"] {
+        std::fs::copy(dir.join(name), tftp.join(name)).expect("copy");
+    }
+    let vars = work.path().join("netboot-vars.fd");
+    let firmware = Firmware::secure_boot(&vars, &signed.enrolled_store()).expect("firmware");
+    let mut config = crust_vm::Config::new(Path::new(""), accel, firmware);
+    config.tftp = Some((tftp, "netboot.efi".into()));
+    config.no_reboot = true;
+    let mut vm = crust_vm::Vm::start(&config, Some(&work.path().join("netboot.log")), true)
+        .expect("start QEMU");
+    vm.wait_for_text(ENABLED, timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ready = vm
+        .wait_for_phase(Phase::Ready, timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ready.detail.contains("dm-verity root"), "{}", ready.detail);
 }

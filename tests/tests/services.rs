@@ -150,6 +150,7 @@ fn a_failing_service_is_restarted_with_growing_delays() {
         source_date_epoch: None,
         init_crates: Some(crust_tests::init_crates()),
         observe: crust_tests::observe_program(),
+        extras: Default::default(),
     })
     .expect("the variant builds");
 

@@ -83,6 +83,16 @@ pub struct Config {
     pub console_input: bool,
     /// A TPM 2.0: the control socket of the swtpm behind it ([`crate::tpm::Swtpm`]).
     pub tpm: Option<PathBuf>,
+    /// An ISO attached as a CD-ROM (virtio-scsi), first in the firmware's boot order; the
+    /// boot disk then comes second (the installer ISO, docs/METAL.md).
+    pub cdrom: Option<PathBuf>,
+    /// A network boot: QEMU's user network serves this folder by TFTP and names the file
+    /// (relative to it) as the DHCP boot file, for the firmware's UEFI PXE. With an empty
+    /// [`Config::disk`] path the machine has no disk at all.
+    pub tftp: Option<(PathBuf, String)>,
+    /// Further raw disk images attached writable as virtio disks after the boot disk, with
+    /// the serial numbers `crust-disk1`, `crust-disk2`, ... (installation targets).
+    pub data_disks: Vec<PathBuf>,
 }
 
 impl Config {
@@ -106,6 +116,9 @@ impl Config {
             user_network: None,
             console_input: false,
             tpm: None,
+            cdrom: None,
+            tftp: None,
+            data_disks: Vec::new(),
         }
     }
 
@@ -151,14 +164,46 @@ impl Config {
             .write_limit
             .map(|bps| format!(",throttling.bps-write={bps}"))
             .unwrap_or_default();
-        cmd.arg("-drive").arg(format!(
-            "if=none,id=disk0,format={format},file={}{throttle}",
-            self.disk.display()
-        ));
-        match self.bus {
-            DiskBus::Virtio => cmd.args(["-device", "virtio-blk-pci,drive=disk0,bootindex=0"]),
-            DiskBus::Nvme => cmd.args(["-device", "nvme,serial=crust0,drive=disk0,bootindex=0"]),
+        let diskless = self.disk.as_os_str().is_empty();
+        if !diskless {
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=disk0,format={format},file={}{throttle}",
+                self.disk.display()
+            ));
+        }
+        let disk_index = if let Some(iso) = &self.cdrom {
+            let path = iso.display().to_string().replace(',', ",,");
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=cd0,format=raw,media=cdrom,readonly=on,file={path}"
+            ));
+            cmd.args([
+                "-device",
+                "virtio-scsi-pci,id=scsi0",
+                "-device",
+                "scsi-cd,bus=scsi0.0,drive=cd0,bootindex=0",
+            ]);
+            1
+        } else {
+            0
         };
+        match self.bus {
+            _ if diskless => &mut cmd,
+            DiskBus::Virtio => cmd
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=disk0,bootindex={disk_index}")),
+            DiskBus::Nvme => cmd.arg("-device").arg(format!(
+                "nvme,serial=crust0,drive=disk0,bootindex={disk_index}"
+            )),
+        };
+        for (i, drive) in self.data_disks.iter().enumerate() {
+            let path = drive.display().to_string().replace(',', ",,");
+            cmd.arg("-drive")
+                .arg(format!("if=none,id=data{i},format=raw,file={path}"));
+            cmd.arg("-device").arg(format!(
+                "virtio-blk-pci,drive=data{i},serial=crust-disk{}",
+                i + 1
+            ));
+        }
         for (i, drive) in self.extra_drives.iter().enumerate() {
             let path = drive.display().to_string().replace(',', ",,");
             cmd.arg("-drive").arg(format!(
@@ -195,12 +240,18 @@ impl Config {
         for rule in &self.guestfwds {
             netdev.push_str(&format!(",guestfwd={rule}"));
         }
-        cmd.args([
-            "-netdev",
-            &netdev,
-            "-device",
-            "virtio-net-pci,netdev=net0,romfile=",
-        ]);
+        if let Some((dir, file)) = &self.tftp {
+            let dir = dir.display().to_string().replace(',', ",,");
+            netdev.push_str(&format!(",tftp={dir},bootfile={file}"));
+        }
+        // A network boot needs the NIC in QEMU's boot order: with one given (a disk's
+        // bootindex), OVMF connects only the devices it names.
+        let nic = if self.tftp.is_some() {
+            "virtio-net-pci,netdev=net0,romfile=,bootindex=9"
+        } else {
+            "virtio-net-pci,netdev=net0,romfile="
+        };
+        cmd.args(["-netdev", &netdev, "-device", nic]);
         if let Some(socket) = &self.tpm {
             cmd.args(crate::tpm::Swtpm::qemu_args(socket));
         }

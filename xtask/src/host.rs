@@ -41,6 +41,8 @@ pub const BUILD: &[Need] = &[
     need("osslsigncode", "osslsigncode"),
     // The observability agent's TLS (ring) has C, compiled for the static musl target.
     need("musl-gcc", "musl-tools"),
+    // The installer ISO (`--format iso`): hybrid El Torito + GPT, made by xorriso.
+    need("xorriso", "xorriso"),
 ];
 
 /// A Python virtual environment with Debian's Python (for moto in the AMI test).

@@ -186,6 +186,18 @@ pub fn build_with(
     locked: bool,
     formats: &[OutputFormat],
 ) -> Result<BuildOutcome> {
+    build_extras(profile, out, locked, formats, Default::default())
+}
+
+/// [`build_with`], with what some formats take besides the image (the installer's
+/// user-data).
+pub fn build_extras(
+    profile: &str,
+    out: Option<&Path>,
+    locked: bool,
+    formats: &[OutputFormat],
+    extras: crust_builder::build::Extras,
+) -> Result<BuildOutcome> {
     host::ensure(&[host::BUILD])?;
     let started = Instant::now();
     let init = build_init()?;
@@ -205,6 +217,7 @@ pub fn build_with(
             source_date_epoch: source_date_epoch()?,
             init_crates: Some(init_crates()?),
             observe: Some(observe),
+            extras,
         },
         formats,
     )?;

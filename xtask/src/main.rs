@@ -94,9 +94,13 @@ enum Cmd {
         #[arg(long)]
         locked: bool,
         /// Also make this output format, besides the profile's: raw, raw.zst, qcow2, vmdk,
-        /// vhd, gce (repeatable, or comma-separated).
+        /// vhd, gce, iso, netboot (repeatable, or comma-separated).
         #[arg(long = "format", value_delimiter = ',')]
         formats: Vec<crust_builder::profile::OutputFormat>,
+        /// User-data for the installer ISO (`--format iso`): put on the ISO under its signed
+        /// list; its `[install]` table chooses the disk (docs/METAL.md).
+        #[arg(long, value_name = "FILE")]
+        user_data: Option<std::path::PathBuf>,
     },
     /// Read releases' software bills of materials (sbom.spdx.json; docs/FORMAT.md §13).
     Sbom {
@@ -168,6 +172,21 @@ enum Cmd {
         /// Profile name or path [default: qemu, or qemu-secure-boot with --secure-boot].
         #[arg(long)]
         profile: Option<String>,
+        /// Boot the installer ISO (`cargo xtask build --format iso`) as a CD-ROM, with
+        /// empty disks to install onto.
+        #[arg(long)]
+        iso: bool,
+        /// How many empty disks the installer sees (with --iso).
+        #[arg(long, default_value_t = 1, requires = "iso")]
+        disks: usize,
+        /// Boot the netboot UKI (`cargo xtask build --format netboot`) on a diskless machine
+        /// by UEFI PXE from QEMU's TFTP server (live mode, docs/METAL.md).
+        #[arg(long, conflicts_with = "iso")]
+        netboot: bool,
+        /// With --netboot: start the installer UKI instead, which fetches the release from
+        /// the same TFTP server and installs it onto an empty disk.
+        #[arg(long, requires = "netboot")]
+        install: bool,
         #[command(flatten)]
         boot: BootArgs,
     },
@@ -390,8 +409,12 @@ fn run(cli: Cli) -> Result<()> {
             out,
             locked,
             formats,
+            user_data,
         } => {
-            image::build_with(&profile, out.as_deref(), locked, &formats)?;
+            let extras = crust_builder::build::Extras {
+                installer_user_data: user_data,
+            };
+            image::build_extras(&profile, out.as_deref(), locked, &formats, extras)?;
         }
         Cmd::Sbom {
             command: SbomCmd::Diff { old, new },
@@ -452,11 +475,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Qemu {
             profile,
+            iso,
+            disks,
+            netboot,
+            install,
             boot: args,
         } => {
             let profile = boot_profile(profile, &args);
             let out = image::out_dir(&image::profile_path(&profile));
-            qemu::interactive(&out, &qemu_options(&args, &profile)?)?;
+            if netboot {
+                qemu::interactive_netboot(&out, &qemu_options(&args, &profile)?, install)?;
+            } else if iso {
+                qemu::interactive_iso(&out, &qemu_options(&args, &profile)?, disks)?;
+            } else {
+                qemu::interactive(&out, &qemu_options(&args, &profile)?)?;
+            }
         }
         Cmd::Lock { profile, all } => {
             host::ensure(&[host::BUILD])?;

@@ -185,6 +185,140 @@ pub fn interactive(out_dir: &Path, opts: &QemuOptions) -> Result<()> {
     Ok(())
 }
 
+/// Boots the installer ISO in `out_dir` as a CD-ROM with `disks` empty disks (kept in
+/// `install-disk<N>.raw` with their own firmware variables until `--reset`, so a machine
+/// that installed boots its disk the next time), the console on this terminal.
+pub fn interactive_iso(out_dir: &Path, opts: &QemuOptions, disks: usize) -> Result<()> {
+    host::ensure(&[host::QEMU])?;
+    let iso = out_dir.join(crust_builder::profile::OutputFormat::Iso.file_name());
+    if !iso.is_file() {
+        bail!(
+            "{} does not exist; build it with `cargo xtask build --format iso`",
+            iso.display()
+        );
+    }
+    if disks == 0 {
+        bail!("--disks must be at least 1: the installer needs a disk to write");
+    }
+    let image_len = std::fs::metadata(out_dir.join(outputs::IMAGE))
+        .with_context(|| format!("cannot read {}", out_dir.join(outputs::IMAGE).display()))?
+        .len();
+    let vars = out_dir.join("efivars-install.fd");
+    let mut paths = Vec::new();
+    for i in 0..disks {
+        let path = out_dir.join(format!("install-disk{i}.raw"));
+        if opts.reset || !path.exists() {
+            let file = std::fs::File::create(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            // Sparse: room for the image and 1 GiB of /var growth.
+            file.set_len(image_len + (1 << 30))?;
+            let _ = std::fs::remove_file(&vars);
+        }
+        paths.push(path);
+    }
+    if opts.reset {
+        let _ = std::fs::remove_file(&vars);
+    }
+    let accel = crust_vm::accel::detect(&out_dir.join("vmlinuz"), &image::crust_target())?;
+    let mut config = Config::new(&paths[0], accel, Firmware::with_vars(&vars)?);
+    config.memory_mib = opts.memory_mib;
+    config.forwards = opts.forwards.clone();
+    config.cdrom = Some(iso);
+    config.data_disks = paths[1..].to_vec();
+    eprintln!(
+        "crust: booting the installer {} under QEMU ({}) with {disks} disk(s) ({}); Ctrl-A X \
+         quits",
+        out_dir.join("installer.iso").display(),
+        config.accel,
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let status = config.run_interactive()?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
+
+/// Boots `out_dir` by UEFI PXE from QEMU's own TFTP server, which serves `netboot-tftp/`
+/// (hard links), the console on this terminal. Live: `netboot.efi`, `root.img` and
+/// `verity.img` on a diskless machine. `install`: `installer.efi` with the release's
+/// `SHA256SUMS`, its signature and `image.raw.zst`, and one empty disk
+/// (`install-disk0.raw`, kept until `--reset`, as for `--iso`).
+pub fn interactive_netboot(out_dir: &Path, opts: &QemuOptions, install: bool) -> Result<()> {
+    use crust_builder::profile::OutputFormat;
+    host::ensure(&[host::QEMU])?;
+    let tftp = out_dir.join("netboot-tftp");
+    let _ = std::fs::remove_dir_all(&tftp);
+    std::fs::create_dir_all(&tftp).with_context(|| format!("cannot create {}", tftp.display()))?;
+    let (files, boot, format): (&[&str], &str, &str) = if install {
+        (
+            &[
+                crust_format::install::INSTALLER_UKI,
+                crust_format::install::IMAGE,
+                crust_builder::release::SUMS,
+                crust_builder::release::SUMS_SIG,
+            ],
+            crust_format::install::INSTALLER_UKI,
+            "iso",
+        )
+    } else {
+        (
+            OutputFormat::Netboot.file_names(),
+            crust_format::install::NETBOOT_UKI,
+            "netboot",
+        )
+    };
+    for name in files {
+        let from = out_dir.join(name);
+        if !from.is_file() {
+            bail!(
+                "{} does not exist; build it with `cargo xtask build --format {format}`",
+                from.display()
+            );
+        }
+        crust_builder::output::link_or_copy(&from, &tftp.join(name))?;
+    }
+    let accel = crust_vm::accel::detect(&out_dir.join("vmlinuz"), &image::crust_target())?;
+    let vars = out_dir.join("efivars-netboot.fd");
+    let disk = if install {
+        let path = out_dir.join("install-disk0.raw");
+        if opts.reset || !path.exists() {
+            let len = std::fs::metadata(out_dir.join(outputs::IMAGE))?.len();
+            std::fs::File::create(&path)
+                .and_then(|f| f.set_len(len + (1 << 30)))
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            let _ = std::fs::remove_file(&vars);
+        }
+        path
+    } else {
+        let _ = std::fs::remove_file(&vars);
+        std::path::PathBuf::new()
+    };
+    let mut config = Config::new(&disk, accel, Firmware::with_vars(&vars)?);
+    config.memory_mib = opts.memory_mib;
+    config.forwards = opts.forwards.clone();
+    config.tftp = Some((tftp.clone(), boot.into()));
+    eprintln!(
+        "crust: network-booting {boot} from {} under QEMU ({}), {}; Ctrl-A X quits",
+        tftp.display(),
+        config.accel,
+        if install {
+            format!("disk {}", disk.display())
+        } else {
+            "no disk".into()
+        }
+    );
+    let status = config.run_interactive()?;
+    if !status.success() {
+        bail!("QEMU exited with {status}");
+    }
+    Ok(())
+}
+
 /// GETs `/` from the host side of a port forward; returns the body (or the status line).
 fn fetch_page(port: u16) -> Result<String> {
     use std::io::{Read, Write};

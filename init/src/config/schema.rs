@@ -57,6 +57,10 @@ pub struct HostConfig {
     /// The syslog collector, off without the table ([`super::observe`]).
     #[serde(default)]
     pub logs: Option<super::observe::Logs>,
+    /// `[install]`: the installer's choice of disk (docs/METAL.md). Checked here too, so
+    /// one file can serve the installer and the host it installs; the host ignores it.
+    #[serde(default)]
+    pub install: Option<crate::install::InstallConfig>,
 }
 
 impl Default for HostConfig {
@@ -74,6 +78,7 @@ impl Default for HostConfig {
             volume: Vec::new(),
             metrics: None,
             logs: None,
+            install: None,
         }
     }
 }

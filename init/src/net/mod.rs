@@ -162,6 +162,14 @@ impl Network {
         }
     }
 
+    /// The server that granted the first lease (option 54): where a network boot fetches
+    /// its images from.
+    pub fn dhcp_server(&self) -> Option<Ipv4Addr> {
+        self.dhcp
+            .iter()
+            .find_map(|d| d.applied.as_ref().map(|l| l.server))
+    }
+
     /// The `network` phase: configures every Ethernet link as `config` says, waits up to
     /// `network.dhcp_timeout` for leases, writes `/etc/resolv.conf`, prints the line.
     pub fn phase(&mut self, config: &HostConfig) {

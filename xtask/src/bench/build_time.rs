@@ -84,6 +84,7 @@ fn request(plan: &Plan, out_dir: &Path, cache: Cache) -> Result<BuildRequest> {
         source_date_epoch,
         init_crates: plan.init_crates.clone(),
         observe: plan.observe.clone(),
+        extras: Default::default(),
     })
 }
 

@@ -1,0 +1,580 @@
+//! The installer ISO (docs/METAL.md), booted as a CD-ROM under OVMF:
+//!
+//! - one empty disk: the release is written, the machine reboots into the disk (through
+//!   the `BootNext` entry the installer wrote, the ISO still attached and first in QEMU's
+//!   boot order) and reaches `ready` with `/var` grown; `sgdisk -v` finds the GPT clean;
+//! - two empty disks and `disk = "auto"`: refused, both disks untouched;
+//! - a disk holding ext4 and `auto`: refused, the file system intact;
+//! - an ISO whose `image.raw.zst` had one byte changed: refused before writing.
+//!
+//! The ISO is the one `cargo xtask test` built (every output format). Its format is
+//! checked by xorriso's own report and `sgdisk -v`, its El Torito image by `fsck.fat`.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crust_builder::build::outputs;
+use crust_format::phase::Phase;
+use crust_tests::{boot_timeout, built_image, flip_byte, run_ok};
+use crust_vm::firmware::Firmware;
+use crust_vm::{Config, Vm};
+
+/// One machine at a time (two cores).
+static BOOTS: Mutex<()> = Mutex::new(());
+
+/// The installer's console lines start with this.
+const WHO: &str = "crust-install:";
+
+fn iso_path() -> PathBuf {
+    built_image().dir.join("installer.iso")
+}
+
+/// A sparse empty disk as large as the image plus `extra` bytes.
+fn empty_disk(dir: &Path, name: &str, extra: u64) -> PathBuf {
+    let len = std::fs::metadata(built_image().image).unwrap().len();
+    let path = dir.join(name);
+    File::create(&path).unwrap().set_len(len + extra).unwrap();
+    path
+}
+
+/// Starts the installer from `iso` with `disks` (the first is the machine's first disk).
+fn start(dir: &Path, iso: &Path, disks: &[PathBuf], reboot: bool, log: &str) -> Vm {
+    let img = built_image();
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.join("efivars.fd")).unwrap();
+    let mut config = Config::new(&disks[0], accel, firmware);
+    config.cdrom = Some(iso.to_path_buf());
+    config.data_disks = disks[1..].to_vec();
+    config.qmp_socket = Some(dir.join("qmp.sock"));
+    config.no_reboot = !reboot;
+    Vm::start(&config, Some(&dir.join(log)), true).expect("start QEMU")
+}
+
+fn timeout() -> Duration {
+    let img = built_image();
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    boot_timeout(accel) * 3
+}
+
+/// Waits for the installer's refusal and the power-off that follows; returns the line.
+fn refused(vm: &mut Vm) -> String {
+    let line = vm
+        .wait_for_text(&format!("{WHO} refused:"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let status = vm
+        .wait_exit(Duration::from_secs(120))
+        .expect("the installer powers off after a refusal");
+    assert!(status.success(), "QEMU exited with {status}");
+    line
+}
+
+/// The disk file holds no data at all: nothing was ever written to it.
+fn untouched(disk: &Path) {
+    let file = File::open(disk).unwrap();
+    let regions = crust_builder::sparse::data_regions(&file).unwrap();
+    assert!(
+        regions.is_empty(),
+        "{} was written: data at {regions:?}",
+        disk.display()
+    );
+}
+
+fn sha256(path: &Path) -> String {
+    let out = run_ok(Command::new("sha256sum").arg(path));
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+#[ignore = "needs the ISO built by `cargo xtask test`"]
+fn the_iso_is_hybrid_with_an_efi_el_torito_image() {
+    let iso = iso_path();
+    let out = run_ok(Command::new("xorriso").arg("-indev").arg(&iso).args([
+        "-report_el_torito",
+        "plain",
+        "-report_system_area",
+        "plain",
+    ]));
+    // xorriso prints its reports among its messages, on standard error.
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("Volume id    : 'CRUST-INSTALL'"),
+        "{report}"
+    );
+    assert!(
+        report
+            .lines()
+            .any(|l| l.starts_with("El Torito boot img") && l.contains("UEFI")),
+        "{report}"
+    );
+    assert!(report.contains("GPT"), "{report}");
+    // The GPT's partition 2 is the El Torito FAT image: an ESP fsck.fat finds clean, with
+    // the installer UKI where firmware looks on removable media.
+    let out = run_ok(Command::new("sgdisk").arg("-v").arg(&iso));
+    let verify = String::from_utf8_lossy(&out.stdout);
+    assert!(verify.contains("No problems found"), "{verify}");
+    let out = run_ok(Command::new("sgdisk").args(["-i", "2"]).arg(&iso));
+    let info = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        info.contains("C12A7328-F81F-11D2-BA4B-00A0C93EC93B"),
+        "{info}"
+    );
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {info}"))
+    };
+    let (first, last) = (field("First sector: "), field("Last sector: "));
+    let scratch = tempfile::tempdir().unwrap();
+    let efi = scratch.path().join("efiboot.img");
+    run_ok(
+        Command::new("dd")
+            .arg(format!("if={}", iso.display()))
+            .arg(format!("of={}", efi.display()))
+            .arg(format!("skip={first}"))
+            .arg(format!("count={}", last - first + 1))
+            .arg("status=none"),
+    );
+    run_ok(Command::new("fsck.fat").arg("-n").arg(&efi));
+    let out = run_ok(
+        Command::new("mdir")
+            .args(["-b", "-i"])
+            .arg(&efi)
+            .arg("::/EFI/BOOT"),
+    );
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("BOOTX64.EFI"), "{listing}");
+    let uki = scratch.path().join("bootx64.efi");
+    run_ok(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&efi)
+            .arg("::/EFI/BOOT/BOOTX64.EFI")
+            .arg(&uki),
+    );
+    assert_eq!(
+        sha256(&uki),
+        sha256(&built_image().dir.join("installer.efi"))
+    );
+    // The medium's list is signed by the image's key, as the release's is.
+    let medium = scratch.path().join("medium");
+    run_ok(
+        Command::new("xorriso")
+            .arg("-osirrox")
+            .arg("on")
+            .arg("-indev")
+            .arg(&iso)
+            .arg("-extract")
+            .arg("/crust")
+            .arg(&medium),
+    );
+    let sums = std::fs::read_to_string(medium.join("SHA256SUMS")).unwrap();
+    for name in ["image.raw", "image.raw.zst"] {
+        assert!(sums.contains(&format!("  {name}\n")), "{sums}");
+    }
+    let raw_line = sums.lines().find(|l| l.ends_with("  image.raw")).unwrap();
+    assert!(raw_line.starts_with(&sha256(&built_image().image)));
+    // sha256sum checks the compressed image the list names.
+    let zst_only: String = sums
+        .lines()
+        .filter(|l| !l.ends_with("  image.raw"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(scratch.path().join("zst.sums"), zst_only).unwrap();
+    run_ok(
+        Command::new("sha256sum")
+            .args(["--check", "--strict"])
+            .arg(scratch.path().join("zst.sums"))
+            .current_dir(&medium),
+    );
+    let public = built_image()
+        .dir
+        .parent()
+        .unwrap()
+        .join("keys/development.pub");
+    run_ok(
+        Command::new("openssl")
+            .args(["pkeyutl", "-verify", "-pubin", "-rawin", "-inkey"])
+            .arg(&public)
+            .arg("-in")
+            .arg(medium.join("SHA256SUMS"))
+            .arg("-sigfile")
+            .arg(medium.join("SHA256SUMS.sig")),
+    );
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn the_iso_installs_onto_the_empty_disk_which_then_boots() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = empty_disk(dir.path(), "disk.raw", 1 << 30);
+    let mut vm = start(
+        dir.path(),
+        &iso_path(),
+        std::slice::from_ref(&disk),
+        true,
+        "install.log",
+    );
+    let installed = vm
+        .wait_for_text(&format!("{WHO} installed on"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let installed_at = vm.elapsed();
+    assert!(installed.contains("/dev/vda"), "{installed}");
+    let history = vm.console().history().join("\n");
+    assert!(history.contains("read back and compared"), "{history}");
+    assert!(
+        history.contains("added, first in BootOrder and BootNext"),
+        "{history}"
+    );
+    // The reboot: the firmware's BootNext names the new disk, though the CD comes first.
+    let disk_line = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk_line.detail.contains("vda"), "{}", disk_line.detail);
+    let state = vm
+        .wait_for_phase(Phase::State, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(state.detail.contains("grown"), "{}", state.detail);
+    vm.wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "installer: from power-on to ready on the installed disk in {:.1} s ({:.1} s to \
+         installed)",
+        vm.elapsed().as_secs_f64(),
+        installed_at.as_secs_f64()
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+
+    let out = run_ok(Command::new("sgdisk").arg("-v").arg(&disk));
+    let verify = String::from_utf8_lossy(&out.stdout);
+    assert!(verify.contains("No problems found"), "{verify}");
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn two_empty_disks_are_refused_and_left_alone() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let disks = [
+        empty_disk(dir.path(), "a.raw", 0),
+        empty_disk(dir.path(), "b.raw", 0),
+    ];
+    let mut vm = start(dir.path(), &iso_path(), &disks, false, "two.log");
+    let line = refused(&mut vm);
+    assert!(
+        line.contains("disk = \"auto\"") && line.contains("vda, vdb"),
+        "{line}"
+    );
+    let history = vm.console().history().join("\n");
+    assert!(history.contains("refusing: /dev/vda"), "{history}");
+    assert!(
+        history.contains("refusing: /dev/vdb: model -, serial crust-disk1"),
+        "{history}"
+    );
+    for disk in &disks {
+        untouched(disk);
+    }
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_disk_with_a_file_system_is_refused_and_kept() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let disk = empty_disk(dir.path(), "ext4.raw", 0);
+    run_ok(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", "data"])
+            .arg(&disk),
+    );
+    let before = sha256(&disk);
+    let mut vm = start(
+        dir.path(),
+        &iso_path(),
+        std::slice::from_ref(&disk),
+        false,
+        "ext4.log",
+    );
+    let line = refused(&mut vm);
+    assert!(line.contains("disk = \"auto\""), "{line}");
+    let history = vm.console().history().join("\n");
+    assert!(
+        history.contains("holds ext2/3/4 (found by its signature)"),
+        "{history}"
+    );
+    assert_eq!(sha256(&disk), before, "the ext4 disk changed");
+    run_ok(Command::new("e2fsck").arg("-fn").arg(&disk));
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_changed_byte_of_the_carried_image_is_refused_before_writing() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let iso = dir.path().join("tampered.iso");
+    std::fs::copy(iso_path(), &iso).unwrap();
+    // Where image.raw.zst lies in the ISO: its first 64 KiB found in the ISO's bytes.
+    let zst = built_image().dir.join("image.raw.zst");
+    let zst_len = std::fs::metadata(&zst).unwrap().len();
+    let mut head = vec![0u8; 64 << 10];
+    File::open(&zst).unwrap().read_exact(&mut head).unwrap();
+    let offset = find(&iso, &head).expect("image.raw.zst inside the ISO");
+    flip_byte(&iso, offset + zst_len / 2);
+    let disk = empty_disk(dir.path(), "disk.raw", 0);
+    let mut vm = start(
+        dir.path(),
+        &iso,
+        std::slice::from_ref(&disk),
+        false,
+        "tampered.log",
+    );
+    let line = refused(&mut vm);
+    assert!(
+        line.contains("image.raw.zst does not match the signed list"),
+        "{line}"
+    );
+    untouched(&disk);
+}
+
+/// The offset of `needle` in `file`, looking at 2048-byte boundaries (ISO 9660 blocks).
+fn find(file: &Path, needle: &[u8]) -> Option<u64> {
+    let mut f = File::open(file).ok()?;
+    let len = f.metadata().ok()?.len();
+    let mut buf = vec![0u8; needle.len()];
+    let mut at = 0;
+    while at + needle.len() as u64 <= len {
+        f.seek(SeekFrom::Start(at)).ok()?;
+        f.read_exact(&mut buf).ok()?;
+        if buf == needle {
+            return Some(at);
+        }
+        at += 2048;
+    }
+    None
+}
+
+/// A TFTP folder holding the build's netboot files (copies, so a test may change them).
+fn netboot_folder(dir: &Path) -> PathBuf {
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    for name in ["netboot.efi", "root.img", "verity.img"] {
+        std::fs::copy(built_image().dir.join(name), tftp.join(name)).unwrap();
+    }
+    tftp
+}
+
+/// A diskless machine that boots `netboot.efi` by UEFI PXE from QEMU's TFTP server.
+fn start_diskless(dir: &Path, tftp: &Path, forward: Option<u16>, log: &str) -> Vm {
+    let img = built_image();
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.join("efivars.fd")).unwrap();
+    let mut config = Config::new(Path::new(""), accel, firmware);
+    config.tftp = Some((tftp.to_path_buf(), "netboot.efi".into()));
+    config.no_reboot = true;
+    config.qmp_socket = Some(dir.join("qmp.sock"));
+    config.forwards = forward.map(|p| vec![(p, 80)]).unwrap_or_default();
+    Vm::start(&config, Some(&dir.join(log)), true).expect("start QEMU")
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_diskless_machine_boots_over_the_network_to_ready() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = netboot_folder(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut vm = start_diskless(dir.path(), &tftp, Some(port), "netboot.log");
+    let fetched = vm
+        .wait_for_text("crust-netboot: fetched", timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(fetched.contains("from 10.0.2.2 by TFTP"), "{fetched}");
+    let disk = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk.detail.starts_with("network boot:"), "{}", disk.detail);
+    let state = vm
+        .wait_for_phase(Phase::State, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        state
+            .detail
+            .contains("tmpfs on /var, NOT persistent (network boot"),
+        "{}",
+        state.detail
+    );
+    let ready = vm
+        .wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ready.detail.contains("dm-verity root"), "{}", ready.detail);
+    eprintln!(
+        "netboot: ready {:.1} s after power-on; the firmware fetched netboot.efi ({} bytes), \
+         the init {}",
+        vm.elapsed().as_secs_f64(),
+        std::fs::metadata(tftp.join("netboot.efi")).unwrap().len(),
+        fetched.split("crust-netboot: ").nth(1).unwrap_or(&fetched)
+    );
+    vm.wait_for_phase(Phase::Healthy, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The demo page, through the port forward.
+    let mut page = String::new();
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: crust\r\n\r\n")
+            .unwrap();
+        s.read_to_string(&mut page).unwrap();
+    }
+    assert!(
+        page.starts_with("HTTP/1.") && page.contains(" 200 "),
+        "{page}"
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_changed_root_byte_on_the_boot_server_is_refused() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = netboot_folder(dir.path());
+    // The squashfs superblock: the first read of the root goes through it.
+    flip_byte(&tftp.join("root.img"), 40);
+    let mut vm = start_diskless(dir.path(), &tftp, None, "tampered-netboot.log");
+    vm.console().allow("crust: error:");
+    let line = vm
+        .console()
+        .wait_for("verity refusal", timeout(), |l| {
+            (l.contains("device-mapper: verity") && l.contains("is corrupted"))
+                || l.contains("crust: ready")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !line.contains("crust: ready"),
+        "a tampered root booted: {line}"
+    );
+    let error = vm
+        .wait_for_phase(Phase::Error, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(error.detail.contains("root"), "{}", error.detail);
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn the_media_user_data_names_the_disk_and_wipe_is_needed_for_data() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let img = built_image();
+    let dir = tempfile::tempdir().unwrap();
+    // An ISO carrying user-data that names the second disk by its serial number.
+    let user_data = dir.path().join("install.toml");
+    std::fs::write(
+        &user_data,
+        "version = 1\n\n[install]\ndisk = \"crust-disk1\"\n",
+    )
+    .unwrap();
+    let key = crust_builder::sign::SigningKey::development(&img.dir.parent().unwrap().join("keys"))
+        .unwrap();
+    let iso = dir.path().join("user-data.iso");
+    let stamp = crust_builder::formats::Stamp {
+        build_id: img.manifest.build_id,
+        epoch: 0,
+    };
+    crust_builder::installer::iso(&img.image, &img.dir, &iso, &key, &stamp, Some(&user_data))
+        .expect("the ISO with user-data");
+    // The named disk holds ext4; the other is empty (and would be "auto"'s choice).
+    let disks = [
+        empty_disk(dir.path(), "empty.raw", 0),
+        empty_disk(dir.path(), "data.raw", 0),
+    ];
+    run_ok(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&disks[1]));
+    let before = sha256(&disks[1]);
+    let mut vm = start(dir.path(), &iso, &disks, false, "user-data.log");
+    let line = refused(&mut vm);
+    assert!(
+        line.contains("disk = \"crust-disk1\" is /dev/vdb") && line.contains("wipe = true"),
+        "{line}"
+    );
+    let history = vm.console().history().join("\n");
+    assert!(
+        history.contains("from the medium's signed user-data"),
+        "{history}"
+    );
+    untouched(&disks[0]);
+    assert_eq!(sha256(&disks[1]), before, "the named disk changed");
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn the_installer_started_by_uefi_pxe_installs_from_the_network() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let img = built_image();
+    let dir = tempfile::tempdir().unwrap();
+    // What the boot server serves: the installer UKI and the signed release's list and
+    // compressed image.
+    let tftp = dir.path().join("tftp");
+    std::fs::create_dir(&tftp).unwrap();
+    for name in [
+        "installer.efi",
+        "image.raw.zst",
+        "SHA256SUMS",
+        "SHA256SUMS.sig",
+    ] {
+        std::fs::copy(img.dir.join(name), tftp.join(name)).unwrap();
+    }
+    let disk = empty_disk(dir.path(), "disk.raw", 1 << 30);
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.path().join("efivars.fd")).unwrap();
+    let mut config = Config::new(&disk, accel, firmware);
+    config.tftp = Some((tftp, "installer.efi".into()));
+    config.qmp_socket = Some(dir.path().join("qmp.sock"));
+    let mut vm = Vm::start(&config, Some(&dir.path().join("netinstall.log")), true).unwrap();
+    let fetched = vm
+        .wait_for_text(&format!("{WHO} fetched the release"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(fetched.contains("from 10.0.2.2 by TFTP"), "{fetched}");
+    vm.wait_for_text(&format!("{WHO} installed on /dev/vda"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let installed_at = vm.elapsed();
+    let disk_line = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk_line.detail.contains("vda"), "{}", disk_line.detail);
+    vm.wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "network install: installed {:.1} s after power-on, ready on the disk at {:.1} s",
+        installed_at.as_secs_f64(),
+        vm.elapsed().as_secs_f64()
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let out = run_ok(Command::new("sgdisk").arg("-v").arg(&disk));
+    let verify = String::from_utf8_lossy(&out.stdout);
+    assert!(verify.contains("No problems found"), "{verify}");
+}

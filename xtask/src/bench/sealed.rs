@@ -122,6 +122,7 @@ pub fn measure(
             source_date_epoch: None,
             init_crates: Some(image::init_crates()?),
             observe: Some(image::observe_program(init)?),
+            extras: Default::default(),
         })?;
         Ok(out.join(outputs::IMAGE))
     };

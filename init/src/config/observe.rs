@@ -242,28 +242,7 @@ impl Logs {
 
 /// `host`, `host:port`, an IPv4 address, `[v6]` or `[v6]:port`.
 pub fn parse_address(text: &str, default_port: u16) -> Result<(String, u16), String> {
-    let bad = || format!("{text:?} is not a collector address (host, host:port or [IPv6]:port)");
-    let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
-        match after.strip_prefix(':') {
-            Some(p) => (host, port(p)?),
-            None if after.is_empty() => (host, default_port),
-            None => return Err(bad()),
-        }
-    } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
-        (text, default_port)
-    } else {
-        match text.split_once(':') {
-            Some((h, p)) => (h, port(p)?),
-            None => (text, default_port),
-        }
-    };
-    if !host.contains(':') && host.parse::<Ipv4Addr>().is_err() {
-        check_hostname(host).map_err(|_| bad())?;
-    }
-    Ok((host.to_owned(), port))
+    super::schema::parse_host_port(text, default_port, "a collector address")
 }
 
 #[cfg(test)]

@@ -844,32 +844,35 @@ pub const NTP_PORT: u16 = 123;
 
 /// Parses `host`, `host:port`, an IPv4 address, `[v6]` or `[v6]:port`.
 pub fn parse_server(text: &str) -> Result<ServerName, String> {
-    let bad =
-        || format!("{text:?} is not a time server (host, host:port, address, or [IPv6]:port)");
+    let (host, port) = parse_host_port(text, NTP_PORT, "a time server")?;
+    Ok(ServerName { host, port })
+}
+
+/// Parses `host`, `host:port`, an IPv4 address, `[v6]` or `[v6]:port` (`default_port`
+/// when none is given); an error says the text is not `what`.
+pub fn parse_host_port(text: &str, default_port: u16, what: &str) -> Result<(String, u16), String> {
+    let bad = || format!("{text:?} is not {what} (host, host:port, address, or [IPv6]:port)");
     let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
     let (host, port) = if let Some(rest) = text.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or_else(bad)?;
         host.parse::<std::net::Ipv6Addr>().map_err(|_| bad())?;
         match after.strip_prefix(':') {
             Some(p) => (host, port(p)?),
-            None if after.is_empty() => (host, NTP_PORT),
+            None if after.is_empty() => (host, default_port),
             None => return Err(bad()),
         }
     } else if text.parse::<std::net::Ipv6Addr>().is_ok() {
-        (text, NTP_PORT)
+        (text, default_port)
     } else {
         match text.split_once(':') {
             Some((h, p)) => (h, port(p)?),
-            None => (text, NTP_PORT),
+            None => (text, default_port),
         }
     };
     if !host.contains(':') && host.parse::<Ipv4Addr>().is_err() {
         check_hostname(host).map_err(|_| bad())?;
     }
-    Ok(ServerName {
-        host: host.to_owned(),
-        port,
-    })
+    Ok((host.to_owned(), port))
 }
 
 #[cfg(test)]

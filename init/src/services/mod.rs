@@ -16,6 +16,7 @@
 //! volume is missing or refused, its services do not count against the boot's health.
 
 mod health;
+mod limits;
 pub mod output;
 mod plan;
 mod process;
@@ -146,6 +147,7 @@ pub fn mount_cgroups() {
             wanted.join(" ")
         ));
     }
+    limits::cap_services_memory(Path::new(CGROUP_ROOT));
 }
 
 impl Services {

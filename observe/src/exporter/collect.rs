@@ -182,49 +182,48 @@ fn update(e: &mut Exposition, s: &Sources) {
             f64::from(u8::from(st == state)),
         );
     }
-    let num = |k: &str| u.parsed::<f64>(k);
-    if let Some(v) = num("configured") {
-        e.gauge(
-            "crust_update_configured",
-            "1 when user-data names an update repository.",
-            v,
-        );
-    }
-    if let Some(v) = num("trial") {
-        e.gauge(
-            "crust_update_trial",
-            "1 while the running version is an update on trial (not blessed yet).",
-            v,
-        );
-    }
-    if let Some(v) = num("checks") {
-        e.counter(
-            "crust_update_checks_total",
-            "Channel checks the update agent finished this boot.",
-            v,
-        );
-    }
-    if let Some(v) = num("failures") {
-        e.counter(
-            "crust_update_check_failures_total",
-            "Channel checks that failed this boot (network, repository, signature).",
-            v,
-        );
-    }
-    if let Some(v) = num("last-check") {
-        e.gauge(
-            "crust_update_last_check_timestamp_seconds",
-            "Unix time the last channel check ended.",
-            v,
-        );
-    }
-    if let Some(v) = num("last-check-ok") {
-        e.gauge(
-            "crust_update_last_check_success",
-            "1 when the last channel check succeeded.",
-            v,
-        );
-    }
+    numbers(
+        e,
+        &u,
+        &[
+            (
+                "configured",
+                "crust_update_configured",
+                "1 when user-data names an update repository.",
+                Kind::Gauge,
+            ),
+            (
+                "trial",
+                "crust_update_trial",
+                "1 while the running version is an update on trial (not blessed yet).",
+                Kind::Gauge,
+            ),
+            (
+                "checks",
+                "crust_update_checks_total",
+                "Channel checks the update agent finished this boot.",
+                Kind::Counter,
+            ),
+            (
+                "failures",
+                "crust_update_check_failures_total",
+                "Channel checks that failed this boot (network, repository, signature).",
+                Kind::Counter,
+            ),
+            (
+                "last-check",
+                "crust_update_last_check_timestamp_seconds",
+                "Unix time the last channel check ended.",
+                Kind::Gauge,
+            ),
+            (
+                "last-check-ok",
+                "crust_update_last_check_success",
+                "1 when the last channel check succeeded.",
+                Kind::Gauge,
+            ),
+        ],
+    );
     if let Some(result) = u.get("last-result") {
         e.add(
             "crust_update_last_result",
@@ -236,7 +235,7 @@ fn update(e: &mut Exposition, s: &Sources) {
             1.0,
         );
     }
-    if let Some(v) = num("rollbacks") {
+    if let Some(v) = u.parsed::<f64>("rollbacks") {
         e.counter(
             "crust_update_rollbacks_total",
             "Versions that rolled back on this host (their boots failed), as the update \
@@ -321,41 +320,51 @@ fn clock(e: &mut Exposition, s: &Sources) {
     let Some(c) = status_file(s, status::CLOCK) else {
         return;
     };
-    let num = |k: &str| c.parsed::<f64>(k);
-    if let Some(v) = num("synced") {
-        e.gauge(
-            "crust_clock_synced",
-            "1 once a time server answered this boot.",
-            v,
-        );
-    }
-    if let Some(v) = num("answering") {
-        e.gauge(
-            "crust_clock_answering",
-            "1 when the last check of the clock got an answer.",
-            v,
-        );
-    }
-    if let Some(v) = num("offset") {
-        e.gauge(
-            "crust_clock_offset_seconds",
-            "How far the clock was off at the last answer (positive: it was behind).",
-            v,
-        );
-    }
-    if let Some(v) = num("last-sync") {
-        e.gauge(
-            "crust_clock_last_sync_timestamp_seconds",
-            "Unix time of the last answer from a time server.",
-            v,
-        );
-    }
-    if let Some(v) = num("servers") {
-        e.gauge(
-            "crust_clock_servers",
-            "Time servers the host asks (configured and from DHCP).",
-            v,
-        );
+    numbers(
+        e,
+        &c,
+        &[
+            (
+                "synced",
+                "crust_clock_synced",
+                "1 once a time server answered this boot.",
+                Kind::Gauge,
+            ),
+            (
+                "answering",
+                "crust_clock_answering",
+                "1 when the last check of the clock got an answer.",
+                Kind::Gauge,
+            ),
+            (
+                "offset",
+                "crust_clock_offset_seconds",
+                "How far the clock was off at the last answer (positive: it was behind).",
+                Kind::Gauge,
+            ),
+            (
+                "last-sync",
+                "crust_clock_last_sync_timestamp_seconds",
+                "Unix time of the last answer from a time server.",
+                Kind::Gauge,
+            ),
+            (
+                "servers",
+                "crust_clock_servers",
+                "Time servers the host asks (configured and from DHCP).",
+                Kind::Gauge,
+            ),
+        ],
+    );
+}
+
+/// One family per status key holding a number: `(key, name, help, kind)`; a key that is
+/// absent or not a number is left out.
+fn numbers(e: &mut Exposition, kv: &KeyValues, families: &[(&str, &str, &str, Kind)]) {
+    for (key, name, help, kind) in families {
+        if let Some(v) = kv.parsed::<f64>(key) {
+            e.add(name, help, *kind, &[], v);
+        }
     }
 }
 

@@ -333,6 +333,10 @@ enum Cmd {
         /// Skip the AMI test (it builds the AWS SDK: a few minutes, 7 GB of memory).
         #[arg(long)]
         no_ami: bool,
+        /// How many test binaries run at once (each boots at most one QEMU machine at a
+        /// time, which keeps one core busy under TCG); default: the host's cores, at most 4.
+        #[arg(long)]
+        jobs: Option<usize>,
     },
     /// QEMU runs this per guest connection to the IMDS emulator (`--imds`), the
     /// connection on standard input and output.
@@ -680,7 +684,11 @@ fn run(cli: Cli) -> Result<()> {
                 })?;
             }
         }
-        Cmd::Test { no_lint, no_ami } => test::run_all(!no_lint, !no_ami)?,
+        Cmd::Test {
+            no_lint,
+            no_ami,
+            jobs,
+        } => test::run_all(!no_lint, !no_ami, jobs.unwrap_or_else(test::default_jobs))?,
         Cmd::ImdsConnection { dir } => crust_vm::imds::Emulator::open(&dir)
             .serve(std::io::stdin().lock(), std::io::stdout().lock())?,
     }

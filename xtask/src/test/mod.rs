@@ -4,7 +4,8 @@
 //! and clippy, then the default image is built once from the committed lock (`--locked`:
 //! CI must not re-resolve packages) in every output format, and finally `cargo test` over
 //! the workspace with the end-to-end tests included, pointed at that one image so they
-//! share it. The AMI test also needs the AMI publisher (its own workspace, `ami/`: the AWS
+//! share it, a few test binaries at a time ([`binaries`]: QEMU under TCG keeps one core busy
+//! per machine, so two files booting at once on two cores take little longer than one). The AMI test also needs the AMI publisher (its own workspace, `ami/`: the AWS
 //! SDK, about 4 minutes to build here) and moto, the AWS API emulator, from PyPI in a
 //! virtual environment; `--no-ami` leaves all three out and says so. The Secure Boot tests
 //! need the UEFI variable store tools (`virt-fw-vars`, `uefivars`), also from PyPI, and the
@@ -20,6 +21,8 @@ use anyhow::{Context, Result, bail};
 use crust_builder::profile::OutputFormat;
 
 use crate::{ami, host, image};
+
+mod binaries;
 
 /// Environment variable naming the output folder of the image the end-to-end tests boot.
 pub const IMAGE_DIR_VAR: &str = "CRUST_TEST_IMAGE_DIR";
@@ -42,8 +45,8 @@ fn run(what: &str, cmd: &mut Command) -> Result<()> {
 }
 
 /// Runs the whole suite; `lint` adds rustfmt and clippy, `with_ami` the AMI test (and the
-/// AWS SDK build it needs).
-pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
+/// AWS SDK build it needs); `jobs` test binaries run at once ([`binaries`]).
+pub fn run_all(lint: bool, with_ami: bool, jobs: usize) -> Result<()> {
     host::ensure(&[host::BUILD, host::QEMU, host::TEST])?;
     if lint {
         run(
@@ -96,29 +99,32 @@ pub fn run_all(lint: bool, with_ami: bool) -> Result<()> {
         .parent()
         .context("image has no folder")?
         .to_path_buf();
-    let mut test = cargo();
-    test.args([
-        "test",
-        "--workspace",
-        "--locked",
-        "--no-fail-fast",
-        "--",
-        "--include-ignored",
-    ])
-    .env(IMAGE_DIR_VAR, &out_dir)
-    .env(INIT_VAR, &init)
-    .env(VIRT_FW_VARS_VAR, &uefi.virt_fw_vars)
-    .env(UEFIVARS_VAR, &uefi.uefivars)
-    .env(SBOM_PYTHON_VAR, &sbom_python);
-    match &ami_env {
+    let mut env = vec![
+        (IMAGE_DIR_VAR.to_owned(), out_dir),
+        (INIT_VAR.to_owned(), init),
+        (VIRT_FW_VARS_VAR.to_owned(), uefi.virt_fw_vars),
+        (UEFIVARS_VAR.to_owned(), uefi.uefivars),
+        (SBOM_PYTHON_VAR.to_owned(), sbom_python),
+    ];
+    let mut args = vec!["--include-ignored".to_owned()];
+    match ami_env {
         Some((publisher, moto)) => {
-            test.env(AMI_VAR, publisher).env(MOTO_VAR, moto);
+            env.push((AMI_VAR.to_owned(), publisher));
+            env.push((MOTO_VAR.to_owned(), moto));
         }
-        None => {
-            test.args(["--skip", AMI_TEST]);
-        }
+        None => args.extend(["--skip".to_owned(), AMI_TEST.to_owned()]),
     }
-    run("cargo test (unit, format and end-to-end tests)", &mut test)?;
+    let mut build = cargo();
+    build.args(["test", "--workspace", "--locked", "--no-run"]);
+    let tests = binaries::build(build)?;
+    let started = std::time::Instant::now();
+    let logs = image::crust_target().join("test-logs");
+    let outcomes = binaries::run(tests, jobs, &args, &env, &logs)?;
+    binaries::report(outcomes, started.elapsed())?;
+    run(
+        "cargo test --doc (documentation examples)",
+        cargo().args(["test", "--workspace", "--locked", "--doc"]),
+    )?;
     // The benchmark once, quickly, in a folder of its own: a check that it runs and writes a
     // report and chart that read back (its numbers are not judged here; 40 s on a quiet
     // machine).
@@ -216,4 +222,10 @@ fn venv(venv: &std::path::Path, stamp: &str, requirements: &[&str]) -> Result<Pa
     )?;
     std::fs::write(&stamp, wanted).with_context(|| format!("cannot write {}", stamp.display()))?;
     Ok(python)
+}
+
+/// Test binaries run at once by default: one per core (a TCG machine keeps one busy), at
+/// most four (each machine takes 1 GiB or more of memory, and a test file may build images).
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }

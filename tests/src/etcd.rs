@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::free_port;
+
 /// A running (or stopped) etcd member.
 #[derive(Debug)]
 pub struct Etcd {
@@ -15,14 +17,6 @@ pub struct Etcd {
     /// Its client port on 127.0.0.1.
     pub port: u16,
     peer: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
 }
 
 impl Etcd {

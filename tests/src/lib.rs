@@ -21,6 +21,15 @@ pub mod observe;
 pub mod registry;
 pub mod repo;
 
+/// A TCP port free on 127.0.0.1 now (the kernel's pick; test files run side by side, so
+/// nothing here uses a fixed port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
 /// The image built for this test run.
 #[derive(Debug, Clone)]
 pub struct BuiltImage {

@@ -5,20 +5,14 @@
 //! and the certificates they and the guest use, made by `openssl`.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::run_ok;
 
-/// A TCP port free on 127.0.0.1 now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+pub use crate::free_port;
 
 /// Waits until something accepts connections on 127.0.0.1:`port`.
 pub fn wait_listening(port: u16, within: Duration) -> bool {

@@ -110,14 +110,7 @@ pub fn release_rolling(
     .issued
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::free_port;
 
 /// A real HTTP server (Python's) serving `dir` on 127.0.0.1:`port`, stopped on drop.
 #[derive(Debug)]

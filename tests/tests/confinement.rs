@@ -21,7 +21,7 @@
 //!   and every other service and powers off cleanly.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use crust_builder::service::IdRange;
 use crust_format::phase::Phase;
 use crust_tests::{
-    BootOptions, Disk, boot_timeout, build_profile, built_image, extract, partition, profiles_copy,
-    run_ok,
+    BootOptions, Disk, boot_timeout, build_profile, built_image, extract, free_port, partition,
+    profiles_copy, run_ok,
 };
 
 /// The probe and the fork bomb: `confine-probe probe` prints one `check CALL: RESULT` line
@@ -283,14 +283,6 @@ fn compile_probe(dir: &Path) {
             .arg(dir.join("confine-probe"))
             .arg(&source),
     );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The demo page's status line, through the port forward.

@@ -5,22 +5,14 @@
 //! failing is restarted with growing delays; dependencies start first.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
 use crust_builder::build::{BuildRequest, build};
 use crust_builder::fetch::Cache;
 use crust_format::phase::Phase;
-use crust_tests::{BootOptions, Disk, boot_timeout, built_image, init_binary};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crust_tests::{BootOptions, Disk, boot_timeout, built_image, free_port, init_binary};
 
 fn get(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the port forward");

@@ -19,6 +19,7 @@ pub mod bundle;
 pub mod digest;
 pub mod initrd;
 pub mod install;
+pub mod kv;
 pub mod layout;
 pub mod manifest;
 pub mod observe;

@@ -1,5 +1,5 @@
 //! `/run/crust/boot`: the facts stage 1 found, handed to stage 2 (and later to the update
-//! agent) as `key=value` lines.
+//! agent) as `key=value` lines ([`crust_format::kv`]).
 //!
 //! Keys: `slot`, `disk`, `root-device`, `verity-device`, `dm-device`, `root-hash`,
 //! `esp-partuuid` and `uki` (when the boot loader said), and `phase.<name>` with the
@@ -12,53 +12,14 @@ use crust_format::initrd::boot_keys;
 use crate::console;
 
 /// Ordered `key=value` facts.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct BootInfo {
-    entries: Vec<(String, String)>,
-}
+pub type BootInfo = crust_format::kv::KeyValues;
 
-impl BootInfo {
-    /// Sets `key` (replacing an earlier value).
-    pub fn set(&mut self, key: &str, value: impl Into<String>) {
-        let value = value.into();
-        match self.entries.iter_mut().find(|(k, _)| k == key) {
-            Some(entry) => entry.1 = value,
-            None => self.entries.push((key.to_owned(), value)),
-        }
-    }
-
-    /// Records when a phase ended.
-    pub fn set_phase(&mut self, phase: &str, at: Duration) {
-        self.set(
-            &format!("{}{phase}", boot_keys::PHASE_PREFIX),
-            console::seconds(at),
-        );
-    }
-
-    /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The file's text.
-    pub fn to_text(&self) -> String {
-        self.entries
-            .iter()
-            .map(|(k, v)| format!("{k}={v}\n"))
-            .collect()
-    }
-
-    /// Parses the file's text; lines that are not `key=value` are skipped.
-    pub fn parse(text: &str) -> Self {
-        let mut info = Self::default();
-        for (k, v) in text.lines().filter_map(|l| l.split_once('=')) {
-            info.set(k, v);
-        }
-        info
-    }
+/// Records in `boot` when a phase ended.
+pub fn set_phase(boot: &mut BootInfo, phase: &str, at: Duration) {
+    boot.set(
+        &format!("{}{phase}", boot_keys::PHASE_PREFIX),
+        console::seconds(at),
+    );
 }
 
 #[cfg(test)]
@@ -70,7 +31,7 @@ mod tests {
         let mut info = BootInfo::default();
         info.set("slot", "a");
         info.set("disk", "vda");
-        info.set_phase("init", Duration::from_micros(512_000));
+        set_phase(&mut info, "init", Duration::from_micros(512_000));
         info.set("slot", "b");
         let text = info.to_text();
         assert_eq!(text, "slot=b\ndisk=vda\nphase.init=0.512000\n");

@@ -16,7 +16,7 @@ use crust_format::verity::{self, OnCorruption};
 use nix::mount::{MsFlags, mount};
 use uuid::Uuid;
 
-use crate::bootinfo::BootInfo;
+use crate::bootinfo::{BootInfo, set_phase};
 use crate::devnode::{self, Kind};
 use crate::disk::{self, BootDisk, Wanted};
 use crate::dm::{self, Target};
@@ -41,7 +41,7 @@ pub fn run() -> Result<Infallible> {
         Phase::Init,
         &format!("crust-init {}, kernel {release}", crate::VERSION),
     );
-    boot.set_phase(Phase::Init.as_str(), at);
+    set_phase(&mut boot, Phase::Init.as_str(), at);
     for warning in &options.warnings {
         console::warning(warning);
     }
@@ -60,7 +60,8 @@ pub fn run() -> Result<Infallible> {
     if !loaded.no_device.is_empty() {
         detail.push_str(&format!(", no device for {}", loaded.no_device.join(" ")));
     }
-    boot.set_phase(
+    set_phase(
+        &mut boot,
         Phase::Modules.as_str(),
         console::phase(Phase::Modules, &detail),
     );
@@ -82,7 +83,7 @@ pub fn run() -> Result<Infallible> {
             verified.key_fingerprint
         ),
     );
-    boot.set_phase(Phase::Manifest.as_str(), at);
+    set_phase(&mut boot, Phase::Manifest.as_str(), at);
     if m.kernel_release != release {
         console::warning(&format!(
             "the manifest names kernel {} but {release} is running",
@@ -124,7 +125,7 @@ pub fn run() -> Result<Infallible> {
         disk_detail(&found, esp)
     };
     let at = console::phase(Phase::Disk, &detail);
-    boot.set_phase(Phase::Disk.as_str(), at);
+    set_phase(&mut boot, Phase::Disk.as_str(), at);
     boot.set(keys::SLOT, found.slot.as_str());
     boot.set(keys::DISK, found.disk.as_str());
     boot.set(keys::ROOT_DEVICE, found.root.node().display().to_string());
@@ -148,7 +149,7 @@ pub fn run() -> Result<Infallible> {
             found.verity.name
         ),
     );
-    boot.set_phase(Phase::Verity.as_str(), at);
+    set_phase(&mut boot, Phase::Verity.as_str(), at);
     boot.set(keys::DM_DEVICE, dm_node.as_str());
     boot.set(keys::ROOT_HASH, m.verity.root_hash.to_hex());
     // From here on a failed step may be a corrupted root: what `main` needs to set this
@@ -159,7 +160,7 @@ pub fn run() -> Result<Infallible> {
     let tmp = mount_root(&dm_node, m.filesystem.as_str())?;
     mount_etc_overlay()?;
     let at = console::now();
-    boot.set_phase(Phase::Root.as_str(), at);
+    set_phase(&mut boot, Phase::Root.as_str(), at);
     hand_over(&verified, &boot)?;
     console::phase_at(
         at,

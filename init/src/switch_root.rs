@@ -58,7 +58,7 @@ pub fn run(new_root: &Path, mut boot: BootInfo) -> Result<Infallible> {
     chdir("/").context("switch-root", || "cannot enter the new /".into())?;
 
     let at = console::now();
-    boot.set_phase(Phase::SwitchRoot.as_str(), at);
+    crate::bootinfo::set_phase(&mut boot, Phase::SwitchRoot.as_str(), at);
     stage1::write_boot_info(&boot)?;
     console::phase_at(
         at,

@@ -6,7 +6,7 @@
 //! bundles/<sha256>.bundle        update bundles, named by the SHA-256 of the whole file
 //! ```
 //!
-//! The index is `key=value` lines: `format=2`, `channel` (a host refuses an index whose
+//! The index is `key=value` lines: `format=3`, `channel` (a host refuses an index whose
 //! signed channel is not the one it follows, so a mirror cannot serve one channel's index
 //! as another's), `issued` (Unix seconds, strictly increasing from one publication of a
 //! channel to the next: a host remembers the newest it accepted and refuses older ones, so

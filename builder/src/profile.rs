@@ -693,9 +693,35 @@ impl Locator {
     }
 }
 
+/// The most a profile or default user-data file may hold: they are a few KiB, and a path
+/// that names `/dev/zero` or a FIFO must not make the builder read forever.
+const MAX_TEXT_FILE: u64 = 1 << 20;
+
+/// Reads a small text file: a regular file of at most [`MAX_TEXT_FILE`] bytes.
+fn read_small_text(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    // Asked before opening: opening a FIFO would already wait for a writer.
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a device, FIFO or folder)",
+        ));
+    }
+    let mut text = String::new();
+    let file = std::fs::File::open(path)?;
+    file.take(MAX_TEXT_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_TEXT_FILE {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {} KiB", MAX_TEXT_FILE >> 10),
+        ));
+    }
+    Ok(text)
+}
+
 impl Layer {
     fn read(path: &Path) -> Result<Self, ProfileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        let text = read_small_text(path).map_err(|source| ProfileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
@@ -1701,7 +1727,7 @@ fn resolve_config(
 /// every field at boot, and falls back to built-in defaults with a warning if it must).
 fn check_default_config(file: &Located<PathBuf>) -> Result<(), ProfileError> {
     let bad = |message: String| invalid(&file.at, "config.default", message);
-    let text = std::fs::read_to_string(&file.value)
+    let text = read_small_text(&file.value)
         .map_err(|e| bad(format!("cannot read {}: {e}", file.display())))?;
     let table: toml::Table = toml::from_str(&text)
         .map_err(|e| bad(format!("{} is not TOML: {}", file.display(), e.message())))?;
@@ -1798,6 +1824,24 @@ cmdline = ["quiet"]
 [root]
 packages = ["crun"]
 "#;
+
+    #[test]
+    fn an_include_of_a_device_a_fifo_or_a_huge_file_is_refused_not_read_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let huge = dir.path().join("huge.toml");
+        std::fs::write(&huge, "# padding\n".repeat(200_000)).unwrap();
+        for (target, why) in [
+            ("/dev/zero", "not a regular file"),
+            (fifo.to_str().unwrap(), "not a regular file"),
+            (huge.to_str().unwrap(), "larger than 1024 KiB"),
+        ] {
+            let p = write(dir.path(), "p.toml", &format!("include = {target:?}\n"));
+            let err = Profile::load(&p).unwrap_err().to_string();
+            assert!(err.contains(why), "{target}: {err}");
+        }
+    }
 
     #[test]
     fn include_merges_tables_and_extends_lists() {

@@ -20,4 +20,4 @@ pub mod seed;
 pub mod tpm;
 
 pub use accel::Accel;
-pub use machine::{Config, DataDrive, DiskBus, Vm};
+pub use machine::{Config, DataDrive, DiskBus, Tap, Vm};

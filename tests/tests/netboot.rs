@@ -1,0 +1,443 @@
+//! Network boot (docs/METAL.md), under OVMF with real servers:
+//!
+//! - UEFI PXE from QEMU's user-network TFTP server: a diskless machine to `ready` with `/`
+//!   on dm-verity, tmpfs `/var` and the demo page served; a changed root byte on the
+//!   server refused by dm-verity; the installer UKI fetching the release and installing
+//!   it onto an empty disk that then boots;
+//! - UEFI HTTP boot on a network of its own (a network namespace with a tap device):
+//!   Debian's dnsmasq answers the firmware's `HTTPClient` DHCP request with the URL of
+//!   `netboot.efi` on Debian's nginx; the firmware loads the UKI over HTTP, the init takes
+//!   the boot file's folder from its own lease and fetches `root.img` and `verity.img`
+//!   from nginx (its access log says so) to `ready`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crust_builder::build::outputs;
+use crust_format::phase::Phase;
+use crust_tests::{boot_timeout, built_image, flip_byte, run_ok};
+use crust_vm::firmware::Firmware;
+use crust_vm::{Config, Tap, Vm};
+
+/// One machine at a time (two cores).
+static BOOTS: Mutex<()> = Mutex::new(());
+
+/// The installer's console lines start with this.
+const WHO: &str = "crust-install:";
+
+fn timeout() -> Duration {
+    let img = built_image();
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    boot_timeout(accel) * 3
+}
+
+/// A sparse empty disk as large as the image plus `extra` bytes.
+fn empty_disk(dir: &Path, name: &str, extra: u64) -> PathBuf {
+    let len = std::fs::metadata(built_image().image).unwrap().len();
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(len + extra)
+        .unwrap();
+    path
+}
+
+/// A TFTP folder holding the build's netboot files (copies, so a test may change them).
+fn netboot_folder(dir: &Path) -> PathBuf {
+    let tftp = dir.join("tftp");
+    std::fs::create_dir_all(&tftp).unwrap();
+    for name in ["netboot.efi", "root.img", "verity.img"] {
+        std::fs::copy(built_image().dir.join(name), tftp.join(name)).unwrap();
+    }
+    tftp
+}
+
+/// A diskless machine that boots `netboot.efi` by UEFI PXE from QEMU's TFTP server.
+fn start_diskless(dir: &Path, tftp: &Path, forward: Option<u16>, log: &str) -> Vm {
+    let img = built_image();
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.join("efivars.fd")).unwrap();
+    let mut config = Config::new(Path::new(""), accel, firmware);
+    config.tftp = Some((tftp.to_path_buf(), "netboot.efi".into()));
+    config.no_reboot = true;
+    config.qmp_socket = Some(dir.join("qmp.sock"));
+    config.forwards = forward.map(|p| vec![(p, 80)]).unwrap_or_default();
+    Vm::start(&config, Some(&dir.join(log)), true).expect("start QEMU")
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_diskless_machine_boots_over_the_network_to_ready() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = netboot_folder(dir.path());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut vm = start_diskless(dir.path(), &tftp, Some(port), "netboot.log");
+    let fetched = vm
+        .wait_for_text("crust-netboot: fetched", timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        fetched.contains("by TFTP (the DHCP server) from tftp://10.0.2.2/"),
+        "{fetched}"
+    );
+    let disk = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk.detail.starts_with("network boot:"), "{}", disk.detail);
+    let state = vm
+        .wait_for_phase(Phase::State, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        state
+            .detail
+            .contains("tmpfs on /var, NOT persistent (network boot"),
+        "{}",
+        state.detail
+    );
+    let ready = vm
+        .wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ready.detail.contains("dm-verity root"), "{}", ready.detail);
+    eprintln!(
+        "netboot: ready {:.1} s after power-on; the firmware fetched netboot.efi ({} bytes), \
+         the init {}",
+        vm.elapsed().as_secs_f64(),
+        std::fs::metadata(tftp.join("netboot.efi")).unwrap().len(),
+        fetched.split("crust-netboot: ").nth(1).unwrap_or(&fetched)
+    );
+    vm.wait_for_phase(Phase::Healthy, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The demo page, through the port forward.
+    let mut page = String::new();
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"GET / HTTP/1.0\r\nHost: crust\r\n\r\n")
+            .unwrap();
+        s.read_to_string(&mut page).unwrap();
+    }
+    assert!(
+        page.starts_with("HTTP/1.") && page.contains(" 200 "),
+        "{page}"
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn a_changed_root_byte_on_the_boot_server_is_refused() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let tftp = netboot_folder(dir.path());
+    // The squashfs superblock: the first read of the root goes through it.
+    flip_byte(&tftp.join("root.img"), 40);
+    let mut vm = start_diskless(dir.path(), &tftp, None, "tampered-netboot.log");
+    vm.console().allow("crust: error:");
+    let line = vm
+        .console()
+        .wait_for("verity refusal", timeout(), |l| {
+            (l.contains("device-mapper: verity") && l.contains("is corrupted"))
+                || l.contains("crust: ready")
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !line.contains("crust: ready"),
+        "a tampered root booted: {line}"
+    );
+    let error = vm
+        .wait_for_phase(Phase::Error, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(error.detail.contains("root"), "{}", error.detail);
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test`"]
+fn the_installer_started_by_uefi_pxe_installs_from_the_network() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let img = built_image();
+    let dir = tempfile::tempdir().unwrap();
+    // What the boot server serves: the installer UKI and the signed release's list and
+    // compressed image.
+    let tftp = dir.path().join("tftp");
+    std::fs::create_dir(&tftp).unwrap();
+    for name in [
+        "installer.efi",
+        "image.raw.zst",
+        "SHA256SUMS",
+        "SHA256SUMS.sig",
+    ] {
+        std::fs::copy(img.dir.join(name), tftp.join(name)).unwrap();
+    }
+    let disk = empty_disk(dir.path(), "disk.raw", 1 << 30);
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.path().join("efivars.fd")).unwrap();
+    let mut config = Config::new(&disk, accel, firmware);
+    config.tftp = Some((tftp, "installer.efi".into()));
+    config.qmp_socket = Some(dir.path().join("qmp.sock"));
+    let mut vm = Vm::start(&config, Some(&dir.path().join("netinstall.log")), true).unwrap();
+    let fetched = vm
+        .wait_for_text(&format!("{WHO} fetched the release"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(fetched.contains("from 10.0.2.2 by TFTP"), "{fetched}");
+    vm.wait_for_text(&format!("{WHO} installed on /dev/vda"), timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let installed_at = vm.elapsed();
+    let disk_line = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk_line.detail.contains("vda"), "{}", disk_line.detail);
+    vm.wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "network install: installed {:.1} s after power-on, ready on the disk at {:.1} s",
+        installed_at.as_secs_f64(),
+        vm.elapsed().as_secs_f64()
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    let out = run_ok(Command::new("sgdisk").arg("-v").arg(&disk));
+    let verify = String::from_utf8_lossy(&out.stdout);
+    assert!(verify.contains("No problems found"), "{verify}");
+}
+
+/// The boot network's addresses: the server's on the tap device, and the URL the firmware
+/// is handed.
+const SERVER: &str = "192.168.77.1";
+const BOOT_URL: &str = "http://192.168.77.1/crust/netboot.efi";
+
+/// A process stopped when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A network namespace of its own with a tap device for the machine, the servers running
+/// in it; all removed when dropped (servers first).
+struct BootNetwork {
+    netns: String,
+    daemons: Vec<Daemon>,
+}
+
+impl Drop for BootNetwork {
+    fn drop(&mut self) {
+        self.daemons.clear();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+impl BootNetwork {
+    /// The namespace, its loopback up and `tap0` with the server's address.
+    fn new() -> Self {
+        let netns = format!("crust-netboot-{}", std::process::id());
+        run_ok(Command::new("ip").args(["netns", "add", &netns]));
+        let net = Self {
+            netns,
+            daemons: Vec::new(),
+        };
+        for args in [
+            &["link", "set", "lo", "up"][..],
+            &["tuntap", "add", "dev", "tap0", "mode", "tap"],
+            &["addr", "add", &format!("{SERVER}/24"), "dev", "tap0"],
+            &["link", "set", "tap0", "up"],
+        ] {
+            run_ok(Command::new("ip").arg("-n").arg(&net.netns).args(args));
+        }
+        net
+    }
+
+    /// `program` with `args`, run in the namespace.
+    fn spawn(&mut self, program: &str, args: &[&str], what: &str) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.netns, program])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what} ({program}; cargo xtask test installs it): {e}"));
+        self.daemons.push(Daemon(child));
+    }
+
+    /// Waits until something listens on `port` of the server address in the namespace.
+    fn wait_for_port(&self, port: u16, what: &str) {
+        for _ in 0..100 {
+            let ok = Command::new("ip")
+                .args(["netns", "exec", &self.netns, "bash", "-c"])
+                .arg(format!("exec 3<>/dev/tcp/{SERVER}/{port}"))
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what} did not listen on {SERVER}:{port}");
+    }
+
+    /// Debian's nginx serving `www` on port 80, its access log in `dir`.
+    fn nginx(&mut self, dir: &Path, www: &Path) {
+        let conf = dir.join("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;\n\
+                 events {{}}\n\
+                 http {{\n\
+                   access_log {d}/access.log;\n\
+                   client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};\n\
+                   uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+                   server {{ listen {SERVER}:80; root {www}; }}\n\
+                 }}\n",
+                d = dir.display(),
+                www = www.display()
+            ),
+        )
+        .unwrap();
+        let (prefix, conf) = (dir.display().to_string(), conf.display().to_string());
+        self.spawn("nginx", &["-p", &prefix, "-c", &conf], "nginx");
+        self.wait_for_port(80, "nginx");
+    }
+
+    /// Debian's dnsmasq as the DHCP server on `tap0` (no DNS, no TFTP), with the
+    /// configuration docs/METAL.md gives for UEFI HTTP boot; its log in `dir`.
+    fn dnsmasq(&mut self, dir: &Path) -> PathBuf {
+        let conf = dir.join("dnsmasq.conf");
+        let log = dir.join("dnsmasq.log");
+        std::fs::write(
+            &conf,
+            format!(
+                "port=0\n\
+                 interface=tap0\n\
+                 bind-interfaces\n\
+                 user=root\n\
+                 dhcp-range=192.168.77.100,192.168.77.200,1h\n\
+                 dhcp-leasefile={d}/dnsmasq.leases\n\
+                 pid-file={d}/dnsmasq.pid\n\
+                 log-dhcp\n\
+                 log-facility={log}\n\
+                 dhcp-match=set:efi-http,option:client-arch,16\n\
+                 dhcp-option-force=tag:efi-http,60,HTTPClient\n\
+                 dhcp-boot={BOOT_URL}\n",
+                d = dir.display(),
+                log = log.display()
+            ),
+        )
+        .unwrap();
+        let conf = format!("--conf-file={}", conf.display());
+        self.spawn("dnsmasq", &["--keep-in-foreground", &conf], "dnsmasq");
+        log
+    }
+}
+
+#[test]
+#[ignore = "boots QEMU; run through `cargo xtask test` (as root: a network namespace)"]
+fn uefi_http_boot_from_dnsmasq_and_nginx_fetches_the_images_by_http() {
+    let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let img = built_image();
+    let dir = tempfile::tempdir().unwrap();
+    let www = dir.path().join("www");
+    let folder = www.join("crust");
+    std::fs::create_dir_all(&folder).unwrap();
+    for name in ["netboot.efi", "root.img", "verity.img"] {
+        std::fs::copy(img.dir.join(name), folder.join(name)).unwrap();
+    }
+    // nginx drops to www-data for its workers only with a master process; without one it
+    // reads the files as root. The folder is readable either way.
+    let mut net = BootNetwork::new();
+    net.nginx(dir.path(), &www);
+    let dnsmasq_log = net.dnsmasq(dir.path());
+
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.path().join("efivars.fd")).unwrap();
+    let mut config = Config::new(Path::new(""), accel, firmware);
+    config.tap = Some(Tap {
+        netns: net.netns.clone(),
+        ifname: "tap0".into(),
+    });
+    // Only UEFI HTTP boot over IPv4, as a server's firmware set up for it: no PXE try
+    // (and its timeouts) first.
+    config.fw_cfg = vec![
+        ("opt/org.tianocore/IPv4PXESupport".into(), "no".into()),
+        ("opt/org.tianocore/IPv6Support".into(), "no".into()),
+    ];
+    config.no_reboot = true;
+    config.qmp_socket = Some(dir.path().join("qmp.sock"));
+    let mut vm =
+        Vm::start(&config, Some(&dir.path().join("http-boot.log")), true).expect("start QEMU");
+    let fetched = vm
+        .wait_for_text("crust-netboot: fetched", timeout())
+        .unwrap_or_else(|e| {
+            let dhcp = std::fs::read_to_string(&dnsmasq_log).unwrap_or_default();
+            panic!("{e}\ndnsmasq's log:\n{dhcp}")
+        });
+    assert!(
+        fetched.contains("by HTTP (the DHCP boot file's folder) from http://192.168.77.1/crust/"),
+        "{fetched}"
+    );
+    let disk = vm
+        .wait_for_phase(Phase::Disk, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(disk.detail.starts_with("network boot:"), "{}", disk.detail);
+    let state = vm
+        .wait_for_phase(Phase::State, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(state.detail.contains("tmpfs on /var"), "{}", state.detail);
+    let ready = vm
+        .wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(ready.detail.contains("dm-verity root"), "{}", ready.detail);
+    let ready_at = vm.elapsed();
+
+    // The firmware asked as an HTTP boot client and was given the URL; the UKI and both
+    // images came from nginx, whole.
+    let dhcp = std::fs::read_to_string(&dnsmasq_log).unwrap();
+    assert!(
+        dhcp.contains("HTTPClient") && dhcp.contains(BOOT_URL),
+        "dnsmasq's log:\n{dhcp}"
+    );
+    let access = std::fs::read_to_string(dir.path().join("access.log")).unwrap();
+    for name in ["netboot.efi", "root.img", "verity.img"] {
+        let len = std::fs::metadata(folder.join(name)).unwrap().len();
+        assert!(
+            access
+                .lines()
+                .any(|l| l.contains(&format!("GET /crust/{name} HTTP/1.1\" 200 {len} "))),
+            "{name} ({len} bytes) not served whole:\n{access}"
+        );
+    }
+    let firmware_agent = access
+        .lines()
+        .find(|l| l.contains("/crust/netboot.efi"))
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "http boot: ready {:.1} s after power-on; the firmware fetched netboot.efi ({} bytes) \
+         by HTTP; the init {}\nnginx: {firmware_agent}",
+        ready_at.as_secs_f64(),
+        std::fs::metadata(folder.join("netboot.efi")).unwrap().len(),
+        fetched.split("crust-netboot: ").nth(1).unwrap_or(&fetched)
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+}

@@ -116,11 +116,17 @@ pub fn run() -> Result<Infallible> {
     );
 
     services.report_healthy();
-    let updater = Updater::new(
-        booted(&boot, manifest.clone(), &root)?,
-        run_key()?,
-        services.healthy_flag(),
-    );
+    // A network-booted host has no slots: no update agent (it says so instead).
+    let updater: Option<Box<dyn Task>> = if disk == crate::netboot::DISK {
+        crate::update::not_on_a_network_boot();
+        None
+    } else {
+        Some(Box::new(Updater::new(
+            booted(&boot, manifest.clone(), &root)?,
+            run_key()?,
+            services.healthy_flag(),
+        )))
+    };
 
     // Stopped in reverse: the updater first, then the services, the volume helper, the
     // clock, the observability agents (the shipper sends the services' last lines), the
@@ -133,8 +139,8 @@ pub fn run() -> Result<Infallible> {
         Box::new(clock),
         Box::new(volumes),
         Box::new(services),
-        Box::new(updater),
     ];
+    tasks.extend(updater);
     let exit = event::run(&signals, &mut tasks);
     shutdown::shutdown(exit.action, &exit.reason)
 }

@@ -383,7 +383,9 @@ fn uefi_http_boot_from_dnsmasq_and_nginx_fetches_the_images_by_http() {
     // images came from nginx, whole.
     let dhcp = server.dhcp_log();
     assert!(
-        dhcp.contains("HTTPClient") && dhcp.contains(BOOT_URL),
+        dhcp.contains("vendor class: HTTPClient")
+            && dhcp.contains("tags: efi-http")
+            && dhcp.contains(BOOT_URL),
         "dnsmasq's log:\n{dhcp}"
     );
     let access = server.access_log();
@@ -443,7 +445,10 @@ fn a_changed_root_byte_on_the_boot_server_is_refused() {
     // The firmware was a PXE client and took netboot.efi from dnsmasq's TFTP server.
     let dhcp = server.dhcp_log();
     assert!(
-        dhcp.contains("PXEClient") && dhcp.contains("sent") && dhcp.contains("netboot.efi"),
+        dhcp.contains("tags: efi-pxe")
+            && dhcp.lines().any(|l| l.contains("dnsmasq-tftp")
+                && l.contains("sent")
+                && l.contains("netboot.efi")),
         "dnsmasq's log:\n{dhcp}"
     );
 }

@@ -109,3 +109,34 @@ impl Drop for Web {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn nginx_serves_the_folder_with_efi_files_as_efi_applications() {
+        // Debian's nginx, which `cargo xtask test` installs.
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("netboot.efi"), b"MZ pretend").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let web = Web::serve(&root, &listen, &dir.path().join("work"), None).unwrap();
+        let mut s = std::net::TcpStream::connect(&listen).unwrap();
+        s.write_all(b"GET /netboot.efi HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("Content-Type: application/efi"), "{answer}");
+        assert!(answer.ends_with("MZ pretend"), "{answer}");
+        let log = std::fs::read_to_string(web.access_log()).unwrap();
+        assert!(log.contains("GET /netboot.efi HTTP/1.0\" 200 10"), "{log}");
+    }
+}

@@ -79,8 +79,16 @@ pub fn fetch(manifest: &Manifest, command_line_url: Option<&str>) -> Result<Boot
         let from = source.describe(name);
         let got = match &source {
             Source::Http { folder, .. } => {
-                source::http_fetch(&folder.with_path(name), &mut out, len)
-                    .map_err(|e| Error::new("netboot", format!("cannot fetch {from}: {e}")))?
+                source::http_fetch(&folder.with_path(name), &mut out, len).map_err(|e| {
+                    let hint = if e.to_string().contains("certificate") {
+                        " (stage 1 trusts the web's public certificate authorities built into \
+                         the init, not user-data's: serve the images with such a certificate, \
+                         or over plain http, which dm-verity makes safe)"
+                    } else {
+                        ""
+                    };
+                    Error::new("netboot", format!("cannot fetch {from}: {e}{hint}"))
+                })?
             }
             Source::Tftp { server, .. } => {
                 tftp::fetch(*server, &source.tftp_path(name), &mut out, len)

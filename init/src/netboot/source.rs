@@ -263,6 +263,70 @@ mod tests {
     }
 
     #[test]
+    fn https_refuses_a_server_whose_certificate_no_web_root_signed() {
+        // A real TLS server (OpenSSL's s_server) with a self-signed certificate: the
+        // stage-1 client trusts the built-in web roots only.
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(made.status.success(), "{made:?}");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = std::process::Command::new("openssl")
+            .args(["s_server", "-quiet", "-www", "-accept"])
+            .arg(port.to_string())
+            .arg("-cert")
+            .arg(&cert)
+            .arg("-key")
+            .arg(&key)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("openssl s_server");
+        let url = Url::parse(&format!("https://127.0.0.1:{port}/root.img")).unwrap();
+        let mut result = None;
+        for _ in 0..100 {
+            let mut out = Vec::new();
+            match http_fetch(&url, &mut out, 1 << 20) {
+                Err(HttpError::Connect(_)) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                other => {
+                    result = Some((other, out));
+                    break;
+                }
+            }
+        }
+        let _ = server.kill();
+        let _ = server.wait();
+        let (result, out) = result.expect("s_server did not listen");
+        let err = result.expect_err("a self-signed server was trusted");
+        assert!(
+            err.to_string().to_lowercase().contains("certificate"),
+            "{err}"
+        );
+        assert!(out.is_empty());
+    }
+
+    #[test]
     fn the_download_is_bounded_by_the_manifests_length() {
         let body = vec![7u8; 5000];
         let mut answer =

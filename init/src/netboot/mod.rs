@@ -10,6 +10,7 @@
 //! every block of the root is checked against the manifest's root hash as it is read.
 
 pub mod source;
+pub mod state;
 pub mod tftp;
 
 use std::fs::{self, File, OpenOptions};

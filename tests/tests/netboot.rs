@@ -9,8 +9,9 @@
 //!   dnsmasq answers the firmware's `HTTPClient` request with the URL of `netboot.efi`, the
 //!   firmware loads the UKI over HTTP, and the init takes the folder from its own lease and
 //!   fetches `root.img` and `verity.img` from nginx (its access log says so) to `ready`,
-//!   without an update agent; and UEFI PXE from dnsmasq's TFTP with a changed root byte on
-//!   the server, refused by dm-verity.
+//!   without an update agent, `/var` on the empty disk its user-data names (formatted,
+//!   then kept on the next boot); and UEFI PXE from dnsmasq's TFTP with a changed root
+//!   byte on the server, refused by dm-verity.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -23,7 +24,7 @@ use crust_format::phase::Phase;
 use crust_tests::{boot_timeout, built_image, flip_byte, run_ok};
 use crust_vm::firmware::Firmware;
 use crust_vm::web::Web;
-use crust_vm::{Config, Tap, Vm};
+use crust_vm::{Config, DataDrive, DiskBus, Tap, Vm};
 
 /// One machine at a time (two cores).
 static BOOTS: Mutex<()> = Mutex::new(());
@@ -265,13 +266,14 @@ struct BootServer {
 }
 
 impl BootServer {
-    /// Serves copies of the netboot files, after `change` had its way with the folder.
-    fn start(dir: &Path, change: impl FnOnce(&Path)) -> Self {
+    /// Serves copies of the netboot files of the build in `from`, after `change` had its
+    /// way with the folder.
+    fn start(dir: &Path, from: &Path, change: impl FnOnce(&Path)) -> Self {
         let www = dir.join("www");
         let folder = www.join("crust");
         std::fs::create_dir_all(&folder).unwrap();
         for name in ["netboot.efi", "root.img", "verity.img"] {
-            std::fs::copy(built_image().dir.join(name), folder.join(name)).unwrap();
+            std::fs::copy(from.join(name), folder.join(name)).unwrap();
         }
         change(&folder);
         let ns = Namespace::new();
@@ -319,7 +321,7 @@ impl BootServer {
     /// A diskless machine on the network. `http`: the firmware tries UEFI HTTP boot
     /// (IPv4) alone, as a server set up for it would (no PXE try and its timeouts first);
     /// otherwise UEFI PXE comes first, as OVMF orders it.
-    fn machine(&self, dir: &Path, http: bool, log: &str) -> Vm {
+    fn machine(&self, dir: &Path, http: bool, log: &str, edit: impl FnOnce(&mut Config)) -> Vm {
         let img = built_image();
         let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
         let firmware = Firmware::with_vars(&dir.join("efivars.fd")).unwrap();
@@ -336,6 +338,7 @@ impl BootServer {
         }
         config.no_reboot = true;
         config.qmp_socket = Some(dir.join("qmp.sock"));
+        edit(&mut config);
         Vm::start(&config, Some(&dir.join(log)), true).expect("start QEMU")
     }
 
@@ -348,13 +351,47 @@ impl BootServer {
     }
 }
 
+/// The qemu profile with user-data allowed to name disks (a state disk formats an empty
+/// disk, which is the `volumes` permission).
+const STATE_VARIANT: &str = "[config]\nallow = [\"services\", \"volumes\"]\n\
+                             [output]\nformats = [\"netboot\"]\n";
+
+/// The user-data of the HTTP boot: `/var` on the disk with the serial `crust-state`.
+const STATE_USER_DATA: &str =
+    "version = 1\n\n[state]\ndisk = \"/dev/disk/by-id/virtio-crust-state\"\n";
+
 #[test]
 #[ignore = "boots QEMU; run through `cargo xtask test` (as root: a network namespace)"]
 fn uefi_http_boot_from_dnsmasq_and_nginx_fetches_the_images_by_http() {
     let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let server = BootServer::start(dir.path(), |_| {});
-    let mut vm = server.machine(dir.path(), true, "http-boot.log");
+    let work = tempfile::tempdir().unwrap();
+    let out = crust_tests::repo::variant(
+        work.path(),
+        &work.path().join("keys"),
+        "0.1.0",
+        STATE_VARIANT,
+        &[],
+    );
+    let server = BootServer::start(dir.path(), &out, |_| {});
+    // An empty local disk for /var, named by the user-data of a NoCloud seed.
+    let state_disk = dir.path().join("state.raw");
+    std::fs::File::create(&state_disk)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let seed = dir.path().join("seed.img");
+    crust_vm::seed::write(STATE_USER_DATA.as_bytes(), &seed).unwrap();
+    let attach = |config: &mut Config| {
+        config.extra_drives = vec![seed.clone()];
+        config.data_drives = vec![DataDrive {
+            path: state_disk.clone(),
+            bus: DiskBus::Virtio,
+            serial: "crust-state".into(),
+        }];
+    };
+
+    let mut vm = server.machine(dir.path(), true, "http-boot.log", attach);
     let fetched = vm
         .wait_for_text("crust-netboot: fetched", timeout())
         .unwrap_or_else(|e| panic!("{e}\ndnsmasq's log:\n{}", server.dhcp_log()));
@@ -370,6 +407,22 @@ fn uefi_http_boot_from_dnsmasq_and_nginx_fetches_the_images_by_http() {
         .wait_for_phase(Phase::State, timeout())
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(state.detail.contains("tmpfs on /var"), "{}", state.detail);
+    // User-data names the empty disk: formatted, and /var on it.
+    let on_disk = vm
+        .wait_for_text("state: /var on", timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        on_disk.contains("serial crust-state")
+            && on_disk.contains("ext4 made now: the disk was empty")
+            && on_disk.contains("persistent"),
+        "{on_disk}"
+    );
+    let machine_id = on_disk
+        .rsplit("machine-id ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
     let ready = vm
         .wait_for_phase(Phase::Ready, timeout())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -411,6 +464,32 @@ fn uefi_http_boot_from_dnsmasq_and_nginx_fetches_the_images_by_http() {
     vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
         .unwrap_or_else(|e| panic!("{e}"));
     vm.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(vm);
+    // The disk holds a clean ext4 with the machine id on it.
+    run_ok(Command::new("e2fsck").arg("-fn").arg(&state_disk));
+    let out = run_ok(
+        Command::new("debugfs")
+            .args(["-R", "cat /lib/crust/machine-id"])
+            .arg(&state_disk),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), machine_id);
+
+    // The next boot keeps it: checked, not formatted, the same machine id.
+    let _ = std::fs::remove_file(dir.path().join("qmp.sock"));
+    let mut vm = server.machine(dir.path(), true, "http-boot-2.log", attach);
+    let on_disk = vm
+        .wait_for_text("state: /var on", timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        on_disk.contains("checked clean") && on_disk.ends_with(&format!("machine-id {machine_id}")),
+        "{on_disk}"
+    );
+    vm.wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
 }
 
 #[test]
@@ -419,9 +498,11 @@ fn a_changed_root_byte_on_the_boot_server_is_refused() {
     let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     // The squashfs superblock: the first read of the root goes through it.
-    let server = BootServer::start(dir.path(), |folder| flip_byte(&folder.join("root.img"), 40));
+    let server = BootServer::start(dir.path(), &built_image().dir, |folder| {
+        flip_byte(&folder.join("root.img"), 40)
+    });
     // UEFI PXE this time: netboot.efi by dnsmasq's TFTP; the init still gets the URL.
-    let mut vm = server.machine(dir.path(), false, "tampered-netboot.log");
+    let mut vm = server.machine(dir.path(), false, "tampered-netboot.log", |_| {});
     vm.console().allow("crust: error:");
     let fetched = vm
         .wait_for_text("crust-netboot: fetched", timeout())

@@ -365,14 +365,9 @@ const STATE_USER_DATA: &str =
 fn uefi_http_boot_from_dnsmasq_and_nginx_fetches_the_images_by_http() {
     let _one = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let out = crust_tests::repo::variant(
-        work.path(),
-        &work.path().join("keys"),
-        "0.1.0",
-        STATE_VARIANT,
-        &[],
-    );
+    // Kept between runs: an unchanged variant is not built again.
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("netboot-state");
+    let out = crust_tests::repo::variant(&work, &work.join("keys"), "0.1.0", STATE_VARIANT, &[]);
     let server = BootServer::start(dir.path(), &out, |_| {});
     // An empty local disk for /var, named by the user-data of a NoCloud seed.
     let state_disk = dir.path().join("state.raw");

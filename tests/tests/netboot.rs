@@ -518,6 +518,12 @@ fn a_changed_root_byte_on_the_boot_server_is_refused() {
         .wait_for_phase(Phase::Error, timeout())
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(error.detail.contains("root"), "{}", error.detail);
+    // No slot to set aside: the next boot fetches the images again.
+    let history = vm.console().history().join("\n");
+    assert!(
+        history.contains("a network boot has no other slot to fall back to"),
+        "{history}"
+    );
     // The firmware was a PXE client and took netboot.efi from dnsmasq's TFTP server.
     let dhcp = server.dhcp_log();
     assert!(

@@ -112,8 +112,7 @@ pub fn fetch(manifest: &Manifest, command_line_url: Option<&str>) -> Result<Boot
     console::note(
         "crust-netboot",
         &format!(
-            "fetched {} and {} ({} KiB) {} from {} in {} ms ({} KiB/s; {} ms since the \
-             network came up)",
+            "fetched {} and {} ({} KiB) {} from {} in {} ms ({} KiB/s; {} ms with DHCP)",
             install::NETBOOT_ROOT,
             install::NETBOOT_VERITY,
             bytes >> 10,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use crust_format::boot_entry::BootEntryName;
+use crust_format::install;
 use crust_format::layout::{LAYOUT_VERSION, Role, Slot};
 use crust_format::user_data::{self, Policy};
 use crust_format::volume;
@@ -87,6 +88,38 @@ pub struct Program {
 pub struct Extras {
     /// User-data the installer ISO carries (covered by the ISO's signed list).
     pub installer_user_data: Option<PathBuf>,
+    /// `crust.netboot.url` for the netboot UKI's (signed) command line: the folder a
+    /// network-booted host fetches `root.img` and `verity.img` from.
+    pub netboot_url: Option<String>,
+}
+
+/// Checks a netboot URL before anything is built: `http://` or `https://`, a host, and
+/// nothing the kernel command line would split or quote.
+pub fn check_netboot_url(url: &str) -> Result<()> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .with_context(|| format!("--netboot-url {url:?}: not an http:// or https:// URL"))?;
+    if rest.is_empty() || rest.starts_with(['/', ':']) {
+        bail!("--netboot-url {url:?}: the URL names no host");
+    }
+    if url
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '"' || !c.is_ascii())
+    {
+        bail!(
+            "--netboot-url {url:?}: spaces, quotes and non-ASCII characters cannot go on the kernel command line"
+        );
+    }
+    Ok(())
+}
+
+/// Whether the netboot UKI in `out_dir` was made with `url` (see
+/// [`install::NETBOOT_URL_RECORD`]).
+fn netboot_url_matches(out_dir: &Path, url: Option<&str>) -> bool {
+    let recorded =
+        std::fs::read_to_string(out_dir.join(install::NETBOOT_URL_RECORD)).unwrap_or_default();
+    recorded == url.unwrap_or("")
 }
 
 /// File names in the output folder.
@@ -211,10 +244,19 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     let stamp = Stamp { build_id, epoch };
     let wanted = wanted_formats(&profile, formats);
     let variants: Vec<(&str, &str)> = wanted.iter().filter_map(|f| f.boot_variant()).collect();
+    let netboot = wanted.contains(&OutputFormat::Netboot);
+    let netboot_url = req.extras.netboot_url.as_deref();
+    if let Some(url) = netboot_url {
+        if !netboot {
+            bail!("--netboot-url {url:?} is for the netboot UKI; ask for it with --format netboot");
+        }
+        check_netboot_url(url)?;
+    }
     if let Some(manifest) = fresh_output(&req.out_dir, &build_id).filter(|_| {
         variants
             .iter()
             .all(|(_, file)| req.out_dir.join(file).is_file())
+            && (!netboot || netboot_url_matches(&req.out_dir, netboot_url))
     }) {
         // Formats asked for since the image was built are made now.
         let release = release::publish(&req.out_dir, &wanted, &key, &stamp, &req.extras)?;
@@ -367,7 +409,12 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     // image's.
     let mut boot_variants = Vec::new();
     for (option, file) in &variants {
-        let line = format!("{cmdline} {option}");
+        let mut line = format!("{cmdline} {option}");
+        if *file == install::NETBOOT_UKI
+            && let Some(url) = netboot_url
+        {
+            line = format!("{line} {}={url}", install::NETBOOT_URL_OPTION);
+        }
         let mut variant_parts = uki::Parts {
             cmdline: &line,
             pcrsig: None,
@@ -503,6 +550,12 @@ pub fn build_with(req: &BuildRequest, formats: &[OutputFormat]) -> Result<BuildO
     output::link_or_copy(&kernel.image, &req.out_dir.join(outputs::KERNEL))?;
     for (file, bytes) in &boot_variants {
         output::write_atomic(&req.out_dir.join(file), bytes)?;
+    }
+    if netboot {
+        output::write_atomic(
+            &req.out_dir.join(install::NETBOOT_URL_RECORD),
+            netboot_url.unwrap_or("").as_bytes(),
+        )?;
     }
     output::make_public(tmp.as_file())?;
     let allocated = {
@@ -1204,4 +1257,25 @@ fn too_large(
         ),
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netboot_urls_are_checked_before_building() {
+        assert!(check_netboot_url("http://192.168.50.1/crust/").is_ok());
+        assert!(check_netboot_url("https://boot.example:8443/crust").is_ok());
+        for bad in [
+            "ftp://boot/crust",
+            "http://",
+            "https:///crust",
+            "http://boot/a b",
+            "http://boot/\"x\"",
+            "boot/crust",
+        ] {
+            assert!(check_netboot_url(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -28,6 +28,12 @@ pub const USER_DATA: &str = "user-data";
 pub const INSTALL_OPTION: &str = "crust.install";
 /// The kernel command line option of a network-booted (diskless) host.
 pub const NETBOOT_OPTION: &str = "crust.netboot";
+/// The kernel command line option naming the folder (an `http://` or `https://` URL) a
+/// network-booted host fetches [`NETBOOT_ROOT`] and [`NETBOOT_VERITY`] from.
+pub const NETBOOT_URL_OPTION: &str = "crust.netboot.url";
+/// In a build's output folder: the `crust.netboot.url` the netboot UKI was made with
+/// (empty: none), so that a build asking for another one makes the UKI again.
+pub const NETBOOT_URL_RECORD: &str = "netboot-url";
 /// The installer UKI in a build's output folder.
 pub const INSTALLER_UKI: &str = "installer.efi";
 /// The netboot UKI in a build's output folder (and its `netboot/` folder).

@@ -25,6 +25,9 @@ pub struct Options {
     pub install: bool,
     /// `crust.netboot`: a network-booted host (the netboot UKI).
     pub netboot: bool,
+    /// `crust.netboot.url=URL`: the folder a network-booted host fetches `root.img` and
+    /// `verity.img` from (checked when used, by `netboot::source`).
+    pub netboot_url: Option<String>,
     /// One message per option that was ignored.
     pub warnings: Vec<String>,
 }
@@ -36,6 +39,7 @@ impl Default for Options {
             disk_timeout: DEFAULT_DISK_TIMEOUT,
             install: false,
             netboot: false,
+            netboot_url: None,
             warnings: Vec::new(),
         }
     }
@@ -75,6 +79,15 @@ impl Options {
                 }
                 "netboot" if value.is_none() => {
                     options.netboot = true;
+                    continue;
+                }
+                "netboot.url" => {
+                    match value.filter(|v| !v.is_empty()) {
+                        Some(url) => options.netboot_url = Some(url.to_owned()),
+                        None => options.warnings.push(format!(
+                            "kernel command line option {word:?} needs a URL (ignored)"
+                        )),
+                    }
                     continue;
                 }
                 "reboot_delay" => &mut options.reboot_delay,
@@ -154,6 +167,19 @@ mod tests {
         assert_eq!(o.warnings.len(), 3);
         assert!(o.warnings[0].contains("unknown kernel command line option \"crust.colour\""));
         assert!(o.warnings[1].contains("crust.reboot_delay=soon"));
+    }
+
+    #[test]
+    fn reads_the_netboot_url() {
+        let o = Options::parse("crust.netboot crust.netboot.url=https://boot.example/crust/\n");
+        assert!(o.netboot && o.warnings.is_empty());
+        assert_eq!(
+            o.netboot_url.as_deref(),
+            Some("https://boot.example/crust/")
+        );
+        let o = Options::parse("crust.netboot.url= crust.netboot.url");
+        assert_eq!(o.netboot_url, None);
+        assert_eq!(o.warnings.len(), 2, "{:?}", o.warnings);
     }
 
     #[test]

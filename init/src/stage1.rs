@@ -104,7 +104,10 @@ pub fn run() -> Result<Infallible> {
     }
     // disk: the boot disk's slot, or (network boot) the slot's images fetched into memory.
     let (found, esp) = if options.netboot {
-        (crate::netboot::fetch(m)?, None)
+        (
+            crate::netboot::fetch(m, options.netboot_url.as_deref())?,
+            None,
+        )
     } else {
         let esp = boot_loader_facts(&mut boot);
         let wanted = Wanted {

@@ -80,7 +80,7 @@ pub fn run() -> Result<Infallible> {
     let verity_watch = crate::update::corruption::Watch::new();
     let disk = boot.get(keys::DISK).unwrap_or("").to_owned();
     let state = if disk == crate::netboot::DISK {
-        state::volatile("network boot without a state disk")
+        state::volatile("network boot; user-data's [state] disk, when it names one, comes next")
     } else {
         state::setup(&disk)?
     };
@@ -89,6 +89,7 @@ pub fn run() -> Result<Infallible> {
 
     let mut network = net::Network::start();
     let host = config::phase(&mut network, &disk);
+    state_disk(&host, &disk);
     let volumes = volumes::phase(&host.volume, &disk);
     network.phase(&host);
     let clock = clock::phase(&host, &network);
@@ -116,11 +117,17 @@ pub fn run() -> Result<Infallible> {
     );
 
     services.report_healthy();
-    let updater = Updater::new(
-        booted(&boot, manifest.clone(), &root)?,
-        run_key()?,
-        services.healthy_flag(),
-    );
+    // A network-booted host has no slots: no update agent (it says so instead).
+    let updater: Option<Box<dyn Task>> = if disk == crate::netboot::DISK {
+        crate::update::not_on_a_network_boot();
+        None
+    } else {
+        Some(Box::new(Updater::new(
+            booted(&boot, manifest.clone(), &root)?,
+            run_key()?,
+            services.healthy_flag(),
+        )))
+    };
 
     // Stopped in reverse: the updater first, then the services, the volume helper, the
     // clock, the observability agents (the shipper sends the services' last lines), the
@@ -133,10 +140,29 @@ pub fn run() -> Result<Infallible> {
         Box::new(clock),
         Box::new(volumes),
         Box::new(services),
-        Box::new(updater),
     ];
+    tasks.extend(updater);
     let exit = event::run(&signals, &mut tasks);
     shutdown::shutdown(exit.action, &exit.reason)
+}
+
+/// `[state] disk` from user-data: a network-booted host's `/var` on that disk, over the
+/// tmpfs (the console says which); a host booted from its disk says it ignores it.
+fn state_disk(host: &config::HostConfig, disk: &str) {
+    let Some(state) = &host.state else {
+        return;
+    };
+    if disk != crate::netboot::DISK {
+        console::warning(
+            "state: state.disk in user-data is for network-booted hosts; this host keeps /var \
+             on its state partition (ignored)",
+        );
+        return;
+    }
+    match crate::netboot::state::attach(&state.disk) {
+        Ok(detail) => console::note("state", &detail),
+        Err(why) => console::warning(&format!("state: {why}; /var stays a tmpfs, NOT persistent")),
+    }
 }
 
 /// Where this boot came from, for the update agent.

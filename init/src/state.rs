@@ -382,6 +382,22 @@ fn identity(var: &Path) -> Result<(String, bool)> {
     Ok((id, new))
 }
 
+/// The machine id of what is now mounted on `/var` (made on its first use), installed as
+/// `/etc/machine-id`: a network-booted host's state disk, mounted after the tmpfs
+/// ([`crate::netboot::state`]). `none` when it cannot be had (said on the console).
+pub fn adopt_identity() -> String {
+    match identity(Path::new(VAR)) {
+        Ok((id, _)) => {
+            install_machine_id(&id);
+            id
+        }
+        Err(e) => {
+            console::warning(&format!("state: no machine id on /var: {e}"));
+            "none".into()
+        }
+    }
+}
+
 /// Installs the machine id as `/etc/machine-id` (on the `/etc` overlay).
 fn install_machine_id(id: &str) {
     if let Err(e) = fs::write("/etc/machine-id", format!("{id}\n")) {

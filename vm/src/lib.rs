@@ -7,7 +7,8 @@
 //! serial console as a stream of lines checked for kernel and init failures ([`console`]),
 //! and the QMP control socket for ACPI power events ([`qmp`]). For the host configuration
 //! tests it makes NoCloud seed disks ([`seed`]) and emulates EC2's IMDSv2 ([`imds`]); a
-//! machine may have a TPM 2.0 ([`tpm`]: swtpm).
+//! machine may have a TPM 2.0 ([`tpm`]: swtpm). Network boots get their folder served over HTTP
+//! by Debian's nginx ([`web`]).
 
 pub mod accel;
 pub mod console;
@@ -18,6 +19,7 @@ pub mod overlay;
 pub mod qmp;
 pub mod seed;
 pub mod tpm;
+pub mod web;
 
 pub use accel::Accel;
-pub use machine::{Config, DataDrive, DiskBus, Vm};
+pub use machine::{Config, DataDrive, DiskBus, Tap, Vm};

@@ -93,6 +93,23 @@ pub struct Config {
     /// Further raw disk images attached writable as virtio disks after the boot disk, with
     /// the serial numbers `crust-disk1`, `crust-disk2`, ... (installation targets).
     pub data_disks: Vec<PathBuf>,
+    /// A network of real servers instead of QEMU's user network: the NIC is this tap
+    /// device, QEMU runs in its network namespace (`ip netns exec`), and the NIC is in the
+    /// firmware's boot order (a network boot: UEFI PXE or HTTP boot from that network's
+    /// DHCP server).
+    pub tap: Option<Tap>,
+    /// Firmware settings through QEMU's `-fw_cfg name=…,string=…` (OVMF reads
+    /// `opt/org.tianocore/IPv4PXESupport` and `…/IPv6Support`, among others).
+    pub fw_cfg: Vec<(String, String)>,
+}
+
+/// A tap device in a network namespace ([`Config::tap`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tap {
+    /// The namespace (`ip netns add`), where QEMU runs.
+    pub netns: String,
+    /// The tap device's name in it (`ip tuntap add … mode tap`).
+    pub ifname: String,
 }
 
 impl Config {
@@ -119,13 +136,22 @@ impl Config {
             cdrom: None,
             tftp: None,
             data_disks: Vec::new(),
+            tap: None,
+            fw_cfg: Vec::new(),
         }
     }
 
     /// The QEMU command; `interactive` puts the serial console and QEMU's monitor on the
     /// terminal (Ctrl-A X quits), otherwise the console goes to stdout for capture.
     pub fn command(&self, interactive: bool) -> Command {
-        let mut cmd = Command::new("qemu-system-x86_64");
+        let mut cmd = match &self.tap {
+            Some(tap) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", &tap.netns, "qemu-system-x86_64"]);
+                ip
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
         cmd.args(["-machine", "q35"]);
         match self.accel {
             Accel::Kvm => {
@@ -230,6 +256,39 @@ impl Config {
         for smbios in &self.smbios {
             cmd.arg("-smbios").arg(smbios);
         }
+        let netdev = match &self.tap {
+            // The user network's services (forwards, TFTP) are not on a tap network.
+            Some(tap) => format!("tap,id=net0,ifname={},script=no,downscript=no", tap.ifname),
+            None => self.user_netdev(),
+        };
+        // A network boot needs the NIC in QEMU's boot order: with one given (a disk's
+        // bootindex), OVMF connects only the devices it names.
+        let nic = if self.tftp.is_some() || self.tap.is_some() {
+            "virtio-net-pci,netdev=net0,romfile=,bootindex=9"
+        } else {
+            "virtio-net-pci,netdev=net0,romfile="
+        };
+        cmd.args(["-netdev", &netdev, "-device", nic]);
+        for (name, value) in &self.fw_cfg {
+            cmd.arg("-fw_cfg")
+                .arg(format!("name={name},string={value}"));
+        }
+        if let Some(socket) = &self.tpm {
+            cmd.args(crate::tpm::Swtpm::qemu_args(socket));
+        }
+        cmd.args(["-serial", if interactive { "mon:stdio" } else { "stdio" }]);
+        if let Some(qmp) = &self.qmp_socket {
+            cmd.arg("-qmp")
+                .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        }
+        if self.no_reboot {
+            cmd.arg("-no-reboot");
+        }
+        cmd
+    }
+
+    /// QEMU's user network with its forwards, `guestfwd`s and TFTP server.
+    fn user_netdev(&self) -> String {
         let mut netdev = "user,id=net0".to_owned();
         if let Some(net) = &self.user_network {
             netdev.push_str(&format!(",net={net}"));
@@ -244,26 +303,7 @@ impl Config {
             let dir = dir.display().to_string().replace(',', ",,");
             netdev.push_str(&format!(",tftp={dir},bootfile={file}"));
         }
-        // A network boot needs the NIC in QEMU's boot order: with one given (a disk's
-        // bootindex), OVMF connects only the devices it names.
-        let nic = if self.tftp.is_some() {
-            "virtio-net-pci,netdev=net0,romfile=,bootindex=9"
-        } else {
-            "virtio-net-pci,netdev=net0,romfile="
-        };
-        cmd.args(["-netdev", &netdev, "-device", nic]);
-        if let Some(socket) = &self.tpm {
-            cmd.args(crate::tpm::Swtpm::qemu_args(socket));
-        }
-        cmd.args(["-serial", if interactive { "mon:stdio" } else { "stdio" }]);
-        if let Some(qmp) = &self.qmp_socket {
-            cmd.arg("-qmp")
-                .arg(format!("unix:{},server=on,wait=off", qmp.display()));
-        }
-        if self.no_reboot {
-            cmd.arg("-no-reboot");
-        }
-        cmd
+        netdev
     }
 
     /// Runs the machine attached to this terminal until QEMU exits.

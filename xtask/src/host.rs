@@ -82,6 +82,10 @@ pub const TEST: &[Need] = &[
     // Update repositories as they are hosted: a virtual host over HTTPS, behind a proxy.
     need("nginx", "nginx"),
     need("squid", "squid"),
+    // UEFI HTTP boot on a network of its own (a network namespace with a tap device): the
+    // DHCP and TFTP server that hands out the URL.
+    need("dnsmasq", "dnsmasq-base"),
+    need("ip", "iproute2"),
     // Offline attacks on a test machine's disk: a block of its qcow2 overlay overwritten,
     // a static program planted on its state partition.
     need("qemu-io", "qemu-utils"),

@@ -101,6 +101,12 @@ enum Cmd {
         /// list; its `[install]` table chooses the disk (docs/METAL.md).
         #[arg(long, value_name = "FILE")]
         user_data: Option<std::path::PathBuf>,
+        /// The folder (http:// or https:// URL) a network-booted host fetches root.img and
+        /// verity.img from: `crust.netboot.url=` on the netboot UKI's signed command line
+        /// (`--format netboot`; docs/METAL.md). Without it: the DHCP boot file's folder
+        /// when that is a URL (UEFI HTTP boot), else TFTP from the DHCP server.
+        #[arg(long, value_name = "URL")]
+        netboot_url: Option<String>,
     },
     /// Read releases' software bills of materials (sbom.spdx.json; docs/FORMAT.md §13).
     Sbom {
@@ -414,9 +420,11 @@ fn run(cli: Cli) -> Result<()> {
             locked,
             formats,
             user_data,
+            netboot_url,
         } => {
             let extras = crust_builder::build::Extras {
                 installer_user_data: user_data,
+                netboot_url,
             };
             image::build_extras(&profile, out.as_deref(), locked, &formats, extras)?;
         }

@@ -244,7 +244,8 @@ pub fn interactive_iso(out_dir: &Path, opts: &QemuOptions, disks: usize) -> Resu
 }
 
 /// Boots `out_dir` by UEFI PXE from QEMU's own TFTP server, which serves `netboot-tftp/`
-/// (hard links), the console on this terminal. Live: `netboot.efi`, `root.img` and
+/// (hard links), and serves the same folder by HTTP on port [`NETBOOT_HTTP_PORT`] of this
+/// machine (nginx, when it is installed), the console on this terminal. Live: `netboot.efi`, `root.img` and
 /// `verity.img` on a diskless machine. `install`: `installer.efi` with the release's
 /// `SHA256SUMS`, its signature and `image.raw.zst`, and one empty disk
 /// (`install-disk0.raw`, kept until `--reset`, as for `--iso`).
@@ -302,6 +303,28 @@ pub fn interactive_netboot(out_dir: &Path, opts: &QemuOptions, install: bool) ->
     config.memory_mib = opts.memory_mib;
     config.forwards = opts.forwards.clone();
     config.tftp = Some((tftp.clone(), boot.into()));
+    // The same folder over HTTP on this machine, which the guest reaches as 10.0.2.2: a
+    // netboot UKI built with `--netboot-url` for it fetches its images from there.
+    let listen = format!("127.0.0.1:{NETBOOT_HTTP_PORT}");
+    let web = match crust_vm::web::Web::serve(&tftp, &listen, &out_dir.join("netboot-web"), None) {
+        Ok(web) => {
+            eprintln!(
+                "crust: {} also served by HTTP at http://{listen}/, which the guest reaches as \
+                 http://10.0.2.2:{NETBOOT_HTTP_PORT}/ (a netboot UKI built with \
+                 `--netboot-url http://10.0.2.2:{NETBOOT_HTTP_PORT}/` fetches root.img and \
+                 verity.img from it; without one the init fetches them by TFTP)",
+                tftp.display()
+            );
+            Some(web)
+        }
+        Err(e) => {
+            eprintln!(
+                "crust: warning: not serving {} by HTTP: {e:#}",
+                tftp.display()
+            );
+            None
+        }
+    };
     eprintln!(
         "crust: network-booting {boot} from {} under QEMU ({}), {}; Ctrl-A X quits",
         tftp.display(),
@@ -313,11 +336,16 @@ pub fn interactive_netboot(out_dir: &Path, opts: &QemuOptions, install: bool) ->
         }
     );
     let status = config.run_interactive()?;
+    drop(web);
     if !status.success() {
         bail!("QEMU exited with {status}");
     }
     Ok(())
 }
+
+/// The port on this machine where `cargo xtask qemu --netboot` serves the netboot folder by
+/// HTTP (fixed, so that a URL built into a netboot UKI stays right).
+pub const NETBOOT_HTTP_PORT: u16 = 8069;
 
 /// GETs `/` from the host side of a port forward; returns the body (or the status line).
 fn fetch_page(port: u16) -> Result<String> {

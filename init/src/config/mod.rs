@@ -169,6 +169,17 @@ fn parse_in(
     policy: Option<&Policy>,
 ) -> Result<HostConfig, schema::SchemaError> {
     let config = schema::parse(text)?;
+    // A state disk is formatted when it is empty: like a volume, the image must allow it.
+    if let Some(policy) = policy
+        && config.state.is_some()
+        && !policy.allows(crust_format::user_data::Permission::Volumes)
+    {
+        return Err(schema::SchemaError::new(
+            "state.disk",
+            "this image does not let user-data name a disk for /var, which formats an empty \
+             disk (its profile's [config] allow lacks \"volumes\")",
+        ));
+    }
     crate::services::check_user_data(root, &config.service, policy)?;
     crate::volumes::check_user_data(root, &config.volume, &config.service, policy)?;
     Ok(config)
@@ -333,6 +344,28 @@ fn apply_all(loaded: &Loaded) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_disk_needs_the_volumes_permission() {
+        let text = "version = 1\n[state]\ndisk = \"crust-state\"\n";
+        let services_only = Policy::default();
+        let why = parse(text, Some(&services_only)).unwrap_err().to_string();
+        assert!(
+            why.contains("state.disk") && why.contains("\"volumes\""),
+            "{why}"
+        );
+        let volumes = Policy {
+            allow: vec![
+                crust_format::user_data::Permission::Services,
+                crust_format::user_data::Permission::Volumes,
+            ],
+            ..Policy::default()
+        };
+        let config = parse(text, Some(&volumes)).unwrap();
+        assert_eq!(config.state.unwrap().disk, "crust-state");
+        // The image's own default is the profile's word.
+        assert!(parse(text, None).is_ok());
+    }
 
     #[test]
     fn a_refusal_names_the_source_and_the_field() {

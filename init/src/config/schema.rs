@@ -61,6 +61,18 @@ pub struct HostConfig {
     /// one file can serve the installer and the host it installs; the host ignores it.
     #[serde(default)]
     pub install: Option<crate::install::InstallConfig>,
+    /// `[state]`: a network-booted host's `/var` on a local disk (docs/METAL.md); a host
+    /// booted from its own disk keeps `/var` on its state partition and says it ignores it.
+    #[serde(default)]
+    pub state: Option<StateDisk>,
+}
+
+/// `[state]` (network-booted hosts).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateDisk {
+    /// The disk for `/var`: `/dev/disk/by-id/NAME`, `/dev/NAME` or a serial number.
+    pub disk: String,
 }
 
 impl Default for HostConfig {
@@ -79,6 +91,7 @@ impl Default for HostConfig {
             metrics: None,
             logs: None,
             install: None,
+            state: None,
         }
     }
 }
@@ -469,6 +482,27 @@ pub fn parse(text: &str) -> Result<HostConfig, SchemaError> {
     Ok(config)
 }
 
+/// `[state] disk`: a `/dev/disk/by-id/` name the init derives without udev, a kernel
+/// name under `/dev/`, or a serial number.
+fn check_state_disk(disk: &str) -> Result<(), String> {
+    use crust_format::volume::{check_by_id, check_serial};
+    if disk.starts_with("/dev/disk/") {
+        check_by_id(disk).map(|_| ())
+    } else if let Some(name) = disk.strip_prefix("/dev/") {
+        let ok =
+            !name.is_empty() && name.len() <= 32 && name.chars().all(|c| c.is_ascii_alphanumeric());
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "{disk:?} is not a disk's kernel name (such as /dev/vdb)"
+            ))
+        }
+    } else {
+        check_serial(disk)
+    }
+}
+
 /// The key an "unknown field" error names.
 fn unknown_key(message: &str) -> Option<&str> {
     message
@@ -509,6 +543,9 @@ fn validate(c: &HostConfig) -> Result<(), SchemaError> {
     }
     if let Some(name) = &c.hostname {
         check_hostname(name).map_err(|m| SchemaError::new("hostname", m))?;
+    }
+    if let Some(state) = &c.state {
+        check_state_disk(&state.disk).map_err(|m| SchemaError::new("state.disk", m))?;
     }
     if c.network.dhcp_timeout > MAX_DHCP_TIMEOUT {
         return Err(SchemaError::new(
@@ -1107,6 +1144,27 @@ channel = "beta"
         ] {
             assert_eq!(err(text).field, field, "{text}");
         }
+    }
+
+    #[test]
+    fn a_state_disk_is_a_by_id_name_a_kernel_name_or_a_serial() {
+        for ok in [
+            "/dev/disk/by-id/virtio-crust-state",
+            "/dev/vdb",
+            "/dev/nvme1n1",
+            "S4EWNX0R123456",
+        ] {
+            let c = parse(&format!("version = 1\n[state]\ndisk = \"{ok}\"\n")).unwrap();
+            assert_eq!(c.state.unwrap().disk, ok);
+        }
+        for bad in ["/dev/disk/by-uuid/x", "/dev/", "/dev/vdb/../sda", ""] {
+            let e = err(&format!("version = 1\n[state]\ndisk = \"{bad}\"\n"));
+            assert_eq!(e.field, "state.disk", "{bad}: {e}");
+        }
+        assert_eq!(
+            err("version = 1\n[state]\ndisk = \"vdb\"\nsize = 1\n").field,
+            "state.size"
+        );
     }
 
     #[test]

@@ -300,7 +300,6 @@ impl Url {
     }
 
     /// The URL as text.
-    #[cfg(test)]
     pub fn to_text(&self) -> String {
         let scheme = match self.scheme {
             Scheme::Http => "http",

@@ -824,6 +824,34 @@ mod tests {
         assert_eq!(lease.routes[1].prefix_len, 16);
         // RFC 3442: with classless routes, option 3 is ignored for the default route.
         assert_eq!(lease.default_gateway(), Some(Ipv4Addr::new(10, 0, 2, 1)));
+        assert_eq!(lease.boot_file, None);
+    }
+
+    #[test]
+    fn the_boot_file_comes_from_option_67_or_the_file_field() {
+        let t0 = Instant::now();
+        let (_, actions) = Client::start(MAC, None, 5, t0);
+        let decoded = |ack: Message| {
+            let bytes = ack.to_vec().unwrap();
+            let ack = Message::decode(&mut Decoder::new(&bytes)).unwrap();
+            Lease::from_ack(&ack, t0).unwrap().boot_file
+        };
+        // What dnsmasq's `dhcp-boot` sends: the BOOTP header's file field.
+        let mut ack = reply(sent(&actions).0, MessageType::Ack, 7200);
+        ack.set_fname_str("http://192.168.77.1/crust/netboot.efi");
+        assert_eq!(
+            decoded(ack.clone()).as_deref(),
+            Some("http://192.168.77.1/crust/netboot.efi")
+        );
+        // Option 67 wins over the field.
+        ack.opts_mut()
+            .insert(DhcpOption::BootfileName(b"netboot.efi\0".to_vec()));
+        assert_eq!(decoded(ack).as_deref(), Some("netboot.efi"));
+        // Anything but printable ASCII is no name.
+        let mut ack = reply(sent(&actions).0, MessageType::Ack, 7200);
+        ack.opts_mut()
+            .insert(DhcpOption::BootfileName(b"a b\xff".to_vec()));
+        assert_eq!(decoded(ack), None);
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct Lease {
     pub ntp: Vec<Ipv4Addr>,
     /// Host name the server suggests (option 12).
     pub hostname: Option<String>,
+    /// The boot file the server names (option 67, else the BOOTP `file` field): a network
+    /// boot's URL when it is `http(s)://` (UEFI HTTP boot).
+    pub boot_file: Option<String>,
     /// Lease time (option 51); `None` for an infinite lease.
     pub duration: Option<Duration>,
     /// Renewal time T1 after `acquired` (option 58, else half the lease).
@@ -54,6 +57,18 @@ pub struct Lease {
 const INFINITE: u32 = u32::MAX;
 /// A lease without option 51 (a broken server) is taken as one hour.
 const DEFAULT_LEASE: u32 = 3600;
+
+/// The boot file name of an ACK: option 67, else the `file` header field; printable
+/// ASCII only, trailing NULs dropped.
+fn boot_file(ack: &Message) -> Option<String> {
+    let raw = match ack.opts().get(OptionCode::BootfileName) {
+        Some(DhcpOption::BootfileName(name)) => Some(name.as_slice()),
+        _ => ack.fname(),
+    }?;
+    let name = std::str::from_utf8(raw).ok()?;
+    let name = name.trim_end_matches('\0').trim();
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_graphic())).then(|| name.to_owned())
+}
 
 impl Lease {
     /// The lease a DHCPACK grants, taking its times from `acquired`.
@@ -133,6 +148,7 @@ impl Lease {
             mtu,
             ntp: ips(OptionCode::NtpServers),
             hostname: text(OptionCode::Hostname),
+            boot_file: boot_file(ack),
             duration,
             renew_after,
             rebind_after,

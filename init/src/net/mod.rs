@@ -170,6 +170,13 @@ impl Network {
             .find_map(|d| d.applied.as_ref().map(|l| l.server))
     }
 
+    /// The boot file the first lease names (a UEFI HTTP boot's URL, or a PXE file name).
+    pub fn dhcp_boot_file(&self) -> Option<String> {
+        self.dhcp
+            .iter()
+            .find_map(|d| d.applied.as_ref().and_then(|l| l.boot_file.clone()))
+    }
+
     /// The `network` phase: configures every Ethernet link as `config` says, waits up to
     /// `network.dhcp_timeout` for leases, writes `/etc/resolv.conf`, prints the line.
     pub fn phase(&mut self, config: &HostConfig) {

@@ -70,6 +70,13 @@ pub fn set_aside(why: &str) -> Result<String, String> {
     let boot = std::fs::read_to_string(initrd::RUN_BOOT)
         .map(|t| BootInfo::parse(&t))
         .map_err(|e| format!("the boot facts are unreadable ({e})"))?;
+    if boot.get(boot_keys::DISK) == Some(crate::netboot::DISK) {
+        return Err(
+            "its images came from the network boot server, which serves them again: \
+                    a network boot has no other slot to fall back to (serve intact images)"
+                .into(),
+        );
+    }
     let manifest = std::fs::read(initrd::RUN_MANIFEST)
         .ok()
         .and_then(|b| Manifest::parse(&b).ok())

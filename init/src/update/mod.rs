@@ -205,6 +205,24 @@ pub struct Updater {
     status: crate::observe::status::UpdateStatus,
 }
 
+/// What a network-booted (diskless) host says instead of starting the agent: it has no
+/// slots to write an update into. Configured update settings are named as ignored.
+pub fn not_on_a_network_boot() -> String {
+    let line = match Settings::read() {
+        Some(_) => {
+            "not running: a network-booted host has no slots to install an update into; the \
+             update settings of its user-data are ignored (serve the new version's netboot \
+             folder and reboot the host)"
+        }
+        None => {
+            "not running: a network-booted host has no slots to install an update into \
+             (serve the new version's netboot folder and reboot the host)"
+        }
+    };
+    console::note("update", line);
+    line.to_owned()
+}
+
 fn say(line: &str) {
     console::note("update", line);
     let now = console::now();

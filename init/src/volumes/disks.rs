@@ -49,7 +49,7 @@ impl Sysfs {
 }
 
 /// One block device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Device {
     /// Kernel name (`vdb`, `nvme1n1`, `vdb1`).
     pub name: String,

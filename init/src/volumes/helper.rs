@@ -186,7 +186,7 @@ impl Context {
 }
 
 /// Reads the first and last MiB of `node` (a device of `size` bytes) and probes them.
-fn probe_device(node: &Path, size: u64) -> Result<Content, String> {
+pub(crate) fn probe_device(node: &Path, size: u64) -> Result<Content, String> {
     let file = File::open(node).map_err(|e| format!("cannot open {}: {e}", node.display()))?;
     let n = SAMPLE.min(usize::try_from(size).unwrap_or(SAMPLE));
     let mut head = vec![0u8; n];
@@ -202,7 +202,7 @@ fn probe_device(node: &Path, size: u64) -> Result<Content, String> {
 }
 
 /// `/dev/<name>`, made if devtmpfs has not (yet).
-fn node_of(name: &str, dev: Option<DevNum>) -> PathBuf {
+pub(crate) fn node_of(name: &str, dev: Option<DevNum>) -> PathBuf {
     let node = Path::new("/dev").join(name);
     if let Some(dev) = dev {
         let _ = devnode::ensure(&node, Kind::Block, dev, Duration::from_secs(1));

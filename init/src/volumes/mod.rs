@@ -21,8 +21,8 @@
 //! [`status`] (its report to PID 1).
 
 pub mod declare;
-mod disks;
-mod fs;
+pub(crate) mod disks;
+pub(crate) mod fs;
 pub mod helper;
 mod raid;
 pub mod status;

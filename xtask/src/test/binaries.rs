@@ -35,6 +35,7 @@ const SLOWEST: &[&str] = &[
     "update",
     "installer",
     "sealed",
+    "netboot",
     "secure_boot",
     "pressure",
     "observability",

@@ -245,16 +245,11 @@ impl Checker {
         )))
     }
 
-    /// Checks the channel and installs what it offers. A `/var` too full for the records
-    /// and a download gets the agent's reserve back first; the reserve is made again
-    /// afterwards, when there is room.
+    /// Checks the channel and installs what it offers. On a full `/var` the agent's reserve
+    /// gives room only at the moment it is written to (a record, a download), never for a
+    /// whole check: a service still filling the disk would take room freed early. The
+    /// reserve is made whole again afterwards, when there is room.
     pub fn check(&self) -> Result<Checked> {
-        if self.records.release_reserve_if(SPARE) {
-            say(&format!(
-                "/var is full: released the update agent's reserve ({} MiB) for this check",
-                record::RESERVE >> 20
-            ));
-        }
         // A check runs only once the running version is settled: any slot still held is
         // from an update that was blessed or rolled back.
         self.settle_slot();

@@ -32,6 +32,10 @@ pub struct Accepted {
 /// leaves, with room to grow.
 pub const RESERVE: u64 = 128 << 20;
 
+/// What the reserve gives up for a record when `/var` is full (records are a few hundred
+/// bytes; a file system needs a block or two for the new file and its directory entry).
+const RECORD_ROOM: u64 = 1 << 20;
+
 /// What `/var` must still have free once the reserve is made (a small state partition
 /// keeps room for its services before the agent takes any).
 const HEADROOM: u64 = 64 << 20;
@@ -96,18 +100,26 @@ impl Records {
         self.dir.join("reserve")
     }
 
-    /// Allocates the reserve if it is missing and `/var` has room for it and [`HEADROOM`].
-    /// Returns whether the reserve is in place.
+    /// Allocates the reserve, or what it lacks after [`Records::write`] took some, if `/var`
+    /// has room for that and [`HEADROOM`]. Returns whether the whole reserve is in place.
     pub fn keep_reserve(&self) -> bool {
         let path = self.reserve_path();
-        if fs::metadata(&path).is_ok_and(|m| m.len() >= RESERVE) {
+        let have = fs::metadata(&path).map_or(0, |m| m.len());
+        if have >= RESERVE {
             return true;
         }
-        if free_bytes(&self.dir).is_none_or(|free| free < RESERVE + HEADROOM) {
+        if free_bytes(&self.dir).is_none_or(|free| free < RESERVE - have + HEADROOM) {
             return false;
         }
+        // Not truncated on opening: what is left of the reserve stays if this fails.
         let made = fs::create_dir_all(&self.dir)
-            .and_then(|()| fs::File::create(&path))
+            .and_then(|()| {
+                fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&path)
+            })
             .and_then(|f| {
                 // Real blocks, not a sparse promise: the room must exist when it is needed.
                 nix::fcntl::fallocate(
@@ -119,10 +131,23 @@ impl Records {
                 .map_err(std::io::Error::from)?;
                 f.sync_all()
             });
-        if made.is_err() {
+        if made.is_err() && have == 0 {
             let _ = fs::remove_file(&path);
         }
         made.is_ok()
+    }
+
+    /// Gives a record room on a full `/var`: the reserve shrinks by [`RECORD_ROOM`] (it is
+    /// made whole again by [`Records::keep_reserve`] once there is room). Only at the
+    /// moment of writing, so a service filling the disk cannot take the room first.
+    fn room_for_record(&self) {
+        if free_bytes(&self.dir).is_some_and(|free| free >= RECORD_ROOM) {
+            return;
+        }
+        if let Ok(f) = fs::OpenOptions::new().write(true).open(self.reserve_path()) {
+            let len = f.metadata().map_or(0, |m| m.len());
+            let _ = f.set_len(len.saturating_sub(RECORD_ROOM));
+        }
     }
 
     /// Frees the reserve when `/var` has less than `needed` bytes free; returns whether it
@@ -247,6 +272,7 @@ impl Records {
     }
 
     fn write(&self, name: &str, text: &str) -> std::io::Result<()> {
+        self.room_for_record();
         fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut f = fs::File::create(&tmp)?;

@@ -562,6 +562,7 @@ fn the_media_user_data_names_the_disk_and_wipe_is_needed_for_data() {
     let iso = dir.path().join("wipe.iso");
     crust_builder::installer::iso(&img.image, &img.dir, &iso, &key, &stamp, Some(&user_data))
         .expect("the ISO with user-data");
+    let _ = std::fs::remove_file(dir.path().join("qmp.sock"));
     let mut vm = start(dir.path(), &iso, &disks, true, "wipe.log");
     let copied = vm
         .wait_for_text(

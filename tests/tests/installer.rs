@@ -553,20 +553,22 @@ fn the_media_user_data_names_the_disk_and_wipe_is_needed_for_data() {
 
     // With `wipe = true` the named disk is written, and the installed host takes the
     // medium's user-data (here its host name) from the ESP, under the ISO's signed list.
+    // The ext4 disk is QEMU's first disk now: OVMF connects only the devices in QEMU's
+    // boot order, so the installed disk must be in it for `BootNext` to reach it.
     std::fs::write(
         &user_data,
-        "version = 1\nhostname = \"from-the-iso\"\n\n[install]\ndisk = \"crust-disk1\"\n\
-         wipe = true\n",
+        "version = 1\nhostname = \"from-the-iso\"\n\n[install]\ndisk = \"/dev/vda\"\nwipe = true\n",
     )
     .unwrap();
     let iso = dir.path().join("wipe.iso");
     crust_builder::installer::iso(&img.image, &img.dir, &iso, &key, &stamp, Some(&user_data))
         .expect("the ISO with user-data");
     let _ = std::fs::remove_file(dir.path().join("qmp.sock"));
-    let mut vm = start(dir.path(), &iso, &disks, true, "wipe.log");
+    let reordered = [disks[1].clone(), disks[0].clone()];
+    let mut vm = start(dir.path(), &iso, &reordered, true, "wipe.log");
     let copied = vm
         .wait_for_text(
-            &format!("{WHO} the medium's user-data and its signed list copied to /dev/vdb1"),
+            &format!("{WHO} the medium's user-data and its signed list copied to /dev/vda1"),
             timeout(),
         )
         .unwrap_or_else(|e| panic!("{e}"));
@@ -576,7 +578,7 @@ fn the_media_user_data_names_the_disk_and_wipe_is_needed_for_data() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         config.detail.starts_with(
-            "from installer's user-data /dev/vdb1:/EFI/crust/install: hostname from-the-iso"
+            "from installer's user-data /dev/vda1:/EFI/crust/install: hostname from-the-iso"
         ),
         "{}",
         config.detail

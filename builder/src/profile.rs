@@ -1638,7 +1638,7 @@ fn resolve_config(
                         &name.at,
                         "config.sources",
                         format!(
-                            "{:?} is not a source; use cmdline, nocloud, imds or image",
+                            "{:?} is not a source; use cmdline, nocloud, install, imds or image",
                             name.value
                         ),
                     )

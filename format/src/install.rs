@@ -11,6 +11,11 @@
 //! crust/SHA256SUMS.sig      Ed25519 over SHA256SUMS, by the image's signing key
 //! ```
 //!
+//! When the medium carries user-data, the installer copies it, with the medium's list and
+//! the list's signature, into [`ESP_DIR`] on the installed disk's ESP: the installed host
+//! reads it from there (source `install`) only if the list's signature verifies with the
+//! image's key and the user-data matches its line.
+//!
 //! The installer UKI is the image's own kernel and initramfs with [`INSTALL_OPTION`] on its
 //! command line; the netboot UKI has [`NETBOOT_OPTION`] instead.
 
@@ -24,6 +29,12 @@ pub const IMAGE: &str = "image.raw.zst";
 pub const RAW_IMAGE: &str = "image.raw";
 /// The installer's user-data on the medium.
 pub const USER_DATA: &str = "user-data";
+/// The folder on an installed disk's ESP holding the medium's [`USER_DATA`], [`SUMS`] and
+/// [`SUMS_SIG`], copied verbatim by the installer.
+///
+/// [`SUMS`]: crate::sums::SUMS
+/// [`SUMS_SIG`]: crate::sums::SUMS_SIG
+pub const ESP_DIR: &str = "EFI/crust/install";
 /// The kernel command line option that starts the installer instead of the host.
 pub const INSTALL_OPTION: &str = "crust.install";
 /// The kernel command line option of a network-booted (diskless) host.

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! format=1
-//! sources=cmdline nocloud imds image
+//! sources=cmdline nocloud install imds image
 //! signed=1
 //! key=<64 hex digits: a raw Ed25519 public key>      (one line per key)
 //! allow=services pull
@@ -48,6 +48,10 @@ pub enum Source {
     Cmdline,
     /// A NoCloud seed (a disk labelled `CIDATA` that is not the boot disk).
     NoCloud,
+    /// The user-data the installer copied from its medium onto the boot disk's ESP, with
+    /// the medium's list that covers it, signed by the image's own key
+    /// ([`crate::install::ESP_DIR`]).
+    Install,
     /// EC2's instance metadata service (IMDSv2).
     Imds,
     /// The image's own default, `/usr/lib/crust/config.toml` in the verified root.
@@ -56,9 +60,10 @@ pub enum Source {
 
 impl Source {
     /// Every source, in the default order.
-    pub const ALL: [Source; 4] = [
+    pub const ALL: [Source; 5] = [
         Source::Cmdline,
         Source::NoCloud,
+        Source::Install,
         Source::Imds,
         Source::Image,
     ];
@@ -68,6 +73,7 @@ impl Source {
         match self {
             Source::Cmdline => "cmdline",
             Source::NoCloud => "nocloud",
+            Source::Install => "install",
             Source::Imds => "imds",
             Source::Image => "image",
         }
@@ -79,9 +85,11 @@ impl Source {
     }
 
     /// Whether user-data from this source needs a signature under `signed = true` (the
-    /// image's default is in the verified root, so it is already the image's word).
+    /// image's default is in the verified root, so it is already the image's word; the
+    /// installer's user-data counts only with the image's own key's signature over its
+    /// list, checked by the source whatever `signed` says).
     pub fn needs_signature(self) -> bool {
-        self != Source::Image
+        !matches!(self, Source::Image | Source::Install)
     }
 }
 

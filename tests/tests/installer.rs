@@ -4,8 +4,13 @@
 //!   the `BootNext` entry the installer wrote, the ISO still attached and first in QEMU's
 //!   boot order) and reaches `ready` with `/var` grown; `sgdisk -v` finds the GPT clean;
 //! - two empty disks and `disk = "auto"`: refused, both disks untouched;
-//! - a disk holding ext4 and `auto`: refused, the file system intact;
-//! - an ISO whose `image.raw.zst` had one byte changed: refused before writing.
+//! - a disk holding ext4, named without `wipe` by a NoCloud seed beside the ISO: refused,
+//!   the file system and the seed intact, the seed never a candidate;
+//! - an ISO whose `image.raw.zst` had one byte changed: refused before writing;
+//! - an ISO whose signed user-data names a disk holding ext4: refused without `wipe`;
+//!   with `wipe = true` installed there, the other disk untouched, and the installed host
+//!   takes the ISO's user-data from its ESP (source `install`); one byte of it changed on
+//!   the ESP, the host refuses it by name and boots with the image's configuration.
 //!
 //! The ISO is the one `cargo xtask test` built (every output format). Its format is
 //! checked by xorriso's own report and `sgdisk -v`, its El Torito image by `fsck.fat`.
@@ -305,21 +310,40 @@ fn a_disk_with_a_file_system_is_refused_and_kept() {
             .arg(&disk),
     );
     let before = sha256(&disk);
+    // A NoCloud seed beside the ISO (which carries no user-data) names that disk without
+    // `wipe`: the seed's [install] decides, and the seed itself is never a candidate.
+    let seed = dir.path().join("seed.img");
+    crust_vm::seed::write(
+        b"version = 1\nhostname = \"seeded\"\n\n[install]\ndisk = \"/dev/vda\"\n",
+        &seed,
+    )
+    .unwrap();
+    let seed_before = sha256(&seed);
     let mut vm = start(
         dir.path(),
         &iso_path(),
-        std::slice::from_ref(&disk),
+        &[disk.clone(), seed.clone()],
         false,
         "ext4.log",
     );
     let line = refused(&mut vm);
-    assert!(line.contains("disk = \"auto\""), "{line}");
+    assert!(
+        line.contains("disk = \"/dev/vda\" is /dev/vda and holds ext2/3/4")
+            && line.contains("set wipe = true"),
+        "{line}"
+    );
     let history = vm.console().history().join("\n");
+    assert!(
+        history.contains("(from the NoCloud seed /dev/vdb, its [install] table only)"),
+        "{history}"
+    );
     assert!(
         history.contains("holds ext2/3/4 (found by its signature)"),
         "{history}"
     );
+    assert!(!history.contains("refusing: /dev/vdb"), "{history}");
     assert_eq!(sha256(&disk), before, "the ext4 disk changed");
+    assert_eq!(sha256(&seed), seed_before, "the seed changed");
     run_ok(Command::new("e2fsck").arg("-fn").arg(&disk));
 }
 
@@ -412,4 +436,118 @@ fn the_media_user_data_names_the_disk_and_wipe_is_needed_for_data() {
     );
     untouched(&disks[0]);
     assert_eq!(sha256(&disks[1]), before, "the named disk changed");
+    drop(vm);
+
+    // With `wipe = true` the named disk is written, and the installed host takes the
+    // medium's user-data (here its host name) from the ESP, under the ISO's signed list.
+    // The ext4 disk is QEMU's first disk now: OVMF connects only the devices in QEMU's
+    // boot order, so the installed disk must be in it for `BootNext` to reach it.
+    std::fs::write(
+        &user_data,
+        "version = 1\nhostname = \"from-the-iso\"\n\n[install]\ndisk = \"/dev/vda\"\nwipe = true\n",
+    )
+    .unwrap();
+    let iso = dir.path().join("wipe.iso");
+    crust_builder::installer::iso(&img.image, &img.dir, &iso, &key, &stamp, Some(&user_data))
+        .expect("the ISO with user-data");
+    let _ = std::fs::remove_file(dir.path().join("qmp.sock"));
+    let reordered = [disks[1].clone(), disks[0].clone()];
+    let mut vm = start(dir.path(), &iso, &reordered, true, "wipe.log");
+    let copied = vm
+        .wait_for_text(
+            &format!("{WHO} the medium's user-data and its signed list copied to /dev/vda1"),
+            timeout(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(copied.contains(":/EFI/crust/install"), "{copied}");
+    let config = vm
+        .wait_for_phase(Phase::Config, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        config.detail.starts_with(
+            "from installer's user-data /dev/vda1:/EFI/crust/install: hostname from-the-iso"
+        ),
+        "{}",
+        config.detail
+    );
+    vm.wait_for_phase(Phase::Ready, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!(
+        "installer: installed with the ISO's user-data and ready in {:.1} s",
+        vm.elapsed().as_secs_f64()
+    );
+    vm.qmp().unwrap().system_powerdown().unwrap();
+    vm.wait_for_phase(Phase::PowerOff, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_exit(Duration::from_secs(60)).unwrap();
+    drop(vm);
+    untouched(&disks[0]);
+
+    // One changed byte of the user-data on the installed ESP: the host names the file and
+    // boots with the image's configuration.
+    let esp = esp_image(&disks[1]);
+    let on_esp = run_ok(Command::new("mtype").arg("-i").arg(&esp).arg(ESP_USER_DATA)).stdout;
+    assert!(
+        String::from_utf8_lossy(&on_esp).contains("from-the-iso"),
+        "{on_esp:?}"
+    );
+    let mut changed = on_esp.clone();
+    let at = changed.iter().position(|&b| b == b'f').unwrap();
+    changed[at] = b'F';
+    let changed_file = dir.path().join("changed-user-data");
+    std::fs::write(&changed_file, &changed).unwrap();
+    run_ok(
+        Command::new("mcopy")
+            .args(["-o", "-i"])
+            .arg(&esp)
+            .arg(&changed_file)
+            .arg(ESP_USER_DATA),
+    );
+    // The installed disk alone (with the CD attached QEMU's boot order starts the installer).
+    let accel = crust_vm::accel::detect(&img.dir.join(outputs::KERNEL), &img.dir).unwrap();
+    let firmware = Firmware::with_vars(&dir.path().join("efivars-disk.fd")).unwrap();
+    let mut vm = Vm::start(
+        &Config::new(&disks[1], accel, firmware),
+        Some(&dir.path().join("changed.log")),
+        true,
+    )
+    .expect("start QEMU");
+    let refused = vm
+        .wait_for_text(
+            "config: user-data from installer's user-data /dev/vda1:/EFI/crust/install refused:",
+            timeout(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        refused.contains("EFI/crust/install/user-data does not match the signed list")
+            // The qemu image has no default user-data of its own.
+            && refused.contains("; booting with the built-in defaults instead"),
+        "{refused}"
+    );
+    let config = vm
+        .wait_for_phase(Phase::Config, timeout())
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        config.detail.starts_with(
+            "user-data from installer's user-data /dev/vda1:/EFI/crust/install refused"
+        ) && !config.detail.contains("from-the-iso"),
+        "{}",
+        config.detail
+    );
+}
+
+/// The user-data the installer leaves on the ESP, as mtools names it.
+const ESP_USER_DATA: &str = "::EFI/crust/install/user-data";
+
+/// `DISK@@OFFSET`: the installed disk's ESP (partition 1) for mtools' `-i`.
+fn esp_image(disk: &Path) -> String {
+    let out = run_ok(Command::new("sgdisk").args(["-i", "1"]).arg(disk));
+    let info = String::from_utf8_lossy(&out.stdout);
+    let first: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("First sector: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ESP in {}: {info}", disk.display()));
+    format!("{}@@{}", disk.display(), first * 512)
 }

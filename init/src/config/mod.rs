@@ -3,9 +3,10 @@
 //! settings). `docs/CONFIGURATION.md` documents the schema for users.
 //!
 //! Sources ([`source`]), in the order the image's policy lists them ([`trust`]; by default
-//! all four), the first that has user-data winning: `crust.config=` on the kernel command
+//! all five), the first that has user-data winning: `crust.config=` on the kernel command
 //! line (base64 of the TOML), a NoCloud seed that is not on the boot disk ([`nocloud`]),
-//! EC2's IMDSv2 on EC2 instances ([`imds`], which needs a DHCP lease first:
+//! the installer medium's user-data that the installer left on the boot disk's ESP, taken
+//! only with the image's key's signature over its list ([`installer`]), EC2's IMDSv2 on EC2 instances ([`imds`], which needs a DHCP lease first:
 //! [`crate::net::Network`] provides it), the image's own `/usr/lib/crust/config.toml`; then
 //! built-in defaults.
 //!
@@ -17,6 +18,7 @@
 
 pub mod apply;
 pub mod imds;
+pub mod installer;
 pub mod nocloud;
 pub mod observe;
 pub mod schema;
@@ -114,6 +116,7 @@ fn describe_sources(policy: &Policy) -> String {
         .map(|s| match s {
             Source::Cmdline => format!("{}=", source::CMDLINE_KEY),
             Source::NoCloud => "NoCloud".into(),
+            Source::Install => "installer's user-data".into(),
             Source::Imds => "EC2 IMDS".into(),
             Source::Image => unreachable!("filtered out"),
         })
@@ -216,6 +219,7 @@ fn find(
                 Err(why) => Some((origin, Err(why))),
             }
         }
+        Source::Install => installer::find(boot_disk),
         Source::Imds => from_imds(network).map(|bytes| (Origin::Imds, Ok(Found::bytes(bytes)))),
         Source::Image => fs::read(source::IMAGE_DEFAULT)
             .ok()
@@ -365,6 +369,43 @@ mod tests {
         assert_eq!(config.state.unwrap().disk, "crust-state");
         // The image's own default is the profile's word.
         assert!(parse(text, None).is_ok());
+    }
+
+    #[test]
+    fn the_installers_user_data_counts_as_signed_but_meets_the_policys_limits() {
+        let root = tempfile::tempdir().unwrap();
+        let policy = Policy {
+            sources: Source::ALL.to_vec(),
+            signed: true,
+            keys: Vec::new(),
+            allow: Vec::new(),
+        };
+        let origin = Origin::Install("/dev/vda1".into());
+        // Its signature (the image key's, over the medium's list) was checked by the
+        // source: `signed` asks for no other.
+        let text = "version = 1\nhostname = \"installed\"\n\n[install]\ndisk = \"auto\"\n";
+        let loaded = accept_in(
+            root.path(),
+            &origin,
+            Ok(Found::bytes(text.as_bytes().to_vec())),
+            &policy,
+        )
+        .unwrap();
+        assert_eq!(loaded.config.hostname.as_deref(), Some("installed"));
+        // What the image does not allow stays refused.
+        let volume =
+            "version = 1\n[[volume]]\nname = \"db\"\nserial = \"vol1\"\nfilesystem = \"ext4\"\n";
+        let err = accept_in(
+            root.path(),
+            &origin,
+            Ok(Found::bytes(volume.as_bytes().to_vec())),
+            &policy,
+        )
+        .unwrap_err();
+        assert!(err.contains("lacks \"volumes\""), "{err}");
+        // Its refusal by the source names the files, and the host boots on.
+        let err = accept_in(root.path(), &origin, Err("changed".into()), &policy).unwrap_err();
+        assert_eq!(err, "changed");
     }
 
     #[test]

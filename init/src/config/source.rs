@@ -1,5 +1,5 @@
-//! Where user-data comes from: the kernel command line, a NoCloud seed, EC2's IMDS, the
-//! image's default. The image's policy ([`super::trust`]) says which are tried, in which
+//! Where user-data comes from: the kernel command line, a NoCloud seed, the installer's
+//! signed user-data on the ESP, EC2's IMDS, the image's default. The image's policy ([`super::trust`]) says which are tried, in which
 //! order; the first that has user-data wins.
 
 use std::fmt;
@@ -23,6 +23,8 @@ pub enum Origin {
     Cmdline,
     /// A NoCloud seed on this device.
     NoCloud(String),
+    /// The installer's signed user-data on the boot disk's ESP (this device).
+    Install(String),
     /// EC2's instance metadata service.
     Imds,
     /// The image's default file.
@@ -37,6 +39,7 @@ impl Origin {
         match self {
             Origin::Cmdline => Some(Source::Cmdline),
             Origin::NoCloud(_) => Some(Source::NoCloud),
+            Origin::Install(_) => Some(Source::Install),
             Origin::Imds => Some(Source::Imds),
             Origin::Image => Some(Source::Image),
             Origin::BuiltIn => None,
@@ -48,6 +51,7 @@ impl Origin {
         match self {
             Origin::Cmdline => "cmdline",
             Origin::NoCloud(_) => "nocloud",
+            Origin::Install(_) => "install",
             Origin::Imds => "imds",
             Origin::Image => "image",
             Origin::BuiltIn => "built-in",
@@ -60,6 +64,11 @@ impl fmt::Display for Origin {
         match self {
             Origin::Cmdline => write!(f, "kernel command line ({CMDLINE_KEY}=)"),
             Origin::NoCloud(device) => write!(f, "NoCloud seed {device}"),
+            Origin::Install(device) => write!(
+                f,
+                "installer's user-data {device}:/{}",
+                crust_format::install::ESP_DIR
+            ),
             Origin::Imds => f.write_str("EC2 IMDS"),
             Origin::Image => write!(f, "image default {IMAGE_DEFAULT}"),
             Origin::BuiltIn => f.write_str("built-in defaults"),
@@ -143,5 +152,10 @@ mod tests {
             "NoCloud seed /dev/vdb"
         );
         assert_eq!(Origin::Imds.name(), "imds");
+        assert_eq!(
+            Origin::Install("/dev/vda1".into()).to_string(),
+            "installer's user-data /dev/vda1:/EFI/crust/install"
+        );
+        assert_eq!(Origin::Install("/dev/vda1".into()).name(), "install");
     }
 }

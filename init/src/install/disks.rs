@@ -111,14 +111,17 @@ pub fn disk_of(name: &str) -> String {
         .unwrap_or_else(|| name.to_owned())
 }
 
-/// Every whole disk but `medium` (a kernel name), in name order.
-pub fn inventory(medium: &str) -> Vec<Disk> {
+/// Every whole disk but those `excluded` (kernel names: the medium, a NoCloud seed), in
+/// name order.
+pub fn inventory(excluded: &[&str]) -> Vec<Disk> {
     let Ok(entries) = fs::read_dir(SYS_BLOCK) else {
         return Vec::new();
     };
     let mut names: Vec<String> = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| !SKIPPED_PREFIXES.iter().any(|p| n.starts_with(p)) && n != medium)
+        .filter(|n| {
+            !SKIPPED_PREFIXES.iter().any(|p| n.starts_with(p)) && !excluded.contains(&n.as_str())
+        })
         .collect();
     names.sort();
     names.iter().filter_map(|n| describe(n)).collect()

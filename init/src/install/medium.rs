@@ -43,6 +43,10 @@ pub struct Medium {
 pub struct Release {
     /// The verified list.
     pub sums: Sums,
+    /// The list's exact bytes and its signature (handed on with the user-data).
+    pub list: Vec<u8>,
+    /// The list's signature by the image's key.
+    pub signature: Vec<u8>,
     /// The user-data on the medium (listed and checked), if any.
     pub user_data: Option<String>,
     /// The compressed image's path.
@@ -273,6 +277,8 @@ impl Medium {
         };
         Ok(Release {
             sums,
+            list,
+            signature,
             user_data,
             image: self.path(install::IMAGE),
         })

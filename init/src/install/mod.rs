@@ -3,10 +3,12 @@
 //!
 //! It finds its medium by label ([`medium`]), checks the medium's list against the image's
 //! key (the key in this initramfs, the one that verifies manifests), reads `[install]`
-//! from the medium's user-data (covered by that list), picks the target disk ([`disks`]),
-//! writes the image as a stream checked against the list ([`write`]), moves the backup GPT
-//! to the disk's end, makes the firmware boot the new disk next ([`boot_entry`]), and
-//! reboots.
+//! from the medium's user-data (covered by that list) or, when the medium has none, from
+//! a NoCloud seed beside it (only that table: it chooses a disk, nothing more), picks the
+//! target disk ([`disks`]), writes the image as a stream checked against the list
+//! ([`write`]), moves the backup GPT to the disk's end, copies the medium's user-data with
+//! its signed list onto the new ESP for the installed host ([`handover`]), makes the
+//! firmware boot the new disk next ([`boot_entry`]), and reboots.
 //!
 //! Nothing is written until the list's signature, the compressed image's digest and the
 //! disk choice have all checked out. A refusal prints one `crust-install: refused:` line
@@ -15,6 +17,7 @@
 
 pub mod boot_entry;
 pub mod disks;
+pub mod handover;
 pub mod medium;
 pub mod write;
 
@@ -24,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use crate::cmdline::Options;
+use crate::config::nocloud;
 use crate::console;
 use crate::error::{Error, Result};
 use crate::manifest::Verified;
@@ -146,21 +150,13 @@ fn install(options: &Options) -> Result<Installed> {
             release.sums.iter().count()
         ),
     );
-    let config = match &release.user_data {
-        Some(text) => parse_config(text).map_err(|e| Error::new("install-config", e))?,
-        None => InstallConfig::default(),
-    };
+    let chosen = choose_config(&release, &medium.disk)?;
+    let config = chosen.config;
     console::note(
         WHO,
         &format!(
             "target: disk = {:?}, wipe = {} ({})",
-            config.disk,
-            config.wipe,
-            if release.user_data.is_some() {
-                "from the medium's signed user-data"
-            } else {
-                "the default: no user-data on the medium"
-            }
+            config.disk, config.wipe, chosen.from
         ),
     );
     // The image's digest is checked whole before the disk is even chosen.
@@ -168,7 +164,9 @@ fn install(options: &Options) -> Result<Installed> {
     console::note(WHO, "image.raw.zst matches the signed list");
 
     // One line per disk either way: what each holds is what decided.
-    let found = disks::inventory(&medium.disk);
+    let mut excluded = vec![medium.disk.as_str()];
+    excluded.extend(chosen.seed_disk.as_deref());
+    let found = disks::inventory(&excluded);
     let target = disks::choose(&found, &config).map_err(|refusal| {
         for d in &found {
             console::note(WHO, &format!("refusing: {}", d.describe()));
@@ -195,6 +193,17 @@ fn install(options: &Options) -> Result<Installed> {
         WHO,
         &format!("backup GPT at the disk's end; ESP {}", esp.partuuid),
     );
+    if let Some(node) = handover::copy(target, &esp, &release)? {
+        console::note(
+            WHO,
+            &format!(
+                "the medium's user-data and its signed list copied to {}:/{} for the installed \
+                 host",
+                node.display(),
+                crust_format::install::ESP_DIR
+            ),
+        );
+    }
     match boot_entry::boot_next(&esp) {
         Ok(number) => console::note(
             WHO,
@@ -208,6 +217,56 @@ fn install(options: &Options) -> Result<Installed> {
     medium.release();
     Ok(Installed {
         disk: target.node().display().to_string(),
+    })
+}
+
+/// The `[install]` in effect and where it came from.
+struct Chosen {
+    config: InstallConfig,
+    /// For the console: which source decided.
+    from: String,
+    /// The NoCloud seed's disk (a kernel name), never a target.
+    seed_disk: Option<String>,
+}
+
+/// `[install]` from the medium's signed user-data; when the medium has none, from a
+/// NoCloud seed that is not the medium (unsigned, so only `[install]` is read: it chooses
+/// a disk, and the image written is the signed one whatever it says); else the defaults.
+fn choose_config(release: &medium::Release, medium_disk: &str) -> Result<Chosen> {
+    if let Some(text) = &release.user_data {
+        return Ok(Chosen {
+            config: parse_config(text).map_err(|e| Error::new("install-config", e))?,
+            from: "from the medium's signed user-data".into(),
+            seed_disk: None,
+        });
+    }
+    let Some(seed) = nocloud::find(medium_disk) else {
+        return Ok(Chosen {
+            config: InstallConfig::default(),
+            from: "the default: no user-data on the medium, no NoCloud seed".into(),
+            seed_disk: None,
+        });
+    };
+    let device = seed.device.display().to_string();
+    let seed_disk = seed
+        .device
+        .file_name()
+        .map(|n| disks::disk_of(&n.to_string_lossy()));
+    let bad = |why: String| {
+        Error::new(
+            "install-config",
+            format!("the NoCloud seed {device}: {why}"),
+        )
+        .advice("fix the seed's user-data or detach the seed; nothing was written")
+    };
+    let text = match nocloud::read_user_data(&seed).map_err(bad)? {
+        Some(data) => crate::config::source::to_text(data.user_data).map_err(bad)?,
+        None => String::new(),
+    };
+    Ok(Chosen {
+        config: parse_config(&text).map_err(bad)?,
+        from: format!("from the NoCloud seed {device}, its [install] table only"),
+        seed_disk,
     })
 }
 

@@ -98,7 +98,7 @@ fn a_full_var_and_a_leaking_service_do_not_stop_supervision_or_updates() {
     wait(
         &mut t,
         0,
-        "update: /var is full: released the update agent's reserve",
+        "update: /var has too little room: released the update agent's reserve",
         120,
     );
     let installed = wait(&mut t, 0, "update: 0.1.2 installed in slot b", 300);

@@ -12,8 +12,7 @@
 //!
 //! The ESP is mounted read-only only while the three files are read, each bounded.
 
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::path::Path;
 
 use crust_format::Digest;
@@ -25,7 +24,7 @@ use crust_format::sums::{SUMS, SUMS_SIG, Sums};
 use gpt::disk::LogicalBlockSize;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use super::source::Origin;
+use super::source::{Origin, read_bounded};
 use super::trust::Found;
 use crate::devnode::{self, Kind};
 use crate::disk::{self, BlockDev};
@@ -111,39 +110,28 @@ fn read(esp: &BlockDev) -> Result<Option<Files>, String> {
         )
     })?;
     let dir = target.join(ESP_DIR);
-    let read = read_file(&dir.join(USER_DATA), MAX_USER_DATA).and_then(|user_data| {
+    let read = read_bounded(
+        &dir.join(USER_DATA),
+        &format!("{ESP_DIR}/{USER_DATA}"),
+        MAX_USER_DATA,
+    )
+    .and_then(|user_data| {
         let Some(user_data) = user_data else {
             return Ok(None);
         };
         Ok(Some(Files {
             user_data,
-            list: read_file(&dir.join(SUMS), MAX_LIST)?,
-            signature: read_file(&dir.join(SUMS_SIG), MAX_SIGNATURE)?,
+            list: read_bounded(&dir.join(SUMS), &format!("{ESP_DIR}/{SUMS}"), MAX_LIST)?,
+            signature: read_bounded(
+                &dir.join(SUMS_SIG),
+                &format!("{ESP_DIR}/{SUMS_SIG}"),
+                MAX_SIGNATURE,
+            )?,
         }))
     });
     let _ = umount2(target, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(target);
     read
-}
-
-fn read_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, String> {
-    let name = format!(
-        "{ESP_DIR}/{}",
-        path.file_name().unwrap_or_default().to_string_lossy()
-    );
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open {name}: {e}")),
-    };
-    let mut data = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("cannot read {name}: {e}"))?;
-    if data.len() as u64 > limit {
-        return Err(format!("{name} is larger than {limit} bytes"));
-    }
-    Ok(Some(data))
 }
 
 /// The user-data, if the list's signature verifies with `key` (the image's) and the list

@@ -21,6 +21,8 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
 use crust_format::user_data::SEED_SIGNATURE_FILE;
 
+use super::source::read_bounded;
+
 use crate::devnode::{self, DevNum, Kind};
 
 /// The label NoCloud seeds carry.
@@ -193,16 +195,21 @@ pub fn read_user_data(seed: &Seed) -> Result<Option<SeedData>, String> {
             e.desc()
         )
     })?;
-    let read = read_file(&target.join("user-data"), MAX_USER_DATA).and_then(|user_data| {
-        let Some(user_data) = user_data else {
-            return Ok(None);
-        };
-        let signature = read_file(&target.join(SEED_SIGNATURE_FILE), MAX_SIGNATURE)?;
-        Ok(Some(SeedData {
-            user_data,
-            signature,
-        }))
-    });
+    let read =
+        read_bounded(&target.join("user-data"), "user-data", MAX_USER_DATA).and_then(|user_data| {
+            let Some(user_data) = user_data else {
+                return Ok(None);
+            };
+            let signature = read_bounded(
+                &target.join(SEED_SIGNATURE_FILE),
+                SEED_SIGNATURE_FILE,
+                MAX_SIGNATURE,
+            )?;
+            Ok(Some(SeedData {
+                user_data,
+                signature,
+            }))
+        });
     let _ = umount2(target, MntFlags::MNT_DETACH);
     let _ = fs::remove_dir(target);
     read
@@ -210,23 +217,6 @@ pub fn read_user_data(seed: &Seed) -> Result<Option<SeedData>, String> {
 
 /// The largest `user-data.sig` read (a signature is 64 bytes; more is refused by length).
 const MAX_SIGNATURE: u64 = 1024;
-
-fn read_file(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, String> {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open {name}: {e}")),
-    };
-    let mut data = Vec::new();
-    file.take(limit + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| format!("cannot read {name}: {e}"))?;
-    if data.len() as u64 > limit {
-        return Err(format!("{name} is larger than {limit} bytes"));
-    }
-    Ok(Some(data))
-}
 
 #[cfg(test)]
 mod tests {

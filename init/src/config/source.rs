@@ -3,6 +3,9 @@
 //! order; the first that has user-data wins.
 
 use std::fmt;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
 
 use base64::Engine;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -111,9 +114,49 @@ pub fn to_text(bytes: Vec<u8>) -> Result<String, String> {
     })
 }
 
+/// Reads `path` whole if it holds at most `limit` bytes (`None` when there is no such
+/// file); errors call it `shown` (a seed's or the ESP's name for it). Never reads more than
+/// `limit + 1` bytes, whatever the file claims.
+pub fn read_bounded(path: &Path, shown: &str, limit: u64) -> Result<Option<Vec<u8>>, String> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open {shown}: {e}")),
+    };
+    let mut data = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if data.len() as u64 > limit {
+        return Err(format!("{shown} is larger than {limit} bytes"));
+    }
+    Ok(Some(data))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bounded_read_names_the_file_and_stops_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("user-data");
+        assert_eq!(
+            read_bounded(&path, "EFI/crust/install/user-data", 4),
+            Ok(None)
+        );
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(
+            read_bounded(&path, "EFI/crust/install/user-data", 4),
+            Err("EFI/crust/install/user-data is larger than 4 bytes".into())
+        );
+        assert_eq!(
+            read_bounded(&path, "user-data", 5),
+            Ok(Some(b"12345".to_vec()))
+        );
+        let err = read_bounded(Path::new("/dev/zero"), "user-data", 1 << 10).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
+    }
 
     #[test]
     fn the_command_line_carries_base64() {

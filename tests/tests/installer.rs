@@ -53,7 +53,7 @@ fn start(dir: &Path, iso: &Path, disks: &[PathBuf], reboot: bool, log: &str) -> 
     let firmware = Firmware::with_vars(&dir.join("efivars.fd")).unwrap();
     let mut config = Config::new(&disks[0], accel, firmware);
     config.cdrom = Some(iso.to_path_buf());
-    config.data_disks = disks[1..].to_vec();
+    config.data_drives = crust_vm::DataDrive::numbered(&disks[1..]);
     config.qmp_socket = Some(dir.join("qmp.sock"));
     config.no_reboot = !reboot;
     Vm::start(&config, Some(&dir.join(log)), true).expect("start QEMU")

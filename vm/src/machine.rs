@@ -40,6 +40,22 @@ pub struct DataDrive {
     pub serial: String,
 }
 
+impl DataDrive {
+    /// Virtio disks for `paths`, with the serial numbers `crust-disk1`, `crust-disk2`, ...
+    /// (an installer's targets, `cargo xtask qemu --disks N`).
+    pub fn numbered(paths: &[PathBuf]) -> Vec<Self> {
+        paths
+            .iter()
+            .enumerate()
+            .map(|(i, path)| Self {
+                path: path.clone(),
+                bus: DiskBus::Virtio,
+                serial: format!("crust-disk{}", i + 1),
+            })
+            .collect()
+    }
+}
+
 /// A machine to start.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -68,7 +84,8 @@ pub struct Config {
     /// (NoCloud seeds, [`crate::seed`]).
     pub extra_drives: Vec<PathBuf>,
     /// Writable data disks (raw, or qcow2 by extension) with serial numbers, after the
-    /// extra drives: what a host's data volumes are made of.
+    /// extra drives: what a host's data volumes are made of, an installer's targets
+    /// ([`DataDrive::numbered`]), a network-booted host's state disk.
     pub data_drives: Vec<DataDrive>,
     /// User-network `guestfwd` rules, as QEMU takes them (the IMDS emulator's,
     /// [`crate::imds::Emulator::guestfwd`]).
@@ -90,9 +107,6 @@ pub struct Config {
     /// (relative to it) as the DHCP boot file, for the firmware's UEFI PXE. With an empty
     /// [`Config::disk`] path the machine has no disk at all.
     pub tftp: Option<(PathBuf, String)>,
-    /// Further raw disk images attached writable as virtio disks after the boot disk, with
-    /// the serial numbers `crust-disk1`, `crust-disk2`, ... (installation targets).
-    pub data_disks: Vec<PathBuf>,
     /// A network of real servers instead of QEMU's user network: the NIC is this tap
     /// device, QEMU runs in its network namespace (`ip netns exec`), and the NIC is in the
     /// firmware's boot order (a network boot: UEFI PXE or HTTP boot from that network's
@@ -135,7 +149,6 @@ impl Config {
             tpm: None,
             cdrom: None,
             tftp: None,
-            data_disks: Vec::new(),
             tap: None,
             fw_cfg: Vec::new(),
         }
@@ -221,15 +234,6 @@ impl Config {
                 "nvme,serial=crust0,drive=disk0,bootindex={disk_index}"
             )),
         };
-        for (i, drive) in self.data_disks.iter().enumerate() {
-            let path = drive.display().to_string().replace(',', ",,");
-            cmd.arg("-drive")
-                .arg(format!("if=none,id=data{i},format=raw,file={path}"));
-            cmd.arg("-device").arg(format!(
-                "virtio-blk-pci,drive=data{i},serial=crust-disk{}",
-                i + 1
-            ));
-        }
         for (i, drive) in self.extra_drives.iter().enumerate() {
             let path = drive.display().to_string().replace(',', ",,");
             cmd.arg("-drive").arg(format!(

@@ -224,7 +224,7 @@ pub fn interactive_iso(out_dir: &Path, opts: &QemuOptions, disks: usize) -> Resu
     config.memory_mib = opts.memory_mib;
     config.forwards = opts.forwards.clone();
     config.cdrom = Some(iso);
-    config.data_disks = paths[1..].to_vec();
+    config.data_drives = crust_vm::DataDrive::numbered(&paths[1..]);
     eprintln!(
         "crust: booting the installer {} under QEMU ({}) with {disks} disk(s) ({}); Ctrl-A X \
          quits",
